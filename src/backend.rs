@@ -1,0 +1,125 @@
+//! Backends as the workers see them: an immutable [`Snapshot`] replaced whole by the control
+//! thread, and the [`SharedCounters`] that must be global across workers (active connections
+//! for least-conn, consecutive failures, connect-time EWMA), indexed by a [`BackendId`] that
+//! stays stable across snapshots.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::config::{Algorithm, Config, HashKey};
+
+/// Index into [`SharedCounters`]; the same backend keeps its id in every snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub u32);
+
+/// Administrative / health state of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    Up,
+    Down,
+    /// No new connections; open ones run to completion.
+    Draining,
+    Maint,
+}
+
+impl BackendState {
+    /// May a new connection be sent here?
+    pub fn accepts_new(self) -> bool {
+        self == BackendState::Up
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::Up => "up",
+            BackendState::Down => "down",
+            BackendState::Draining => "draining",
+            BackendState::Maint => "maint",
+        }
+    }
+}
+
+/// One backend in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub id: BackendId,
+    /// Unique, stable key (hashing uses it).
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub max_conns: Option<u32>,
+    pub state: BackendState,
+}
+
+/// The backend table a worker routes with. Immutable: a change is a new snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every snapshot the control thread publishes.
+    pub version: u64,
+    /// Sorted by name, so every instance given the same backends sees the same order.
+    pub backends: Vec<Backend>,
+    pub algorithm: Algorithm,
+    pub hash_key: HashKey,
+    pub hash_balance_factor: Option<u32>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; `backends` is sorted by name here.
+    pub fn new(version: u64, mut backends: Vec<Backend>, cfg: &Config) -> Snapshot {
+        backends.sort_by(|a, b| a.name.cmp(&b.name));
+        Snapshot {
+            version,
+            backends,
+            algorithm: cfg.algorithm,
+            hash_key: cfg.hash_key,
+            hash_balance_factor: cfg.hash_balance_factor,
+        }
+    }
+}
+
+/// Counters of one backend, written by every worker. On its own cache line.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Connections open to this backend now (all workers).
+    pub active: AtomicU64,
+    /// Connections ever established.
+    pub total: AtomicU64,
+    /// Connect failures ever.
+    pub failures: AtomicU64,
+    /// Connect failures since the last success.
+    pub consecutive_failures: AtomicU64,
+    /// Peak-EWMA of connect time in nanoseconds (f64 bits), and when it was last updated
+    /// (nanoseconds on the balancer's monotonic clock).
+    pub ewma_ns_bits: AtomicU64,
+    pub ewma_stamp_ns: AtomicU64,
+}
+
+impl BackendCounters {
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// How many backend ids a balancer can have at once.
+pub const MAX_BACKENDS: usize = 4096;
+
+/// Per-backend counters shared by all workers and the control thread.
+#[derive(Debug)]
+pub struct SharedCounters {
+    slots: Box<[CachePadded<BackendCounters>]>,
+}
+
+impl SharedCounters {
+    pub fn new() -> Arc<SharedCounters> {
+        let slots = (0..MAX_BACKENDS)
+            .map(|_| CachePadded::new(BackendCounters::default()))
+            .collect();
+        Arc::new(SharedCounters { slots })
+    }
+
+    pub fn get(&self, id: BackendId) -> &BackendCounters {
+        &self.slots[id.0 as usize]
+    }
+}

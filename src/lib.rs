@@ -1,0 +1,17 @@
+//! uringlb: a thread-per-core io_uring TCP load balancer.
+//!
+//! Reading order: `main.rs` -> [`cli`] / [`config`] -> [`server`] (binds listeners, spawns
+//! one [`worker`] per CPU, runs the control thread) -> [`worker`] (the io_uring loop) ->
+//! [`worker::conn`] (one proxied connection as a state machine). All `unsafe` is in [`uring`].
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod backend;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod server;
+pub mod uring;
+pub mod worker;

@@ -1,0 +1,474 @@
+//! The io_uring ring of one worker, and the only `unsafe` code of the balancer.
+//!
+//! Pushing an SQE is unsafe because the kernel will read or write the memory it points at
+//! until the matching CQE arrives. This module makes that safe to call by owning all such
+//! memory itself:
+//!
+//! - per connection slot, a [`SlotIo`]: two forwarding buffers and the backend address,
+//!   inside a boxed slice sized once and never reallocated, buffers allocated on first use
+//!   and never freed while the ring lives;
+//! - the eventfd read target and the tick timespec, boxed.
+//!
+//! The caller (the worker) only names slots and directions. It must not reuse a slot's
+//! buffer for a new operation while an older one on it is in flight; that is a data
+//! invariant (a wrong byte), never a dangling pointer, and the connection state machine
+//! keeps it by allowing one operation per direction. On drop the ring cancels what is
+//! still in flight and waits for it; if the kernel does not answer in time the memory is
+//! leaked rather than freed under it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+/// One completion, copied out of the completion queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    pub user_data: u64,
+    pub result: i32,
+    /// `IORING_CQE_F_MORE`: a multishot operation is still armed.
+    pub more: bool,
+}
+
+/// Memory that operations of one connection slot point at.
+struct SlotIo {
+    /// Index 0: client -> backend, 1: backend -> client.
+    bufs: [Option<Box<[u8]>>; 2],
+    addr: libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+    connect_timeout: Timespec,
+}
+
+impl SlotIo {
+    fn new() -> SlotIo {
+        SlotIo {
+            bufs: [None, None],
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            addr: unsafe { std::mem::zeroed() },
+            addr_len: 0,
+            connect_timeout: Timespec::new(),
+        }
+    }
+}
+
+/// Which features the kernel granted when the ring was built (logged at start).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingFeatures {
+    pub defer_taskrun: bool,
+    pub coop_taskrun: bool,
+    pub single_issuer: bool,
+}
+
+/// A worker's io_uring plus the memory its operations reference.
+pub struct Ring {
+    // Field order matters: the ring is dropped (and drained, see `Drop`) before the memory.
+    ring: IoUring,
+    slots: Box<[SlotIo]>,
+    wake_buf: Box<u64>,
+    tick: Box<Timespec>,
+    buf_size: usize,
+    /// Operations pushed whose final CQE has not been reaped yet.
+    inflight: usize,
+    pub features: RingFeatures,
+}
+
+impl Ring {
+    /// Builds a ring with room for `entries` submissions, `slots` connection slots and
+    /// forwarding buffers of `buf_size` bytes. Uses single-issuer, cooperative and deferred
+    /// task running where the kernel has them, falling back when it doesn't.
+    pub fn new(entries: u32, slots: usize, buf_size: usize) -> io::Result<Ring> {
+        let cq = entries.saturating_mul(4);
+        let attempts: [(bool, bool, bool); 3] = [
+            (true, true, true),
+            (true, true, false),
+            (false, false, false),
+        ];
+        let mut last_err = None;
+        for (single, coop, defer) in attempts {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq).setup_clamp();
+            if single {
+                b.setup_single_issuer();
+            }
+            if coop {
+                b.setup_coop_taskrun();
+            }
+            if defer {
+                b.setup_defer_taskrun();
+            }
+            match b.build(entries) {
+                Ok(ring) => {
+                    // Splice and some blocking ops run on io-wq threads; cap them so that
+                    // thousands of connections never mean thousands of kernel threads.
+                    let mut max = [4u32, 4u32];
+                    let _ = ring.submitter().register_iowq_max_workers(&mut max);
+                    return Ok(Ring {
+                        ring,
+                        slots: (0..slots).map(|_| SlotIo::new()).collect(),
+                        wake_buf: Box::new(0),
+                        tick: Box::new(Timespec::new()),
+                        buf_size,
+                        inflight: 0,
+                        features: RingFeatures {
+                            defer_taskrun: defer,
+                            coop_taskrun: coop,
+                            single_issuer: single,
+                        },
+                    });
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
+    }
+
+    /// Number of connection slots this ring has memory for.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Operations in flight (pushed, final completion not yet reaped).
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        self.push_all(&[entry]);
+    }
+
+    /// Pushes entries as one unit (a linked chain stays together), submitting first when
+    /// the submission queue lacks room.
+    fn push_all(&mut self, entries: &[squeue::Entry]) {
+        loop {
+            {
+                let mut sq = self.ring.submission();
+                if sq.capacity() - sq.len() >= entries.len() {
+                    // SAFETY: every entry built by this module points only at memory owned
+                    // by `self` (slot buffers, slot addresses, boxed timespecs and eventfd
+                    // buffer) which stays allocated and unmoved until `Drop` has reaped every
+                    // in-flight operation (or leaked the memory); see the module docs.
+                    unsafe { sq.push_multiple(entries) }.expect("room checked above");
+                    self.inflight += entries.len();
+                    return;
+                }
+            }
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!("io_uring submit failed: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    /// Submits everything queued and waits for at least `want` completions.
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every available completion into `out` (cleared first).
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        for cqe in self.ring.completion() {
+            let more = cqueue::more(cqe.flags());
+            out.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                more,
+            });
+        }
+        let finals = out.iter().filter(|c| !c.more).count();
+        self.inflight = self.inflight.saturating_sub(finals);
+    }
+
+    /// Multishot accept on a listening socket; accepted sockets are non-blocking.
+    pub fn accept_multi(&mut self, listener: RawFd, user_data: u64) {
+        let e = opcode::AcceptMulti::new(Fd(listener))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// Reads the 8-byte counter of an eventfd (the control thread's wake-up).
+    pub fn read_eventfd(&mut self, fd: RawFd, user_data: u64) {
+        let ptr: *mut u64 = &mut *self.wake_buf;
+        let e = opcode::Read::new(Fd(fd), ptr.cast::<u8>(), 8)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// A repeating timeout that completes every `every` (multishot), for the timer wheel.
+    pub fn tick(&mut self, every: Duration, user_data: u64) {
+        *self.tick = Timespec::from(every);
+        let ptr: *const Timespec = &*self.tick;
+        let e = opcode::Timeout::new(ptr)
+            .count(0)
+            .flags(TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// A one-shot timeout, when multishot timeouts are unavailable.
+    pub fn tick_once(&mut self, every: Duration, user_data: u64) {
+        *self.tick = Timespec::from(every);
+        let ptr: *const Timespec = &*self.tick;
+        let e = opcode::Timeout::new(ptr).build().user_data(user_data);
+        self.push(e);
+    }
+
+    /// `connect(fd, addr)` linked to a timeout: two completions, `connect_ud` with the
+    /// connect's result (`-ECANCELED` when the timeout fired) and `timeout_ud`.
+    pub fn connect(
+        &mut self,
+        slot: usize,
+        fd: RawFd,
+        addr: &SocketAddr,
+        timeout: Duration,
+        connect_ud: u64,
+        timeout_ud: u64,
+    ) {
+        let s = &mut self.slots[slot];
+        let sa = socket2::SockAddr::from(*addr);
+        // SAFETY: `sa.as_ptr()` points at `sa.len()` valid bytes of a sockaddr, which
+        // fit in sockaddr_storage (socket2 stores it in one); the regions don't overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                sa.as_ptr().cast::<u8>(),
+                std::ptr::addr_of_mut!(s.addr).cast::<u8>(),
+                sa.len() as usize,
+            );
+        }
+        s.addr_len = sa.len();
+        s.connect_timeout = Timespec::from(timeout);
+        let addr_ptr = std::ptr::addr_of!(s.addr).cast::<libc::sockaddr>();
+        let ts_ptr: *const Timespec = &s.connect_timeout;
+        let connect = opcode::Connect::new(Fd(fd), addr_ptr, s.addr_len)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(connect_ud);
+        let link = opcode::LinkTimeout::new(ts_ptr)
+            .build()
+            .user_data(timeout_ud);
+        self.push_all(&[connect, link]);
+    }
+
+    fn buf_ptr(&mut self, slot: usize, dir: usize) -> *mut u8 {
+        let size = self.buf_size;
+        self.slots[slot].bufs[dir]
+            .get_or_insert_with(|| vec![0u8; size].into_boxed_slice())
+            .as_mut_ptr()
+    }
+
+    /// Receives into the slot's buffer for `dir` (its whole length).
+    pub fn recv(&mut self, slot: usize, dir: usize, fd: RawFd, user_data: u64) {
+        let ptr = self.buf_ptr(slot, dir);
+        let e = opcode::Recv::new(Fd(fd), ptr, self.buf_size as u32)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// Sends `buf[from..to]` of the slot's buffer for `dir`.
+    pub fn send(
+        &mut self,
+        slot: usize,
+        dir: usize,
+        fd: RawFd,
+        from: usize,
+        to: usize,
+        user_data: u64,
+    ) {
+        assert!(
+            from < to && to <= self.buf_size,
+            "send range within the buffer"
+        );
+        let ptr = self.buf_ptr(slot, dir);
+        // `from < buf_size`, so the offset stays inside the allocation.
+        let ptr = ptr.wrapping_add(from);
+        let e = opcode::Send::new(Fd(fd), ptr, (to - from) as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// The bytes of the slot's buffer for `dir` (valid up to what the last recv returned).
+    pub fn buf(&self, slot: usize, dir: usize) -> &[u8] {
+        self.slots[slot].bufs[dir].as_deref().unwrap_or(&[])
+    }
+
+    /// `shutdown(fd, how)`.
+    pub fn shutdown(&mut self, fd: RawFd, how: i32, user_data: u64) {
+        let e = opcode::Shutdown::new(Fd(fd), how)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// `close(fd)` in the ring (no syscall of its own).
+    pub fn close(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Close::new(Fd(fd)).build().user_data(user_data);
+        self.push(e);
+    }
+
+    /// Cancels every operation in flight on `fd`.
+    pub fn cancel_fd(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// Cancels the operation(s) submitted with `target` as user data.
+    pub fn cancel(&mut self, target: u64, user_data: u64) {
+        let e = opcode::AsyncCancel2::new(CancelBuilder::user_data(target).all())
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.inflight == 0 {
+            return;
+        }
+        let e = opcode::AsyncCancel2::new(CancelBuilder::any().all())
+            .build()
+            .user_data(u64::MAX);
+        self.push(e);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut out = Vec::new();
+        while self.inflight > 0 && Instant::now() < deadline {
+            let ts = Timespec::from(Duration::from_millis(50));
+            let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap(&mut out);
+        }
+        if self.inflight > 0 {
+            // The kernel may still write into these buffers: never free them.
+            let slots = std::mem::take(&mut self.slots);
+            std::mem::forget(slots);
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+            std::mem::forget(std::mem::replace(&mut self.tick, Box::new(Timespec::new())));
+        }
+    }
+}
+
+/// Sets `SO_LINGER {on, 0}` so that closing `fd` sends a reset instead of a FIN.
+pub fn set_linger_zero(fd: RawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `l` is a valid linger struct and its exact size is passed; an invalid fd only
+    // makes the call fail, which is harmless here.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(l).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Sets `TCP_NODELAY` on `fd` (forwarded bytes are never held back by Nagle).
+pub fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int and its exact size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A new non-blocking, close-on-exec TCP socket for `addr`'s family.
+pub fn tcp_socket(addr: &SocketAddr) -> io::Result<RawFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Closes `fd` now (outside the ring; for error paths before a slot exists).
+pub fn close_now(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and never uses it again.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// The peer address of a connected socket.
+pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: the caller owns the open socket `fd` for the duration of this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed)
+        .peer_addr()
+        .ok()?
+        .as_socket()
+}
+
+/// Takes ownership of a descriptor this process just created.
+pub fn own_fd(fd: RawFd) -> std::os::fd::OwnedFd {
+    // SAFETY: callers pass a freshly created descriptor that nothing else owns or closes.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+/// A non-blocking eventfd (the control thread's wake-up for a worker).
+pub fn eventfd() -> io::Result<RawFd> {
+    // SAFETY: plain syscall with constant arguments; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Adds 1 to an eventfd's counter, waking a ring that reads it.
+pub fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes exactly the 8 bytes of `one`; a full counter (EAGAIN) is fine, the
+    // reader is already due to wake.
+    unsafe {
+        libc::write(fd, std::ptr::addr_of!(one).cast(), 8);
+    }
+}

@@ -1,0 +1,674 @@
+//! One worker: a pinned thread with its own io_uring, its own SO_REUSEPORT listeners and its
+//! own copy of the backend table. The loop is: submit everything queued and wait for a
+//! completion (one `io_uring_enter`), read the clock once, handle every completion.
+//!
+//! - accept: multishot, re-armed when the kernel ends it; paused at `--max-conns`, backed
+//!   off on EMFILE/ENFILE;
+//! - connect: a non-blocking connect linked to a timeout, retried on the next backend of
+//!   the balancer's order;
+//! - forwarding: [`conn::Conn`] decides, this module performs;
+//! - control: snapshots and stop commands arrive on a channel, with an eventfd read in the
+//!   ring so an idle loop wakes at once;
+//! - time: a repeating tick drives a timer wheel of idle deadlines.
+
+pub mod conn;
+pub mod timer;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use crossbeam_utils::CachePadded;
+
+use crate::backend::{BackendId, SharedCounters, Snapshot};
+use crate::balance::{self, Balance, Member, Pool, Request};
+use crate::uring::{self, Completion, Ring};
+
+use conn::{Action, Conn, Phase};
+use token::{next_gen, OpKind, Token};
+
+/// Messages from the control thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Route new connections with this table from now on.
+    Snapshot(Arc<Snapshot>),
+    /// Stop accepting; let open connections finish for at most `grace`, then exit.
+    Stop { grace: Duration },
+}
+
+/// Settings a worker needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retries: u32,
+    /// Forwarding buffer per direction.
+    pub buf_size: usize,
+}
+
+/// Counters of one worker, on their own cache line; only this worker writes them.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub accepted: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Client connections closed because no backend could be reached.
+    pub no_backend: AtomicU64,
+    pub open: AtomicU64,
+}
+
+impl WorkerStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        // Single writer: a load and a store, no locked read-modify-write.
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}
+
+/// State shared by all workers and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub counters: Arc<SharedCounters>,
+    /// Client connections open in the whole balancer.
+    pub open_clients: AtomicUsize,
+    pub max_conns: usize,
+    pub stats: Box<[CachePadded<WorkerStats>]>,
+}
+
+/// Everything a worker thread starts with.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub listeners: Vec<OwnedFd>,
+    pub wake: OwnedFd,
+    pub commands: Receiver<Command>,
+    pub snapshot: Arc<Snapshot>,
+    pub shared: Arc<Shared>,
+    pub config: WorkerConfig,
+    /// Connection slots (memory is only touched when used).
+    pub slots: usize,
+}
+
+/// The timer wheel's resolution: idle deadlines fire at most this late.
+const TICK: Duration = Duration::from_millis(100);
+/// Wait after EMFILE/ENFILE before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+struct Slot {
+    gen: u32,
+    in_use: bool,
+    conn: Conn,
+}
+
+struct Listener {
+    fd: Option<OwnedFd>,
+    /// A multishot accept is in flight.
+    armed: bool,
+}
+
+/// The per-worker event loop.
+pub struct Worker {
+    index: usize,
+    ring: Ring,
+    listeners: Vec<Listener>,
+    wake: OwnedFd,
+    commands: Receiver<Command>,
+    snapshot: Arc<Snapshot>,
+    balancer: Box<dyn Balance>,
+    shared: Arc<Shared>,
+    config: WorkerConfig,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    open: usize,
+    wheel: timer::Wheel,
+    epoch: Instant,
+    now_ns: u64,
+    accept_paused_until: u64,
+    stopping: Option<u64>,
+    hard_stop: bool,
+    tick_multishot: bool,
+    actions: Vec<Action>,
+    due: Vec<timer::Entry>,
+}
+
+impl Worker {
+    /// Sets up the ring; the error is what the caller reports when io_uring is unusable.
+    pub fn new(setup: WorkerSetup) -> std::io::Result<Worker> {
+        let ring = Ring::new(4096, setup.slots, setup.config.buf_size)?;
+        let epoch = Instant::now();
+        let balancer = build_balancer(&setup.snapshot, setup.index);
+        Ok(Worker {
+            index: setup.index,
+            ring,
+            listeners: setup
+                .listeners
+                .into_iter()
+                .map(|fd| Listener {
+                    fd: Some(fd),
+                    armed: false,
+                })
+                .collect(),
+            wake: setup.wake,
+            commands: setup.commands,
+            snapshot: setup.snapshot,
+            balancer,
+            shared: setup.shared,
+            config: setup.config,
+            slots: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            wheel: timer::Wheel::new(TICK.as_nanos() as u64, 1024, 0),
+            epoch,
+            now_ns: 0,
+            accept_paused_until: 0,
+            stopping: None,
+            hard_stop: false,
+            tick_multishot: true,
+            actions: Vec::with_capacity(8),
+            due: Vec::new(),
+        })
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        &self.shared.stats[self.index]
+    }
+
+    /// Runs until stopped and every connection is closed (or the grace period ran out).
+    pub fn run(mut self) {
+        tracing::debug!(worker = self.index, features = ?self.ring.features, "worker running");
+        self.arm_accepts();
+        self.ring.read_eventfd(
+            self.wake.as_raw_fd(),
+            Token::new(0, 0, OpKind::Wake).encode(),
+        );
+        self.ring
+            .tick(TICK, Token::new(0, 0, OpKind::Tick).encode());
+        let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
+        loop {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                tracing::error!(worker = self.index, "io_uring_enter failed: {e}");
+                break;
+            }
+            self.now_ns = self.epoch.elapsed().as_nanos() as u64;
+            self.ring.reap(&mut cqes);
+            for c in &cqes {
+                self.dispatch(*c);
+            }
+            if self.finished() {
+                break;
+            }
+        }
+        tracing::debug!(worker = self.index, "worker stopped");
+    }
+
+    /// Stopping, and either nothing is open or the grace period is over.
+    fn finished(&mut self) -> bool {
+        let Some(deadline) = self.stopping else {
+            return false;
+        };
+        if self.open == 0 {
+            return true;
+        }
+        if self.now_ns >= deadline && !self.hard_stop {
+            tracing::warn!(
+                worker = self.index,
+                open = self.open,
+                "grace period over, closing connections"
+            );
+            self.hard_stop = true;
+            for slot in 0..self.slots.len() {
+                if self.slots[slot].in_use {
+                    self.abort(slot, false);
+                }
+            }
+        }
+        // Connections whose cancellations never complete must not hold the process forever.
+        self.hard_stop && self.now_ns >= deadline + Duration::from_secs(2).as_nanos() as u64
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let Some(tok) = Token::decode(c.user_data) else {
+            return;
+        };
+        match tok.op {
+            OpKind::Accept => self.on_accept(tok.slot as usize, c),
+            OpKind::Wake => self.on_wake(c),
+            OpKind::Tick => self.on_tick(c),
+            OpKind::Ignore => {}
+            _ => self.on_conn_op(tok, c.result),
+        }
+    }
+
+    // ---- accept -----------------------------------------------------------------------
+
+    fn arm_accepts(&mut self) {
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if let (Some(fd), false) = (&l.fd, l.armed) {
+                let fd = fd.as_raw_fd();
+                l.armed = true;
+                self.ring
+                    .accept_multi(fd, Token::new(i, 0, OpKind::Accept).encode());
+            }
+        }
+    }
+
+    fn accept_allowed(&self) -> bool {
+        self.stopping.is_none()
+            && self.now_ns >= self.accept_paused_until
+            && self.shared.open_clients.load(Ordering::Relaxed) < self.shared.max_conns
+            && (!self.free.is_empty() || self.slots.len() < self.ring.slot_count())
+    }
+
+    /// Cancels the armed accepts (limit reached, backing off, or stopping).
+    fn pause_accepts(&mut self) {
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].armed {
+                let target = Token::new(i, 0, OpKind::Accept).encode();
+                self.ring
+                    .cancel(target, Token::new(0, 0, OpKind::Ignore).encode());
+            }
+        }
+    }
+
+    fn on_accept(&mut self, listener: usize, c: Completion) {
+        if !c.more {
+            self.listeners[listener].armed = false;
+        }
+        if c.result >= 0 {
+            self.accepted(c.result);
+        } else {
+            match -c.result {
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    tracing::warn!(
+                        worker = self.index,
+                        "accept: {}; backing off",
+                        std::io::Error::from_raw_os_error(-c.result)
+                    );
+                    self.accept_paused_until = self.now_ns + ACCEPT_BACKOFF.as_nanos() as u64;
+                    self.pause_accepts();
+                }
+                libc::ECANCELED => {}
+                e => tracing::debug!(
+                    worker = self.index,
+                    "accept: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ),
+            }
+        }
+        if !self.listeners[listener].armed && self.accept_allowed() {
+            self.arm_accepts();
+        }
+    }
+
+    /// A client socket arrived: give it a slot and connect it to a backend.
+    fn accepted(&mut self, fd: RawFd) {
+        if self.stopping.is_some() {
+            uring::close_now(fd);
+            return;
+        }
+        let Some(slot) = self.alloc_slot() else {
+            // Only possible when accept raced past the limit; the kernel had already queued it.
+            tracing::warn!(
+                worker = self.index,
+                "no free connection slot; closing a new client"
+            );
+            uring::close_now(fd);
+            return;
+        };
+        WorkerStats::add(&self.stats().accepted, 1);
+        let open_clients = self.shared.open_clients.fetch_add(1, Ordering::Relaxed) + 1;
+        if open_clients >= self.shared.max_conns {
+            self.pause_accepts();
+        }
+        self.open += 1;
+        let client_addr = if needs_client_addr(&self.snapshot) {
+            uring::peer_addr(fd)
+        } else {
+            None
+        };
+        self.slots[slot].conn.open(fd, client_addr, self.now_ns);
+        self.connect_next(slot);
+    }
+
+    fn alloc_slot(&mut self) -> Option<usize> {
+        let slot = if let Some(s) = self.free.pop() {
+            s as usize
+        } else if self.slots.len() < self.ring.slot_count() {
+            self.slots.push(Slot {
+                gen: 0,
+                in_use: false,
+                conn: Conn::new(),
+            });
+            self.slots.len() - 1
+        } else {
+            return None;
+        };
+        self.slots[slot].in_use = true;
+        Some(slot)
+    }
+
+    // ---- connect ----------------------------------------------------------------------
+
+    /// Connects the slot's client to the next backend it has not tried, or closes the
+    /// client when none is left.
+    fn connect_next(&mut self, slot: usize) {
+        let attempts = self.slots[slot].conn.tried.len() as u32;
+        let pick = if attempts > self.config.retries {
+            None
+        } else {
+            self.pick(slot)
+        };
+        let Some(i) = pick else {
+            WorkerStats::add(&self.stats().no_backend, 1);
+            return self.abort(slot, false);
+        };
+        let backend = &self.snapshot.backends[i];
+        let (id, addr) = (backend.id, backend.addr);
+        let fd = match uring::tcp_socket(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(worker = self.index, "backend socket: {e}");
+                return self.abort(slot, false);
+            }
+        };
+        uring::set_nodelay(fd);
+        let gen = self.slots[slot].gen;
+        let conn = &mut self.slots[slot].conn;
+        conn.backend_fd = fd;
+        conn.backend = Some(id);
+        conn.tried.push(id);
+        conn.connect_started_ns = self.now_ns;
+        conn.submitted(2);
+        self.ring.connect(
+            slot,
+            fd,
+            &addr,
+            self.config.connect_timeout,
+            Token::new(slot, gen, OpKind::Connect).encode(),
+            Token::new(slot, gen, OpKind::ConnectTimeout).encode(),
+        );
+    }
+
+    fn pick(&mut self, slot: usize) -> Option<usize> {
+        let conn = &self.slots[slot].conn;
+        let key = conn
+            .client_addr
+            .map(|a| client_key(&a, self.snapshot.hash_key))
+            .unwrap_or(0);
+        let pool = Candidates {
+            snapshot: &self.snapshot,
+            counters: &self.shared.counters,
+            tried: &conn.tried,
+        };
+        let req = Request {
+            key,
+            now_ns: self.now_ns,
+        };
+        self.balancer.pick(&pool, &req)
+    }
+
+    fn on_connected(&mut self, slot: usize, res: i32) {
+        let now = self.now_ns;
+        let conn = &mut self.slots[slot].conn;
+        if conn.phase() != Phase::Connecting {
+            return;
+        }
+        let Some(id) = conn.backend else { return };
+        let counters = self.shared.counters.get(id);
+        if res == 0 {
+            counters.active.fetch_add(1, Ordering::Relaxed);
+            counters.total.fetch_add(1, Ordering::Relaxed);
+            counters.consecutive_failures.store(0, Ordering::Relaxed);
+            conn.counted = true;
+            let idle_deadline = now + self.config.idle_timeout.as_nanos() as u64;
+            conn.connected(now, &mut self.actions);
+            let gen = self.slots[slot].gen;
+            self.wheel.insert(idle_deadline, (slot as u32, gen));
+            self.perform(slot);
+        } else {
+            counters.failures.fetch_add(1, Ordering::Relaxed);
+            counters
+                .consecutive_failures
+                .fetch_add(1, Ordering::Relaxed);
+            WorkerStats::add(&self.shared.stats[self.index].connect_failures, 1);
+            tracing::debug!(
+                worker = self.index,
+                backend = id.0,
+                "connect failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            );
+            let fd = std::mem::replace(&mut conn.backend_fd, -1);
+            conn.backend = None;
+            self.ring
+                .close(fd, Token::new(0, 0, OpKind::Ignore).encode());
+            self.connect_next(slot);
+        }
+    }
+
+    // ---- forwarding -------------------------------------------------------------------
+
+    fn on_conn_op(&mut self, tok: Token, res: i32) {
+        let slot = tok.slot as usize;
+        match self.slots.get(slot) {
+            Some(s) if s.in_use && s.gen == tok.gen => {}
+            _ => return, // an earlier connection's completion: never acted on
+        }
+        self.slots[slot].conn.completed();
+        match tok.op {
+            OpKind::Connect => self.on_connected(slot, res),
+            OpKind::ConnectTimeout => {}
+            op => {
+                let now = self.now_ns;
+                self.slots[slot].conn.on_io(op, res, now, &mut self.actions);
+                self.perform(slot);
+            }
+        }
+        self.release_if_done(slot);
+    }
+
+    /// Turns the connection's actions into ring operations.
+    fn perform(&mut self, slot: usize) {
+        let gen = self.slots[slot].gen;
+        let conn = &self.slots[slot].conn;
+        let (cfd, bfd) = (conn.client_fd, conn.backend_fd);
+        let (src, dst) = ([cfd, bfd], [bfd, cfd]);
+        for a in self.actions.drain(..) {
+            match a {
+                Action::Recv(dir) => {
+                    let ud = Token::new(slot, gen, OpKind::recv(dir)).encode();
+                    self.ring.recv(slot, dir, src[dir], ud);
+                }
+                Action::Send { dir, from, to } => {
+                    let ud = Token::new(slot, gen, OpKind::send(dir)).encode();
+                    self.ring.send(slot, dir, dst[dir], from, to, ud);
+                }
+                Action::Shutdown(dir) => {
+                    let ud = Token::new(slot, gen, OpKind::shutdown(dir)).encode();
+                    self.ring.shutdown(dst[dir], libc::SHUT_WR, ud);
+                }
+                Action::CancelAll => {
+                    let ud = Token::new(0, 0, OpKind::Ignore).encode();
+                    for fd in [cfd, bfd] {
+                        if fd >= 0 {
+                            self.ring.cancel_fd(fd, ud);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn abort(&mut self, slot: usize, reset: bool) {
+        self.slots[slot].conn.abort(reset, &mut self.actions);
+        self.perform(slot);
+        self.release_if_done(slot);
+    }
+
+    /// Frees the slot once the connection is closing and nothing of it is in flight.
+    fn release_if_done(&mut self, slot: usize) {
+        if !self.slots[slot].in_use || !self.slots[slot].conn.releasable() {
+            return;
+        }
+        let conn = &mut self.slots[slot].conn;
+        let (up, down) = conn.bytes();
+        let reset = conn.reset();
+        let ignore = Token::new(0, 0, OpKind::Ignore).encode();
+        for fd in [conn.client_fd, conn.backend_fd] {
+            if fd >= 0 {
+                if reset {
+                    uring::set_linger_zero(fd);
+                }
+                self.ring.close(fd, ignore);
+            }
+        }
+        conn.client_fd = -1;
+        conn.backend_fd = -1;
+        if conn.counted {
+            if let Some(id) = conn.backend {
+                self.shared
+                    .counters
+                    .get(id)
+                    .active
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+            conn.counted = false;
+        }
+        let stats = &self.shared.stats[self.index];
+        WorkerStats::add(&stats.bytes_up, up);
+        WorkerStats::add(&stats.bytes_down, down);
+        let s = &mut self.slots[slot];
+        s.in_use = false;
+        s.gen = next_gen(s.gen);
+        self.free.push(slot as u32);
+        self.open -= 1;
+        self.shared.open_clients.fetch_sub(1, Ordering::Relaxed);
+        if self.accept_allowed() {
+            self.arm_accepts();
+        }
+    }
+
+    // ---- control and time -------------------------------------------------------------
+
+    fn on_wake(&mut self, c: Completion) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Snapshot(s) => {
+                    tracing::debug!(worker = self.index, version = s.version, "new snapshot");
+                    self.balancer = build_balancer(&s, self.index);
+                    self.snapshot = s;
+                }
+                Command::Stop { grace } => self.begin_stop(grace),
+            }
+        }
+        if c.result != -libc::ECANCELED {
+            let ud = Token::new(0, 0, OpKind::Wake).encode();
+            self.ring.read_eventfd(self.wake.as_raw_fd(), ud);
+        }
+    }
+
+    fn begin_stop(&mut self, grace: Duration) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(self.now_ns + grace.as_nanos() as u64);
+        self.pause_accepts();
+        // Close the listeners so the kernel stops queueing connections for this worker
+        // (another process on the same SO_REUSEPORT address takes them).
+        let ignore = Token::new(0, 0, OpKind::Ignore).encode();
+        for l in &mut self.listeners {
+            if let Some(fd) = l.fd.take() {
+                // Hand the fd to the ring: the close runs after the cancel queued above.
+                let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+                self.ring.close(raw, ignore);
+            }
+        }
+        tracing::info!(worker = self.index, open = self.open, "stopping");
+    }
+
+    fn on_tick(&mut self, c: Completion) {
+        if !c.more {
+            if c.result == -libc::EINVAL && self.tick_multishot {
+                self.tick_multishot = false; // kernel without multishot timeouts
+            }
+            let ud = Token::new(0, 0, OpKind::Tick).encode();
+            if self.tick_multishot {
+                self.ring.tick(TICK, ud);
+            } else {
+                self.ring.tick_once(TICK, ud);
+            }
+        }
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(self.now_ns, &mut due);
+        let idle = self.config.idle_timeout.as_nanos() as u64;
+        for (slot, gen) in due.drain(..) {
+            let slot = slot as usize;
+            let s = &self.slots[slot];
+            if !s.in_use || s.gen != gen || s.conn.phase() != Phase::Forwarding {
+                continue;
+            }
+            let deadline = s.conn.last_active_ns + idle;
+            if deadline <= self.now_ns {
+                tracing::debug!(worker = self.index, slot, "idle timeout");
+                self.abort(slot, false);
+            } else {
+                self.wheel.insert(deadline, (slot as u32, gen));
+            }
+        }
+        self.due = due;
+        if self.accept_allowed() {
+            self.arm_accepts();
+        }
+    }
+}
+
+/// The balancer's view of a snapshot for one connection: eligible = accepts new
+/// connections and not already tried by this connection.
+struct Candidates<'a> {
+    snapshot: &'a Snapshot,
+    counters: &'a SharedCounters,
+    tried: &'a [BackendId],
+}
+
+impl Pool for Candidates<'_> {
+    fn len(&self) -> usize {
+        self.snapshot.backends.len()
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.snapshot.backends[i].weight
+    }
+    fn eligible(&self, i: usize) -> bool {
+        let b = &self.snapshot.backends[i];
+        b.state.accepts_new() && !self.tried.contains(&b.id)
+    }
+    fn active(&self, i: usize) -> u64 {
+        self.counters.get(self.snapshot.backends[i].id).active()
+    }
+}
+
+fn build_balancer(snapshot: &Snapshot, worker: usize) -> Box<dyn Balance> {
+    let members: Vec<Member<'_>> = snapshot
+        .backends
+        .iter()
+        .map(|b| Member {
+            key: &b.name,
+            weight: b.weight,
+        })
+        .collect();
+    balance::build(snapshot.algorithm, &members, worker)
+}
+
+/// Whether picking needs the client's address (hashing algorithms).
+fn needs_client_addr(snapshot: &Snapshot) -> bool {
+    use crate::config::Algorithm::*;
+    matches!(snapshot.algorithm, SourceHash | Maglev | RingHash)
+}
+
+/// The hashing algorithms' key for a client address.
+fn client_key(addr: &SocketAddr, key: crate::config::HashKey) -> u64 {
+    let _ = (addr, key);
+    0 // TEMP until balance::hash_client lands
+}

@@ -1,0 +1,329 @@
+//! The command line through the real binary: `--check`, bad input, config files.
+//!
+//! Every failure must be exit status 2 and exactly one line on stderr that names the
+//! flag or the file:line:column (DESIGN.md section 6).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+fn uringlb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_uringlb"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run the uringlb binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `args`, asserts status 0, returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = uringlb(args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "uringlb {args:?} failed; stderr: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs `args`, asserts status 2 and one non-empty line on stderr, returns that line.
+fn fails(args: &[&str]) -> String {
+    let out = uringlb(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "uringlb {args:?}; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "uringlb {args:?}: want one line, got {stderr:?}"
+    );
+    assert!(
+        !lines[0].trim().is_empty(),
+        "uringlb {args:?}: empty error line"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "uringlb {args:?} panicked: {stderr}"
+    );
+    lines[0].to_string()
+}
+
+fn assert_mentions(line: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(line.contains(n), "{line:?} should mention {n:?}");
+    }
+}
+
+/// A temporary TOML file, removed on drop.
+struct TempToml(PathBuf);
+
+impl TempToml {
+    fn new(contents: &str) -> TempToml {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "uringlb-cli-test-{}-{}.toml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, contents).expect("write temp config");
+        TempToml(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for TempToml {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+const B: &str = "127.0.0.1:9001";
+
+#[test]
+fn unknown_flag() {
+    let line = fails(&["--check", "--foo"]);
+    assert_mentions(&line, &["'--foo'"]);
+}
+
+#[test]
+fn bad_listen_address() {
+    let line = fails(&["--check", "--listen", "nope", "-b", B]);
+    assert_mentions(&line, &["--listen", "nope"]);
+}
+
+#[test]
+fn bad_backend_address() {
+    let line = fails(&["--check", "--backend", "1.2.3:x"]);
+    assert_mentions(&line, &["--backend", "1.2.3:x", "port"]);
+    let line = fails(&["--check", "--backend", "1.2.3:80"]);
+    assert_mentions(&line, &["--backend", "1.2.3"]);
+}
+
+#[test]
+fn weight_zero() {
+    let line = fails(&["--check", "-b", "127.0.0.1:9001,weight=0"]);
+    assert_mentions(&line, &["--backend", "weight"]);
+}
+
+#[test]
+fn negative_weight() {
+    let line = fails(&["--check", "-b", "127.0.0.1:9001,weight=-3"]);
+    assert_mentions(&line, &["--backend", "weight", "-3"]);
+}
+
+#[test]
+fn duplicate_backend_name() {
+    let line = fails(&[
+        "--check",
+        "-b",
+        "127.0.0.1:9001,name=web",
+        "-b",
+        "127.0.0.1:9002,name=web",
+    ]);
+    assert_mentions(&line, &["duplicate backend name", "'web'"]);
+    // The default name is the address, so the same address twice is a duplicate too...
+    let line = fails(&["--check", "-b", B, "-b", B]);
+    assert_mentions(&line, &["duplicate backend name", B]);
+    // ...but allowed under distinct names.
+    ok(&["--check", "-b", B, "-b", "127.0.0.1:9001,name=again"]);
+}
+
+#[test]
+fn unknown_algorithm() {
+    let line = fails(&["--check", "-b", B, "--algorithm", "fastest"]);
+    assert_mentions(
+        &line,
+        &[
+            "--algorithm",
+            "fastest",
+            "round-robin",
+            "maglev",
+            "ring-hash",
+        ],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let line = fails(&["--check", "-b", B, "--connect-timeout", "5"]);
+    assert_mentions(&line, &["--connect-timeout", "unit"]);
+    let line = fails(&["--check", "-b", B, "--idle-timeout", "5 minutes"]);
+    assert_mentions(&line, &["--idle-timeout"]);
+}
+
+#[test]
+fn out_of_range_values() {
+    for (flag, value) in [
+        ("--retries", "101"),
+        ("--workers", "0"),
+        ("--rise", "0"),
+        ("--fall", "0"),
+        ("--max-conns", "0"),
+        ("--health-timeout", "0s"),
+        ("--hash-balance-factor", "50"),
+        ("--health", "http:healthz"),
+        ("--log-level", "loud"),
+        ("--maglev-table-size", "65536"),
+        ("--forward", "teleport"),
+    ] {
+        let line = fails(&["--check", "-b", B, flag, value]);
+        assert_mentions(&line, &[flag, value]);
+    }
+}
+
+#[test]
+fn no_backends() {
+    let line = fails(&["--check"]);
+    assert_mentions(&line, &["no backends"]);
+}
+
+#[test]
+fn malformed_toml_names_file_line_and_column() {
+    let f = TempToml::new("listen = \"127.0.0.1:8080\"\n\nretries = = 2\n");
+    let line = fails(&["--check", "-c", f.path()]);
+    assert_mentions(&line, &[&format!("{}:3:", f.path())]);
+}
+
+#[test]
+fn unknown_toml_key() {
+    let f = TempToml::new(
+        "listen = \"127.0.0.1:8080\"\n[[backend]]\naddr = \"127.0.0.1:9001\"\nport = 80\n",
+    );
+    let line = fails(&["--check", "-c", f.path()]);
+    assert_mentions(&line, &[&format!("{}:4:1:", f.path()), "`port`"]);
+}
+
+#[test]
+fn bad_toml_values_have_positions() {
+    let f = TempToml::new("connect_timeout = \"5\"\n[[backend]]\naddr = \"127.0.0.1:9001\"\n");
+    let line = fails(&["--check", "-c", f.path()]);
+    assert_mentions(
+        &line,
+        &[&format!("{}:1:19:", f.path()), "connect_timeout", "unit"],
+    );
+
+    let f = TempToml::new("[[backend]]\naddr = \"127.0.0.1:9001\"\nweight = 0\n");
+    let line = fails(&["--check", "-c", f.path()]);
+    assert_mentions(&line, &[&format!("{}:3:10:", f.path()), "weight"]);
+
+    let f = TempToml::new(
+        "[[backend]]\naddr = \"127.0.0.1:9001\"\nname = \"x\"\n\
+         [[backend]]\naddr = \"127.0.0.1:9002\"\nname = \"x\"\n",
+    );
+    let line = fails(&["--check", "-c", f.path()]);
+    assert_mentions(
+        &line,
+        &[&format!("{}:4:", f.path()), "duplicate backend name 'x'"],
+    );
+}
+
+#[test]
+fn missing_config_file() {
+    let line = fails(&["--check", "-c", "/nonexistent/uringlb.toml"]);
+    assert_mentions(&line, &["/nonexistent/uringlb.toml"]);
+}
+
+#[test]
+fn every_example_config_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("read configs/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let stdout = ok(&["--check", "-c", path.to_str().expect("utf-8 path")]);
+        assert!(stdout.starts_with("ok: "), "{}: {stdout}", path.display());
+        seen += 1;
+    }
+    assert!(
+        seen >= 3,
+        "expected at least 3 example configs, found {seen}"
+    );
+}
+
+#[test]
+fn check_prints_the_effective_configuration() {
+    let out = ok(&["--check", "-c", &example("basic.toml")]);
+    assert_mentions(
+        &out,
+        &[
+            "ok: 1 listener(s), 3 backend(s)",
+            "algorithm round-robin",
+            "workers auto",
+        ],
+    );
+}
+
+#[test]
+fn flags_override_the_file() {
+    let basic = example("basic.toml");
+    let out = ok(&[
+        "--check",
+        "--algorithm",
+        "weighted-round-robin",
+        "-c",
+        &basic,
+    ]);
+    assert_mentions(
+        &out,
+        &[
+            "3 backend(s)",
+            "algorithm weighted-round-robin",
+            "workers auto",
+        ],
+    );
+    let out = ok(&["--check", "-c", &basic, "-w", "2", "--health", "none"]);
+    assert_mentions(&out, &["algorithm round-robin", "workers 2", "health none"]);
+    // A --backend / --listen on the command line replaces the file's list.
+    let out = ok(&["--check", "-c", &basic, "-b", "127.0.0.1:9100"]);
+    assert_mentions(&out, &["1 listener(s), 1 backend(s)"]);
+    let out = ok(&[
+        "--check",
+        "-c",
+        &basic,
+        "-l",
+        "127.0.0.1:8081",
+        "-l",
+        "127.0.0.1:8082",
+    ]);
+    assert_mentions(&out, &["2 listener(s), 3 backend(s)"]);
+}
+
+#[test]
+fn help_and_version_go_to_stdout_with_status_zero() {
+    let out = ok(&["--help"]);
+    for flag in [
+        "--listen",
+        "--backend",
+        "--algorithm",
+        "--check",
+        "--config",
+        "demo",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}");
+    }
+    let out = ok(&["--version"]);
+    assert!(out.starts_with("uringlb "), "{out}");
+}

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
@@ -51,18 +52,29 @@ pub struct Backend {
     pub weight: u32,
     pub max_conns: Option<u32>,
     pub state: BackendState,
+    /// For a draining backend: when its remaining connections are closed (`--grace`).
+    pub drain_deadline: Option<std::time::Instant>,
 }
 
 /// The backend table a worker routes with. Immutable: a change is a new snapshot.
 #[derive(Debug)]
+///
+/// Everything a reload may change travels in it (backends, algorithm, timeouts), so a
+/// worker picks a reload up the same way it picks up a health change.
 pub struct Snapshot {
     /// Increases with every snapshot the control thread publishes.
     pub version: u64,
     /// Sorted by name, so every instance given the same backends sees the same order.
+    /// `weight` is the effective weight (slow start already applied).
     pub backends: Vec<Backend>,
     pub algorithm: Algorithm,
     pub hash_key: HashKey,
     pub hash_balance_factor: Option<u32>,
+    pub maglev_table_size: u64,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Other backends tried after a failed connect.
+    pub retries: u32,
 }
 
 impl Snapshot {
@@ -75,7 +87,16 @@ impl Snapshot {
             algorithm: cfg.algorithm,
             hash_key: cfg.hash_key,
             hash_balance_factor: cfg.hash_balance_factor,
+            maglev_table_size: cfg.maglev_table_size,
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.idle_timeout,
+            retries: cfg.retries,
         }
+    }
+
+    /// True when no backend is up: the balancer is in panic mode and balances over all.
+    pub fn none_up(&self) -> bool {
+        !self.backends.iter().any(|b| b.state == BackendState::Up)
     }
 }
 

@@ -132,6 +132,22 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = config::parse_rise_fall)]
     fall: Option<u32>,
 
+    /// Consecutive connect failures that eject a backend; 0 = never [default: 5]
+    #[arg(long, value_name = "N", value_parser = config::parse_eject_after)]
+    eject_after: Option<u32>,
+
+    /// First ejection's length; doubles with each further one [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
+    eject_base: Option<Duration>,
+
+    /// Longest ejection [default: 300s]
+    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
+    eject_max: Option<Duration>,
+
+    /// Ramp a recovered backend's weight from 10% to 100% over DUR; 0s = off [default: 0s]
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
+    slow_start: Option<Duration>,
+
     /// Key for the hashing algorithms: source-ip or source-ip-port [default: source-ip]
     #[arg(long, value_name = "KEY", value_parser = config::parse_hash_key)]
     hash_key: Option<HashKey>,
@@ -200,6 +216,10 @@ impl Args {
             health_timeout: self.health_timeout,
             rise: self.rise,
             fall: self.fall,
+            eject_after: self.eject_after,
+            eject_base: self.eject_base,
+            eject_max: self.eject_max,
+            slow_start: self.slow_start,
             hash_key: self.hash_key,
             hash_balance_factor: self.hash_balance_factor,
             proxy_protocol: self.proxy_protocol,

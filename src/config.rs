@@ -27,6 +27,13 @@ pub struct Config {
     pub health_timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// Consecutive connect failures that eject a backend (passive health); 0 = never.
+    pub eject_after: u32,
+    /// First ejection's length; doubles with each further ejection up to `eject_max`.
+    pub eject_base: Duration,
+    pub eject_max: Duration,
+    /// Ramp a recovered backend's weight from 10% to 100% over this; zero = off.
+    pub slow_start: Duration,
     pub hash_key: HashKey,
     /// Bounded-load factor in percent (e.g. 125); `None` = unbounded.
     pub hash_balance_factor: Option<u32>,
@@ -152,6 +159,10 @@ impl Default for Config {
             health_timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
+            eject_after: 5,
+            eject_base: Duration::from_secs(30),
+            eject_max: Duration::from_secs(300),
+            slow_start: Duration::ZERO,
             hash_key: HashKey::SourceIp,
             hash_balance_factor: None,
             proxy_protocol: None,
@@ -190,6 +201,8 @@ pub const MAX_WORKERS: usize = 1024;
 pub const MAX_RETRIES: u32 = 100;
 /// Highest `--rise`/`--fall`.
 pub const MAX_RISE_FALL: u32 = 1000;
+/// Highest `--eject-after`.
+pub const MAX_EJECT_AFTER: u32 = 1_000_000;
 /// Lowest `--hash-balance-factor` (percent of the mean load; below 100 nothing fits).
 pub const MIN_HASH_BALANCE_FACTOR: u32 = 100;
 /// Highest `--hash-balance-factor`.
@@ -256,6 +269,10 @@ pub struct PartialConfig {
     pub health_timeout: Option<Duration>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    pub eject_after: Option<u32>,
+    pub eject_base: Option<Duration>,
+    pub eject_max: Option<Duration>,
+    pub slow_start: Option<Duration>,
     pub hash_key: Option<HashKey>,
     pub hash_balance_factor: Option<u32>,
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -287,6 +304,10 @@ impl PartialConfig {
             health_timeout: top.health_timeout.or(self.health_timeout),
             rise: top.rise.or(self.rise),
             fall: top.fall.or(self.fall),
+            eject_after: top.eject_after.or(self.eject_after),
+            eject_base: top.eject_base.or(self.eject_base),
+            eject_max: top.eject_max.or(self.eject_max),
+            slow_start: top.slow_start.or(self.slow_start),
             hash_key: top.hash_key.or(self.hash_key),
             hash_balance_factor: top.hash_balance_factor.or(self.hash_balance_factor),
             proxy_protocol: top.proxy_protocol.or(self.proxy_protocol),
@@ -317,6 +338,10 @@ impl PartialConfig {
             health_timeout: self.health_timeout.unwrap_or(base.health_timeout),
             rise: self.rise.unwrap_or(base.rise),
             fall: self.fall.unwrap_or(base.fall),
+            eject_after: self.eject_after.unwrap_or(base.eject_after),
+            eject_base: self.eject_base.unwrap_or(base.eject_base),
+            eject_max: self.eject_max.unwrap_or(base.eject_max),
+            slow_start: self.slow_start.unwrap_or(base.slow_start),
             hash_key: self.hash_key.unwrap_or(base.hash_key),
             hash_balance_factor: self.hash_balance_factor.or(base.hash_balance_factor),
             proxy_protocol: self.proxy_protocol.or(base.proxy_protocol),
@@ -460,10 +485,24 @@ impl Config {
             ("--health-interval", self.health_interval),
             ("--health-timeout", self.health_timeout),
             ("--discovery-interval", self.discovery_interval),
+            ("--eject-base", self.eject_base),
+            ("--eject-max", self.eject_max),
         ] {
             check_positive(d).map_err(|m| invalid(key, m))?;
         }
         check_duration(self.grace).map_err(|m| invalid("--grace", m))?;
+        check_range(u64::from(self.eject_after), 0, u64::from(MAX_EJECT_AFTER))
+            .map_err(|m| invalid("--eject-after", m))?;
+        if self.eject_max < self.eject_base {
+            return Err(invalid(
+                "--eject-max",
+                format!(
+                    "must be at least --eject-base ({:?}), got {:?}",
+                    self.eject_base, self.eject_max
+                ),
+            ));
+        }
+        check_duration(self.slow_start).map_err(|m| invalid("--slow-start", m))?;
         if let HealthCheck::Http(path) = &self.health {
             check_http_path(path).map_err(|m| invalid("--health", m))?;
         }
@@ -829,6 +868,11 @@ pub fn parse_rise_fall(s: &str) -> Result<u32, String> {
     parse_uint(s, 1, u64::from(MAX_RISE_FALL)).map(|n| n as u32)
 }
 
+/// `--eject-after`: 0 (never eject) to [`MAX_EJECT_AFTER`].
+pub fn parse_eject_after(s: &str) -> Result<u32, String> {
+    parse_uint(s, 0, u64::from(MAX_EJECT_AFTER)).map(|n| n as u32)
+}
+
 /// `--max-conns` for the whole balancer: at least 1.
 pub fn parse_max_conns(s: &str) -> Result<usize, String> {
     parse_uint(s, 1, u64::from(u32::MAX)).map(|n| n as usize)
@@ -1002,6 +1046,14 @@ struct FileConfig {
     rise: Option<u32>,
     #[serde(default, deserialize_with = "de_fall")]
     fall: Option<u32>,
+    #[serde(default, deserialize_with = "de_eject_after")]
+    eject_after: Option<u32>,
+    #[serde(default, deserialize_with = "de_eject_base")]
+    eject_base: Option<Duration>,
+    #[serde(default, deserialize_with = "de_eject_max")]
+    eject_max: Option<Duration>,
+    #[serde(default, deserialize_with = "de_slow_start")]
+    slow_start: Option<Duration>,
     #[serde(default, deserialize_with = "de_hash_key")]
     hash_key: Option<HashKey>,
     #[serde(default, deserialize_with = "de_hash_balance_factor")]
@@ -1129,6 +1181,10 @@ impl FileConfig {
             health_timeout: self.health_timeout,
             rise: self.rise,
             fall: self.fall,
+            eject_after: self.eject_after,
+            eject_base: self.eject_base,
+            eject_max: self.eject_max,
+            slow_start: self.slow_start,
             hash_key: self.hash_key,
             hash_balance_factor: self.hash_balance_factor,
             proxy_protocol: self.proxy_protocol,
@@ -1204,6 +1260,10 @@ de_scalar! {
     de_health_timeout: "health_timeout", Duration, parse_positive_duration;
     de_rise: "rise", u32, parse_rise_fall;
     de_fall: "fall", u32, parse_rise_fall;
+    de_eject_after: "eject_after", u32, parse_eject_after;
+    de_eject_base: "eject_base", Duration, parse_positive_duration;
+    de_eject_max: "eject_max", Duration, parse_positive_duration;
+    de_slow_start: "slow_start", Duration, parse_duration;
     de_hash_key: "hash_key", HashKey, parse_hash_key;
     de_hash_balance_factor: "hash_balance_factor", u32, parse_hash_balance_factor;
     de_proxy_protocol: "proxy_protocol", ProxyProtocol, parse_proxy_protocol;
@@ -1529,6 +1589,9 @@ addr = "127.0.0.1:9002"
         fails(&|c| c.workers = Workers::Count(1025), "--workers");
         fails(&|c| c.max_conns = Some(0), "--max-conns");
         fails(&|c| c.health_timeout = Duration::ZERO, "--health-timeout");
+        fails(&|c| c.eject_base = Duration::ZERO, "--eject-base");
+        fails(&|c| c.eject_max = Duration::from_secs(1), "--eject-max");
+        fails(&|c| c.eject_after = MAX_EJECT_AFTER + 1, "--eject-after");
         fails(
             &|c| c.hash_balance_factor = Some(99),
             "--hash-balance-factor",

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod health;
 pub mod server;
 pub mod uring;
 pub mod worker;

@@ -45,6 +45,9 @@ pub enum StartError {
 pub const BUF_SIZE: usize = 32 * 1024;
 /// File descriptors kept back from RLIMIT_NOFILE for listeners, rings, eventfds, logs.
 const FD_RESERVE: usize = 128;
+/// Splice pipes per worker at most (two descriptors each), and their size.
+pub const PIPES_PER_WORKER: usize = 256;
+pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// A running balancer.
 pub struct Server {
@@ -107,12 +110,13 @@ impl Server {
             version: 0,
             ids: Vec::new(),
         };
-        let snapshot = Arc::new(build_snapshot(&mut state, &config.backends, config)?);
+        let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
+        let snapshot = Arc::new(build_snapshot(&mut state, &entries, config)?);
         let worker_config = WorkerConfig {
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-            retries: config.retries,
+            forward: config.forward,
             buf_size: BUF_SIZE,
+            pipes_max: PIPES_PER_WORKER,
+            pipe_size: PIPE_SIZE,
         };
 
         let mut workers = Vec::with_capacity(n_workers);
@@ -171,11 +175,23 @@ impl Server {
         &self.shared
     }
 
-    /// Routes new connections over `backends` from now on; open connections keep theirs.
-    /// A backend keeps its id (and so its counters) as long as its name stays.
+    /// Routes new connections over `backends` (all up, configured weights) from now on;
+    /// open connections keep theirs.
     pub fn publish(&self, backends: &[BackendSpec]) -> Result<u64, StartError> {
+        let entries: Vec<BackendEntry> = backends.iter().map(BackendEntry::up).collect();
+        self.publish_entries(&entries, &self.config)
+    }
+
+    /// Publishes backends with their states and effective weights, and the reloadable
+    /// settings of `settings` (algorithm, hashing, timeouts, retries). A backend keeps its
+    /// id (and so its shared counters) as long as its name stays.
+    pub fn publish_entries(
+        &self,
+        entries: &[BackendEntry],
+        settings: &Config,
+    ) -> Result<u64, StartError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = Arc::new(build_snapshot(&mut state, backends, &self.config)?);
+        let snapshot = Arc::new(build_snapshot(&mut state, entries, settings)?);
         let version = snapshot.version;
         for w in &self.workers {
             if w.commands.send(Command::Snapshot(snapshot.clone())).is_ok() {
@@ -216,23 +232,55 @@ impl Server {
     }
 }
 
+/// A backend as the control thread publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub spec: BackendSpec,
+    pub state: BackendState,
+    /// Effective weight (slow start applied), at least 1.
+    pub weight: u32,
+    /// Draining: open connections are closed at this time.
+    pub drain_deadline: Option<std::time::Instant>,
+}
+
+impl BackendEntry {
+    /// Up, at its configured weight.
+    pub fn up(spec: &BackendSpec) -> BackendEntry {
+        BackendEntry {
+            spec: spec.clone(),
+            state: BackendState::Up,
+            weight: spec.weight,
+            drain_deadline: None,
+        }
+    }
+}
+
+impl Server {
+    /// The id a backend name has (or gets) in the shared counters.
+    pub fn backend_id(&self, name: &str) -> Option<BackendId> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.id_for(name)
+    }
+}
+
 fn build_snapshot(
     state: &mut PublishState,
-    specs: &[BackendSpec],
+    entries: &[BackendEntry],
     config: &Config,
 ) -> Result<Snapshot, StartError> {
-    let mut backends = Vec::with_capacity(specs.len());
-    for s in specs {
+    let mut backends = Vec::with_capacity(entries.len());
+    for e in entries {
         let id = state
-            .id_for(&s.name)
+            .id_for(&e.spec.name)
             .ok_or(StartError::TooManyBackends(state.ids.len() + 1))?;
         backends.push(Backend {
             id,
-            name: s.name.clone(),
-            addr: s.addr,
-            weight: s.weight,
-            max_conns: s.max_conns,
-            state: BackendState::Up,
+            name: e.spec.name.clone(),
+            addr: e.spec.addr,
+            weight: e.weight.max(1),
+            max_conns: e.spec.max_conns,
+            state: e.state,
+            drain_deadline: e.drain_deadline,
         });
     }
     state.version += 1;
@@ -380,6 +428,6 @@ pub fn default_max_conns(workers: usize) -> usize {
     let soft = getrlimit(Resource::RLIMIT_NOFILE)
         .map(|(s, _)| s)
         .unwrap_or(1024) as usize;
-    let reserve = FD_RESERVE + 8 * workers;
+    let reserve = FD_RESERVE + (8 + 2 * PIPES_PER_WORKER) * workers;
     (soft.saturating_sub(reserve) / 2).max(1)
 }

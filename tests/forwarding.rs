@@ -11,7 +11,7 @@ use std::time::Duration;
 use util::*;
 
 /// Forwarding modes the data-path tests run in.
-const MODES: [&str; 2] = ["copy", "auto"];
+const MODES: [&str; 3] = ["copy", "splice", "auto"];
 
 fn lb_for(backend: std::net::SocketAddr, mode: &str, workers: &str) -> Lb {
     let b = backend.to_string();

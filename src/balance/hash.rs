@@ -23,7 +23,7 @@ pub fn fmix64(mut h: u64) -> u64 {
 }
 
 /// Hash of `bytes` under `seed`: eight bytes at a time, each word folded in through
-/// [`fmix64`]. The seed and length go into the starting state, so different seeds give
+/// `fmix64`. The seed and length go into the starting state, so different seeds give
 /// unrelated functions (Maglev needs two independent hashes of one key) and inputs that
 /// differ only by trailing zero bytes differ.
 pub fn hash_bytes(bytes: &[u8], seed: u64) -> u64 {

@@ -4,7 +4,6 @@
 //! backends the heavier one wins instead of a tie with a 1-weight backend. Ties go to the
 //! first one after the previous pick, so equal backends rotate.
 
-use super::rng::less_loaded;
 use super::{Balance, Pool, Request};
 
 #[derive(Debug, Clone)]
@@ -24,14 +23,22 @@ impl LeastConn {
 impl Balance for LeastConn {
     fn pick(&mut self, pool: &dyn Pool, _req: &Request) -> Option<usize> {
         let n = pool.len();
-        let mut best: Option<usize> = None;
-        for step in 0..n {
-            let i = (self.next + step) % n;
-            if pool.eligible(i) && best.is_none_or(|b| less_loaded(pool, i, b)) {
-                best = Some(i);
+        // (index, active + 1, weight) of the best so far; compared exactly in u128.
+        let mut best: Option<(usize, u128, u128)> = None;
+        let start = self.next.min(n);
+        for i in (start..n).chain(0..start) {
+            if !pool.eligible(i) {
+                continue;
+            }
+            let (load, weight) = (
+                u128::from(pool.active(i)) + 1,
+                u128::from(pool.weight(i).max(1)),
+            );
+            if best.is_none_or(|(_, bl, bw)| load * bw < bl * weight) {
+                best = Some((i, load, weight));
             }
         }
-        let b = best?;
+        let (b, _, _) = best?;
         self.next = (b + 1) % n;
         Some(b)
     }

@@ -1,10 +1,13 @@
 //! Backend selection. Pure: no I/O and no clock reads (time is an argument), so every
 //! algorithm is a plain struct that unit and property tests drive directly.
 //!
-//! A worker builds one [`Balance`] per snapshot (per-worker state such as a round-robin
-//! cursor lives in it) and calls [`Balance::pick`] for each new connection. Connect
-//! retries call `pick` again with the failed backends marked ineligible by the [`Pool`],
-//! which walks the algorithm's fallback order.
+//! The control thread makes one [`Prepared`] per snapshot (it holds what all workers share:
+//! the Maglev table, the hash ring); each worker takes its own [`Balance`] from it with
+//! [`Prepared::selector`] (per-worker state such as a cursor or a PRNG lives there) and calls
+//! [`Balance::pick`] for each new connection. Connect retries call `pick` again with the
+//! failed backends marked ineligible by the [`Pool`], which walks the algorithm's fallback
+//! order: deterministic per key for the hashing algorithms, and `None` only when no backend
+//! is eligible.
 
 mod bounded;
 pub mod ewma;
@@ -25,7 +28,10 @@ pub use ewma::PeakEwma;
 pub use hash::{hash_bytes, hash_client};
 pub use least_conn::LeastConn;
 pub use least_time::LeastTime;
-pub use maglev::{table_size_for, validate_table_size, Maglev, MaglevTable, DEFAULT_TABLE_SIZE};
+pub use maglev::{
+    table_size_for, validate_table_size, Maglev, MaglevTable, DEFAULT_TABLE_SIZE,
+    MIN_SLOTS_PER_BACKEND,
+};
 pub use p2c::P2c;
 pub use random::Random;
 pub use ring_hash::{HashRing, RingHash};
@@ -42,6 +48,7 @@ use crate::config::Algorithm;
 pub trait Pool {
     /// Number of backends (indices `0..len()`).
     fn len(&self) -> usize;
+    /// No backends at all.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -182,6 +189,78 @@ pub fn build_with(
     opts: &BuildOptions,
 ) -> Box<dyn Balance> {
     Prepared::new(algorithm, members, opts).selector(worker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::VecPool;
+    use super::*;
+
+    /// The retry contract, for every algorithm: marking each pick ineligible walks through
+    /// every backend exactly once, then `None`; hashing algorithms walk the same order on
+    /// every worker and every instance.
+    #[test]
+    fn every_algorithm_walks_every_backend_once() {
+        let names: Vec<String> = (0..6).map(|i| format!("b{i}")).collect();
+        let weights = [1, 3, 2, 1, 5, 1];
+        let members: Vec<Member<'_>> = names
+            .iter()
+            .zip(weights)
+            .map(|(key, weight)| Member { key, weight })
+            .collect();
+        for (name, algorithm) in Algorithm::ALL {
+            for factor in [None, Some(125)] {
+                let opts = BuildOptions {
+                    hash_balance_factor: factor,
+                    ..BuildOptions::default()
+                };
+                let prepared = Prepared::new(algorithm, &members, &opts);
+                assert_eq!(prepared.algorithm(), algorithm);
+                for key in [0u64, 1, u64::MAX, 0x1234_5678_9abc_def0] {
+                    let req = Request { key, now_ns: 5 };
+                    let walk = |worker: usize| {
+                        let mut sel = prepared.selector(worker);
+                        let mut pool = VecPool::weighted(&weights);
+                        pool.active = vec![3, 0, 1, 4, 2, 0];
+                        let mut order = Vec::new();
+                        while let Some(i) = sel.pick(&pool, &req) {
+                            assert!(pool.eligible[i], "{name}: picked ineligible {i}");
+                            pool.eligible[i] = false;
+                            order.push(i);
+                        }
+                        order
+                    };
+                    let mut order = walk(0);
+                    if matches!(
+                        algorithm,
+                        Algorithm::SourceHash | Algorithm::Maglev | Algorithm::RingHash
+                    ) {
+                        assert_eq!(order, walk(3), "{name}: differs between workers");
+                    }
+                    order.sort_unstable();
+                    assert_eq!(order, vec![0, 1, 2, 3, 4, 5], "{name} {factor:?}");
+                }
+            }
+            let mut empty = build(algorithm, &[], 0);
+            assert_eq!(
+                empty.pick(&VecPool::equal(0), &Request::default()),
+                None,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn build_grows_a_table_too_small_for_the_backends() {
+        let names: Vec<String> = (0..20).map(|i| format!("b{i}")).collect();
+        let members: Vec<Member<'_>> = names.iter().map(|key| Member { key, weight: 1 }).collect();
+        let opts = BuildOptions {
+            maglev_table_size: 101,
+            ..BuildOptions::default()
+        };
+        let p = Prepared::new(Algorithm::Maglev, &members, &opts);
+        assert_eq!(p.maglev.as_ref().map(|t| t.size()), Some(2003));
+    }
 }
 
 #[cfg(test)]

@@ -314,6 +314,43 @@ impl Ring {
         self.slots[slot].bufs[dir].as_deref().unwrap_or(&[])
     }
 
+    /// Waits until `fd` has one of `events` (`POLLIN`, `POLLOUT`).
+    pub fn poll(&mut self, fd: RawFd, events: u32, user_data: u64) {
+        let e = opcode::PollAdd::new(Fd(fd), events)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// A non-blocking `splice(fd_in -> fd_out, len)`; with `poll_first = Some((fd, events,
+    /// user_data))` a poll is linked ahead of it, so the splice runs once the socket is
+    /// ready (two completions). Splices are never linked to each other: a short first
+    /// splice would cancel the second.
+    pub fn splice(
+        &mut self,
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: usize,
+        user_data: u64,
+        poll_first: Option<(RawFd, u32, u64)>,
+    ) {
+        let len = len.min(u32::MAX as usize) as u32;
+        let splice = opcode::Splice::new(Fd(fd_in), -1, Fd(fd_out), -1, len)
+            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+            .build()
+            .user_data(user_data);
+        match poll_first {
+            Some((fd, events, poll_ud)) => {
+                let poll = opcode::PollAdd::new(Fd(fd), events)
+                    .build()
+                    .flags(squeue::Flags::IO_LINK)
+                    .user_data(poll_ud);
+                self.push_all(&[poll, splice]);
+            }
+            None => self.push(splice),
+        }
+    }
+
     /// `shutdown(fd, how)`.
     pub fn shutdown(&mut self, fd: RawFd, how: i32, user_data: u64) {
         let e = opcode::Shutdown::new(Fd(fd), how)
@@ -444,6 +481,29 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
         .peer_addr()
         .ok()?
         .as_socket()
+}
+
+/// A non-blocking pipe of (about) `size` bytes: (read end, write end).
+pub fn pipe(size: usize) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (r, w) = (own_fd(fds[0]), own_fd(fds[1]));
+    // SAFETY: F_SETPIPE_SZ takes an int argument; failure (size above pipe-max-size) just
+    // leaves the default size, which still works.
+    unsafe {
+        libc::fcntl(fds[1], libc::F_SETPIPE_SZ, size as libc::c_int);
+    }
+    Ok((r, w))
+}
+
+/// The capacity of a pipe in bytes.
+pub fn pipe_size(fd: RawFd) -> usize {
+    // SAFETY: F_GETPIPE_SZ takes no argument and only returns a number.
+    let n = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    n.max(0) as usize
 }
 
 /// Takes ownership of a descriptor this process just created.

@@ -3,9 +3,19 @@
 //! sans-IO shape of `quinn-proto`).
 //!
 //! Two directions (flows) run at once: `UP` = client -> backend, `DOWN` = backend -> client.
-//! Each has at most one operation in flight, recv then send, so a connection holds at most
-//! one buffer per direction whatever the peers do: a slow reader stops our reads from the
+//! Each has at most one step in flight, so a connection holds at most one buffer (or one
+//! pipe) per direction whatever the peers do: a slow reader stops our reads from the
 //! writer, and TCP flow control pushes back on it.
+//!
+//! A flow forwards by copy (recv into a buffer, send it) or by splice (socket -> pipe ->
+//! socket, the bytes never enter user space):
+//!
+//! - splice: wait for `POLLIN` without holding a pipe (an idle connection costs no pipe),
+//!   take a pipe from the pool, splice in, splice out until the pipe is empty. While the
+//!   source streams (the last splice filled the pipe) the pipe is kept and the next
+//!   `POLLIN` poll is linked ahead of the splice; when it goes quiet the pipe goes back. No
+//!   pipe free: that chunk is copied instead.
+//! - auto: copy until `STREAM_STREAK` full reads in a row, then splice.
 //!
 //! Closing: both directions done (EOF passed on as `shutdown(SHUT_WR)`) closes normally; an
 //! error or reset on either side aborts both, and a reset is passed on as a reset. The slot
@@ -15,6 +25,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::backend::BackendId;
+use crate::config::ForwardMode;
 
 use super::token::OpKind;
 
@@ -23,6 +34,20 @@ pub const UP: usize = 0;
 /// Backend -> client.
 pub const DOWN: usize = 1;
 
+/// Full reads in a row after which `--forward auto` switches a direction to splice.
+pub const STREAM_STREAK: u8 = 4;
+
+/// A pipe of the worker's pool, by index.
+pub type PipeId = u32;
+
+/// The worker's pipe pool as the state machine sees it.
+pub trait Pipes {
+    /// An empty pipe, or `None` when the pool is exhausted.
+    fn acquire(&mut self) -> Option<PipeId>;
+    /// Gives back an empty pipe.
+    fn release(&mut self, pipe: PipeId);
+}
+
 /// What the worker must do for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -30,18 +55,56 @@ pub enum Action {
     Recv(usize),
     /// Send `buf[from..to]` of direction `dir` to its destination.
     Send { dir: usize, from: usize, to: usize },
+    /// Wait until the source of `dir` is readable.
+    PollIn(usize),
+    /// Splice from the source of `dir` into `pipe`; `poll_first` links a `POLLIN` poll
+    /// ahead of it (two completions).
+    SpliceIn {
+        dir: usize,
+        pipe: PipeId,
+        poll_first: bool,
+    },
+    /// Splice `len` bytes from `pipe` to the destination of `dir`; `poll_first` links a
+    /// `POLLOUT` poll ahead of it (two completions).
+    SpliceOut {
+        dir: usize,
+        pipe: PipeId,
+        len: usize,
+        poll_first: bool,
+    },
     /// `shutdown(SHUT_WR)` the destination of `dir`.
     Shutdown(usize),
-    /// Cancel every operation in flight on both sockets.
-    CancelAll,
+    /// Cancel every operation in flight on both sockets and on these pipes.
+    CancelAll([Option<PipeId>; 2]),
+}
+
+impl Action {
+    /// Completions the action's operations will produce.
+    fn completions(self) -> u32 {
+        match self {
+            Action::SpliceIn { poll_first, .. } | Action::SpliceOut { poll_first, .. } => {
+                1 + u32::from(poll_first)
+            }
+            Action::CancelAll(_) => 0,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FlowState {
     /// Not started (still connecting).
     Idle,
+    /// Copy: recv in flight.
     Reading,
+    /// Copy: send in flight.
     Writing,
+    /// Splice: `POLLIN` poll in flight, no pipe held.
+    Polling,
+    /// Splice: socket -> pipe in flight.
+    SplicingIn,
+    /// Splice: pipe -> socket in flight.
+    SplicingOut,
     /// EOF seen; shutdown of the destination in flight.
     ShuttingDown,
     Done,
@@ -50,10 +113,18 @@ enum FlowState {
 #[derive(Debug, Clone, Copy)]
 struct Flow {
     state: FlowState,
-    /// Bytes in the buffer from the last receive.
+    /// Copy: bytes in the buffer from the last receive, and how many are sent.
     len: usize,
-    /// Bytes of them already sent.
     sent: usize,
+    /// Splice: the pipe held, and the bytes in it.
+    pipe: Option<PipeId>,
+    in_pipe: usize,
+    /// The last splice in filled the pipe: the source is streaming.
+    streaming: bool,
+    /// This direction forwards by splice (from the start, or switched by `auto`).
+    splice: bool,
+    /// Full reads in a row (for `auto`).
+    streak: u8,
     /// Bytes forwarded in this direction.
     bytes: u64,
 }
@@ -63,8 +134,23 @@ impl Flow {
         state: FlowState::Idle,
         len: 0,
         sent: 0,
+        pipe: None,
+        in_pipe: 0,
+        streaming: false,
+        splice: false,
+        streak: 0,
         bytes: 0,
     };
+}
+
+/// How a connection forwards: the mode and the sizes that tell a full read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarding {
+    pub mode: ForwardMode,
+    /// Copy buffer size per direction.
+    pub buf_size: usize,
+    /// Pipe capacity (bytes asked of one splice in).
+    pub pipe_size: usize,
 }
 
 /// Where the connection is in its life.
@@ -92,6 +178,7 @@ pub struct Conn {
     pub tried: Vec<BackendId>,
     pub connect_started_ns: u64,
     pub last_active_ns: u64,
+    fwd: Forwarding,
     phase: Phase,
     flows: [Flow; 2],
     /// Operations submitted whose completion has not arrived.
@@ -111,6 +198,11 @@ impl Conn {
             tried: Vec::new(),
             connect_started_ns: 0,
             last_active_ns: 0,
+            fwd: Forwarding {
+                mode: ForwardMode::Copy,
+                buf_size: 1,
+                pipe_size: 1,
+            },
             phase: Phase::Closing,
             flows: [Flow::NEW; 2],
             inflight: 0,
@@ -119,7 +211,13 @@ impl Conn {
     }
 
     /// Resets the state for a newly accepted client socket.
-    pub fn open(&mut self, client_fd: RawFd, client_addr: Option<SocketAddr>, now_ns: u64) {
+    pub fn open(
+        &mut self,
+        client_fd: RawFd,
+        client_addr: Option<SocketAddr>,
+        fwd: Forwarding,
+        now_ns: u64,
+    ) {
         self.client_fd = client_fd;
         self.backend_fd = -1;
         self.client_addr = client_addr;
@@ -128,6 +226,7 @@ impl Conn {
         self.tried.clear();
         self.connect_started_ns = now_ns;
         self.last_active_ns = now_ns;
+        self.fwd = fwd;
         self.phase = Phase::Connecting;
         self.flows = [Flow::NEW; 2];
         self.inflight = 0;
@@ -152,7 +251,17 @@ impl Conn {
         self.reset
     }
 
-    /// The worker pushed `n` operations for this connection.
+    /// Pipes still held (only after an abort: they may hold bytes and must be discarded).
+    pub fn take_pipes(&mut self) -> [Option<PipeId>; 2] {
+        [self.flows[UP].pipe.take(), self.flows[DOWN].pipe.take()]
+    }
+
+    /// Whether direction `dir` has switched to (or started in) splice.
+    pub fn splicing(&self, dir: usize) -> bool {
+        self.flows[dir].splice
+    }
+
+    /// The worker pushed `n` operations for this connection outside [`Action`]s.
     pub fn submitted(&mut self, n: u32) {
         self.inflight += n;
     }
@@ -174,28 +283,45 @@ impl Conn {
         }
         self.phase = Phase::Forwarding;
         self.last_active_ns = now_ns;
+        let splice = self.fwd.mode == ForwardMode::Splice;
         for dir in [UP, DOWN] {
-            self.flows[dir].state = FlowState::Reading;
-            self.emit(Action::Recv(dir), out);
+            self.flows[dir].splice = splice;
+            if splice {
+                self.flows[dir].state = FlowState::Polling;
+                self.emit(Action::PollIn(dir), out);
+            } else {
+                self.flows[dir].state = FlowState::Reading;
+                self.emit(Action::Recv(dir), out);
+            }
         }
     }
 
-    /// Handles the completion of a forwarding operation (recv, send, shutdown).
-    pub fn on_io(&mut self, op: OpKind, res: i32, now_ns: u64, out: &mut Vec<Action>) {
+    /// Handles the completion of a forwarding operation.
+    pub fn on_io(
+        &mut self,
+        op: OpKind,
+        res: i32,
+        now_ns: u64,
+        pipes: &mut dyn Pipes,
+        out: &mut Vec<Action>,
+    ) {
         if self.phase != Phase::Forwarding {
             return; // closing: results of cancelled or late operations don't matter
         }
+        let Some(dir) = op.dir() else {
+            return; // a linked poll: its splice reports what happened
+        };
         match op {
-            OpKind::Recv0 | OpKind::Recv1 => {
-                let dir = if op == OpKind::Recv0 { UP } else { DOWN };
-                self.on_recv(dir, res, now_ns, out);
+            OpKind::Recv0 | OpKind::Recv1 => self.on_recv(dir, res, now_ns, pipes, out),
+            OpKind::Send0 | OpKind::Send1 => self.on_send(dir, res, now_ns, pipes, out),
+            OpKind::PollIn0 | OpKind::PollIn1 => self.on_readable(dir, res, pipes, out),
+            OpKind::SpliceIn0 | OpKind::SpliceIn1 => {
+                self.on_splice_in(dir, res, now_ns, pipes, out)
             }
-            OpKind::Send0 | OpKind::Send1 => {
-                let dir = if op == OpKind::Send0 { UP } else { DOWN };
-                self.on_send(dir, res, now_ns, out);
+            OpKind::SpliceOut0 | OpKind::SpliceOut1 => {
+                self.on_splice_out(dir, res, now_ns, pipes, out)
             }
             OpKind::Shutdown0 | OpKind::Shutdown1 => {
-                let dir = if op == OpKind::Shutdown0 { UP } else { DOWN };
                 // ENOTCONN after the peer already went away is not worth a reset; the
                 // other direction finds out on its own.
                 self.flows[dir].state = FlowState::Done;
@@ -207,11 +333,24 @@ impl Conn {
         }
     }
 
-    fn on_recv(&mut self, dir: usize, res: i32, now_ns: u64, out: &mut Vec<Action>) {
-        let flow = &mut self.flows[dir];
+    fn on_recv(
+        &mut self,
+        dir: usize,
+        res: i32,
+        now_ns: u64,
+        pipes: &mut dyn Pipes,
+        out: &mut Vec<Action>,
+    ) {
         match res {
             n if n > 0 => {
-                flow.len = n as usize;
+                let n = n as usize;
+                let flow = &mut self.flows[dir];
+                flow.streak = if n == self.fwd.buf_size {
+                    flow.streak.saturating_add(1)
+                } else {
+                    0
+                };
+                flow.len = n;
                 flow.sent = 0;
                 flow.state = FlowState::Writing;
                 self.last_active_ns = now_ns;
@@ -219,20 +358,24 @@ impl Conn {
                     Action::Send {
                         dir,
                         from: 0,
-                        to: n as usize,
+                        to: n,
                     },
                     out,
                 );
             }
-            0 => {
-                flow.state = FlowState::ShuttingDown;
-                self.emit(Action::Shutdown(dir), out);
-            }
+            0 => self.eof(dir, pipes, out),
             _ => self.abort(true, out),
         }
     }
 
-    fn on_send(&mut self, dir: usize, res: i32, now_ns: u64, out: &mut Vec<Action>) {
+    fn on_send(
+        &mut self,
+        dir: usize,
+        res: i32,
+        now_ns: u64,
+        pipes: &mut dyn Pipes,
+        out: &mut Vec<Action>,
+    ) {
         if res <= 0 {
             // A zero-byte send of a non-empty range would repeat forever: treat as error.
             return self.abort(true, out);
@@ -245,9 +388,166 @@ impl Conn {
             let (from, to) = (flow.sent, flow.len);
             self.emit(Action::Send { dir, from, to }, out);
         } else {
+            self.read_next(dir, pipes, out);
+        }
+    }
+
+    /// The buffer of `dir` is empty: read more, by copy or by splice.
+    fn read_next(&mut self, dir: usize, pipes: &mut dyn Pipes, out: &mut Vec<Action>) {
+        let flow = &mut self.flows[dir];
+        if !flow.splice && self.fwd.mode == ForwardMode::Auto && flow.streak >= STREAM_STREAK {
+            // Streaming: switch to splice with the pollable-and-linked form right away.
+            if let Some(pipe) = pipes.acquire() {
+                flow.splice = true;
+                flow.pipe = Some(pipe);
+                flow.state = FlowState::SplicingIn;
+                return self.emit(
+                    Action::SpliceIn {
+                        dir,
+                        pipe,
+                        poll_first: true,
+                    },
+                    out,
+                );
+            }
+        }
+        if flow.splice {
+            flow.state = FlowState::Polling;
+            self.emit(Action::PollIn(dir), out);
+        } else {
             flow.state = FlowState::Reading;
             self.emit(Action::Recv(dir), out);
         }
+    }
+
+    /// Splice mode: the source is readable. Take a pipe, or copy this chunk without one.
+    fn on_readable(&mut self, dir: usize, res: i32, pipes: &mut dyn Pipes, out: &mut Vec<Action>) {
+        if res < 0 {
+            return self.abort(true, out);
+        }
+        let flow = &mut self.flows[dir];
+        match pipes.acquire() {
+            Some(pipe) => {
+                flow.pipe = Some(pipe);
+                flow.state = FlowState::SplicingIn;
+                self.emit(
+                    Action::SpliceIn {
+                        dir,
+                        pipe,
+                        poll_first: false,
+                    },
+                    out,
+                );
+            }
+            None => {
+                flow.state = FlowState::Reading;
+                self.emit(Action::Recv(dir), out);
+            }
+        }
+    }
+
+    fn on_splice_in(
+        &mut self,
+        dir: usize,
+        res: i32,
+        now_ns: u64,
+        pipes: &mut dyn Pipes,
+        out: &mut Vec<Action>,
+    ) {
+        let flow = &mut self.flows[dir];
+        let Some(pipe) = flow.pipe else {
+            return self.abort(true, out);
+        };
+        match res {
+            n if n > 0 => {
+                let n = n as usize;
+                flow.in_pipe = n;
+                flow.streaming = n >= self.fwd.pipe_size;
+                flow.state = FlowState::SplicingOut;
+                self.last_active_ns = now_ns;
+                self.emit(
+                    Action::SpliceOut {
+                        dir,
+                        pipe,
+                        len: n,
+                        poll_first: false,
+                    },
+                    out,
+                );
+            }
+            0 => {
+                flow.pipe = None;
+                pipes.release(pipe); // empty: nothing was spliced into it
+                self.eof(dir, pipes, out);
+            }
+            e if e == -libc::EAGAIN => {
+                // Woken without data: give the pipe back and wait again.
+                flow.pipe = None;
+                flow.streaming = false;
+                pipes.release(pipe);
+                flow.state = FlowState::Polling;
+                self.emit(Action::PollIn(dir), out);
+            }
+            _ => self.abort(true, out),
+        }
+    }
+
+    fn on_splice_out(
+        &mut self,
+        dir: usize,
+        res: i32,
+        now_ns: u64,
+        pipes: &mut dyn Pipes,
+        out: &mut Vec<Action>,
+    ) {
+        let flow = &mut self.flows[dir];
+        let Some(pipe) = flow.pipe else {
+            return self.abort(true, out);
+        };
+        if res > 0 {
+            let m = (res as usize).min(flow.in_pipe);
+            flow.in_pipe -= m;
+            flow.bytes += m as u64;
+            self.last_active_ns = now_ns;
+        } else if res != 0 && res != -libc::EAGAIN {
+            return self.abort(true, out);
+        }
+        let flow = &mut self.flows[dir];
+        if flow.in_pipe > 0 {
+            // Bytes left in the pipe: wait for room at the destination, then go on.
+            let len = flow.in_pipe;
+            return self.emit(
+                Action::SpliceOut {
+                    dir,
+                    pipe,
+                    len,
+                    poll_first: true,
+                },
+                out,
+            );
+        }
+        if flow.streaming {
+            flow.state = FlowState::SplicingIn;
+            self.emit(
+                Action::SpliceIn {
+                    dir,
+                    pipe,
+                    poll_first: true,
+                },
+                out,
+            );
+        } else {
+            flow.pipe = None;
+            pipes.release(pipe);
+            flow.state = FlowState::Polling;
+            self.emit(Action::PollIn(dir), out);
+        }
+    }
+
+    /// EOF from the source of `dir` with nothing buffered: pass it on.
+    fn eof(&mut self, dir: usize, _pipes: &mut dyn Pipes, out: &mut Vec<Action>) {
+        self.flows[dir].state = FlowState::ShuttingDown;
+        self.emit(Action::Shutdown(dir), out);
     }
 
     /// Stops the connection: cancels what is in flight; `reset` closes with RST.
@@ -258,14 +558,15 @@ impl Conn {
         self.phase = Phase::Closing;
         self.reset |= reset;
         if self.inflight > 0 {
-            out.push(Action::CancelAll);
+            out.push(Action::CancelAll([
+                self.flows[UP].pipe,
+                self.flows[DOWN].pipe,
+            ]));
         }
     }
 
     fn emit(&mut self, action: Action, out: &mut Vec<Action>) {
-        if action != Action::CancelAll {
-            self.inflight += 1;
-        }
+        self.inflight += action.completions();
         out.push(action);
     }
 }
@@ -280,111 +581,277 @@ impl Default for Conn {
 mod tests {
     use super::*;
 
-    fn forwarding() -> (Conn, Vec<Action>) {
+    /// A pool of `n` pipes that remembers what is out.
+    struct FakePipes {
+        free: Vec<PipeId>,
+        out: Vec<PipeId>,
+    }
+
+    impl FakePipes {
+        fn new(n: u32) -> FakePipes {
+            FakePipes {
+                free: (0..n).rev().collect(),
+                out: Vec::new(),
+            }
+        }
+    }
+
+    impl Pipes for FakePipes {
+        fn acquire(&mut self) -> Option<PipeId> {
+            let p = self.free.pop()?;
+            self.out.push(p);
+            Some(p)
+        }
+        fn release(&mut self, pipe: PipeId) {
+            self.out.retain(|&p| p != pipe);
+            self.free.push(pipe);
+        }
+    }
+
+    const COPY: Forwarding = Forwarding {
+        mode: ForwardMode::Copy,
+        buf_size: 100,
+        pipe_size: 1000,
+    };
+
+    fn forwarding(fwd: Forwarding) -> (Conn, Vec<Action>) {
         let mut c = Conn::new();
-        c.open(5, None, 0);
+        c.open(5, None, fwd, 0);
         c.submitted(2); // connect + link timeout
         c.completed();
         c.completed();
         let mut out = Vec::new();
         c.connected(1, &mut out);
-        assert_eq!(out, vec![Action::Recv(UP), Action::Recv(DOWN)]);
         assert_eq!(c.inflight(), 2);
-        out.clear();
         (c, out)
+    }
+
+    /// Feeds one completion (the op had been counted in flight).
+    fn feed(c: &mut Conn, op: OpKind, res: i32, pipes: &mut FakePipes) -> Vec<Action> {
+        let mut out = Vec::new();
+        c.completed();
+        c.on_io(op, res, 10, pipes, &mut out);
+        out
+    }
+
+    #[test]
+    fn copy_starts_both_directions() {
+        let (_, out) = forwarding(COPY);
+        assert_eq!(out, vec![Action::Recv(UP), Action::Recv(DOWN)]);
     }
 
     #[test]
     fn short_send_is_resubmitted_then_reads_again() {
-        let (mut c, mut out) = forwarding();
-        c.completed();
-        c.on_io(OpKind::Recv0, 100, 2, &mut out);
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
         assert_eq!(
-            out,
+            feed(&mut c, OpKind::Recv0, 100, p),
             vec![Action::Send {
                 dir: UP,
                 from: 0,
                 to: 100
             }]
         );
-        out.clear();
-        c.completed();
-        c.on_io(OpKind::Send0, 40, 3, &mut out);
         assert_eq!(
-            out,
+            feed(&mut c, OpKind::Send0, 40, p),
             vec![Action::Send {
                 dir: UP,
                 from: 40,
                 to: 100
             }]
         );
-        out.clear();
-        c.completed();
-        c.on_io(OpKind::Send0, 60, 4, &mut out);
-        assert_eq!(out, vec![Action::Recv(UP)]);
+        assert_eq!(feed(&mut c, OpKind::Send0, 60, p), vec![Action::Recv(UP)]);
         assert_eq!(c.bytes(), (100, 0));
-        assert_eq!(c.last_active_ns, 4);
+        assert_eq!(c.last_active_ns, 10);
     }
 
     #[test]
     fn half_close_each_way_then_close() {
-        let (mut c, mut out) = forwarding();
-        c.completed();
-        c.on_io(OpKind::Recv0, 0, 2, &mut out);
-        assert_eq!(out, vec![Action::Shutdown(UP)]);
-        out.clear();
-        c.completed();
-        c.on_io(OpKind::Shutdown0, 0, 3, &mut out);
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
+        assert_eq!(
+            feed(&mut c, OpKind::Recv0, 0, p),
+            vec![Action::Shutdown(UP)]
+        );
+        feed(&mut c, OpKind::Shutdown0, 0, p);
         assert_eq!(
             c.phase(),
             Phase::Forwarding,
             "the other direction keeps flowing"
         );
-        c.completed();
-        c.on_io(OpKind::Recv1, 10, 4, &mut out);
         assert_eq!(
-            out,
+            feed(&mut c, OpKind::Recv1, 10, p),
             vec![Action::Send {
                 dir: DOWN,
                 from: 0,
                 to: 10
             }]
         );
-        out.clear();
-        c.completed();
-        c.on_io(OpKind::Send1, 10, 5, &mut out);
-        c.completed();
-        c.on_io(OpKind::Recv1, 0, 6, &mut out);
-        c.completed();
-        c.on_io(OpKind::Shutdown1, 0, 7, &mut out);
+        feed(&mut c, OpKind::Send1, 10, p);
+        feed(&mut c, OpKind::Recv1, 0, p);
+        feed(&mut c, OpKind::Shutdown1, 0, p);
         assert!(c.releasable());
         assert!(!c.reset());
     }
 
     #[test]
     fn reset_aborts_both_and_waits_for_inflight() {
-        let (mut c, mut out) = forwarding();
-        c.completed();
-        c.on_io(OpKind::Recv1, -libc::ECONNRESET, 2, &mut out);
-        assert_eq!(out, vec![Action::CancelAll]);
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
+        assert_eq!(
+            feed(&mut c, OpKind::Recv1, -libc::ECONNRESET, p),
+            vec![Action::CancelAll([None, None])]
+        );
         assert_eq!(c.phase(), Phase::Closing);
         assert!(!c.releasable(), "the client recv is still in flight");
-        out.clear();
-        c.completed();
-        c.on_io(OpKind::Recv0, -libc::ECANCELED, 3, &mut out);
-        assert!(out.is_empty());
+        assert!(feed(&mut c, OpKind::Recv0, -libc::ECANCELED, p).is_empty());
         assert!(c.releasable());
         assert!(c.reset());
     }
 
     #[test]
     fn zero_byte_send_is_an_error() {
-        let (mut c, mut out) = forwarding();
-        c.completed();
-        c.on_io(OpKind::Recv0, 10, 2, &mut out);
-        out.clear();
-        c.completed();
-        c.on_io(OpKind::Send0, 0, 3, &mut out);
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
+        feed(&mut c, OpKind::Recv0, 10, p);
+        feed(&mut c, OpKind::Send0, 0, p);
         assert_eq!(c.phase(), Phase::Closing);
+    }
+
+    #[test]
+    fn splice_idle_holds_no_pipe_and_streaming_keeps_it() {
+        let fwd = Forwarding {
+            mode: ForwardMode::Splice,
+            ..COPY
+        };
+        let (mut c, out) = forwarding(fwd);
+        assert_eq!(out, vec![Action::PollIn(UP), Action::PollIn(DOWN)]);
+        let p = &mut FakePipes::new(4);
+        assert!(p.out.is_empty(), "idle: no pipe held");
+        let a = feed(&mut c, OpKind::PollIn1, libc::POLLIN as i32, p);
+        assert_eq!(
+            a,
+            vec![Action::SpliceIn {
+                dir: DOWN,
+                pipe: 0,
+                poll_first: false
+            }]
+        );
+        // A full pipe: streaming.
+        let a = feed(&mut c, OpKind::SpliceIn1, 1000, p);
+        assert_eq!(
+            a,
+            vec![Action::SpliceOut {
+                dir: DOWN,
+                pipe: 0,
+                len: 1000,
+                poll_first: false
+            }]
+        );
+        // Partly out: wait for room, then the rest.
+        let a = feed(&mut c, OpKind::SpliceOut1, 600, p);
+        assert_eq!(
+            a,
+            vec![Action::SpliceOut {
+                dir: DOWN,
+                pipe: 0,
+                len: 400,
+                poll_first: true
+            }]
+        );
+        c.completed(); // the linked poll
+                       // EAGAIN with bytes in the pipe means "wait for room", never "empty".
+        let a = feed(&mut c, OpKind::SpliceOut1, -libc::EAGAIN, p);
+        assert_eq!(
+            a,
+            vec![Action::SpliceOut {
+                dir: DOWN,
+                pipe: 0,
+                len: 400,
+                poll_first: true
+            }]
+        );
+        c.completed();
+        let a = feed(&mut c, OpKind::SpliceOut1, 400, p);
+        assert_eq!(
+            a,
+            vec![Action::SpliceIn {
+                dir: DOWN,
+                pipe: 0,
+                poll_first: true
+            }],
+            "streaming keeps the pipe"
+        );
+        c.completed();
+        // A short read: quiet now; the pipe goes back after it drains.
+        feed(&mut c, OpKind::SpliceIn1, 10, p);
+        let a = feed(&mut c, OpKind::SpliceOut1, 10, p);
+        assert_eq!(a, vec![Action::PollIn(DOWN)]);
+        assert!(p.out.is_empty());
+        assert_eq!(c.bytes(), (0, 1010));
+        // EOF on splice passes on as shutdown.
+        feed(&mut c, OpKind::PollIn1, 1, p);
+        assert_eq!(
+            feed(&mut c, OpKind::SpliceIn1, 0, p),
+            vec![Action::Shutdown(DOWN)]
+        );
+        assert!(p.out.is_empty());
+    }
+
+    #[test]
+    fn splice_without_a_free_pipe_copies_the_chunk() {
+        let fwd = Forwarding {
+            mode: ForwardMode::Splice,
+            ..COPY
+        };
+        let (mut c, _) = forwarding(fwd);
+        let p = &mut FakePipes::new(0);
+        assert_eq!(feed(&mut c, OpKind::PollIn0, 1, p), vec![Action::Recv(UP)]);
+        feed(&mut c, OpKind::Recv0, 50, p);
+        assert_eq!(feed(&mut c, OpKind::Send0, 50, p), vec![Action::PollIn(UP)]);
+    }
+
+    #[test]
+    fn auto_switches_after_a_streak_of_full_reads() {
+        let fwd = Forwarding {
+            mode: ForwardMode::Auto,
+            ..COPY
+        };
+        let (mut c, _) = forwarding(fwd);
+        let p = &mut FakePipes::new(1);
+        for _ in 0..STREAM_STREAK {
+            assert!(!c.splicing(DOWN));
+            feed(&mut c, OpKind::Recv1, 100, p);
+            let a = feed(&mut c, OpKind::Send1, 100, p);
+            if a == vec![Action::Recv(DOWN)] {
+                continue;
+            }
+            assert_eq!(
+                a,
+                vec![Action::SpliceIn {
+                    dir: DOWN,
+                    pipe: 0,
+                    poll_first: true
+                }]
+            );
+        }
+        assert!(c.splicing(DOWN));
+        assert!(!c.splicing(UP));
+    }
+
+    #[test]
+    fn abort_while_splicing_hands_back_the_pipe_for_discard() {
+        let fwd = Forwarding {
+            mode: ForwardMode::Splice,
+            ..COPY
+        };
+        let (mut c, _) = forwarding(fwd);
+        let p = &mut FakePipes::new(2);
+        feed(&mut c, OpKind::PollIn0, 1, p);
+        let a = feed(&mut c, OpKind::PollIn1, -libc::ECONNRESET, p);
+        assert_eq!(a, vec![Action::CancelAll([Some(0), None])]);
+        feed(&mut c, OpKind::SpliceIn0, -libc::ECANCELED, p);
+        assert!(c.releasable());
+        assert_eq!(c.take_pipes(), [Some(0), None]);
     }
 }

@@ -12,6 +12,7 @@
 //! - time: a repeating tick drives a timer wheel of idle deadlines.
 
 pub mod conn;
+pub mod pipes;
 pub mod timer;
 pub mod token;
 
@@ -24,11 +25,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use crossbeam_utils::CachePadded;
 
-use crate::backend::{BackendId, SharedCounters, Snapshot};
+use crate::backend::{BackendId, BackendState, SharedCounters, Snapshot};
 use crate::balance::{self, Balance, Member, Pool, Request};
 use crate::uring::{self, Completion, Ring};
 
-use conn::{Action, Conn, Phase};
+use crate::config::ForwardMode;
+use conn::{Action, Conn, Forwarding, Phase};
+use pipes::PipePool;
 use token::{next_gen, OpKind, Token};
 
 /// Messages from the control thread.
@@ -43,11 +46,12 @@ pub enum Command {
 /// Settings a worker needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub retries: u32,
+    pub forward: ForwardMode,
     /// Forwarding buffer per direction.
     pub buf_size: usize,
+    /// Pipes for splice: how many at most per worker, and their size.
+    pub pipes_max: usize,
+    pub pipe_size: usize,
 }
 
 /// Counters of one worker, on their own cache line; only this worker writes them.
@@ -119,9 +123,10 @@ pub struct Worker {
     snapshot: Arc<Snapshot>,
     balancer: Box<dyn Balance>,
     shared: Arc<Shared>,
-    config: WorkerConfig,
     slots: Vec<Slot>,
     free: Vec<u32>,
+    pipes: PipePool,
+    fwd: Forwarding,
     open: usize,
     wheel: timer::Wheel,
     epoch: Instant,
@@ -140,6 +145,27 @@ impl Worker {
         let ring = Ring::new(4096, setup.slots, setup.config.buf_size)?;
         let epoch = Instant::now();
         let balancer = build_balancer(&setup.snapshot, setup.index);
+        let cfg = &setup.config;
+        // The kernel rounds pipe sizes; a full splice is judged against the real size.
+        let pipe_size = match cfg.forward {
+            ForwardMode::Copy => cfg.pipe_size,
+            _ => uring::pipe(cfg.pipe_size)
+                .map(|(r, _w)| uring::pipe_size(r.as_raw_fd()))
+                .unwrap_or(cfg.pipe_size),
+        };
+        let fwd = Forwarding {
+            mode: cfg.forward,
+            buf_size: cfg.buf_size,
+            pipe_size,
+        };
+        let pipes = PipePool::new(
+            if cfg.forward == ForwardMode::Copy {
+                0
+            } else {
+                cfg.pipes_max
+            },
+            pipe_size,
+        );
         Ok(Worker {
             index: setup.index,
             ring,
@@ -156,9 +182,10 @@ impl Worker {
             snapshot: setup.snapshot,
             balancer,
             shared: setup.shared,
-            config: setup.config,
             slots: Vec::new(),
             free: Vec::new(),
+            pipes,
+            fwd,
             open: 0,
             wheel: timer::Wheel::new(TICK.as_nanos() as u64, 1024, 0),
             epoch,
@@ -330,7 +357,9 @@ impl Worker {
         } else {
             None
         };
-        self.slots[slot].conn.open(fd, client_addr, self.now_ns);
+        self.slots[slot]
+            .conn
+            .open(fd, client_addr, self.fwd, self.now_ns);
         self.connect_next(slot);
     }
 
@@ -357,7 +386,7 @@ impl Worker {
     /// client when none is left.
     fn connect_next(&mut self, slot: usize) {
         let attempts = self.slots[slot].conn.tried.len() as u32;
-        let pick = if attempts > self.config.retries {
+        let pick = if attempts > self.snapshot.retries {
             None
         } else {
             self.pick(slot)
@@ -387,7 +416,7 @@ impl Worker {
             slot,
             fd,
             &addr,
-            self.config.connect_timeout,
+            self.snapshot.connect_timeout,
             Token::new(slot, gen, OpKind::Connect).encode(),
             Token::new(slot, gen, OpKind::ConnectTimeout).encode(),
         );
@@ -403,6 +432,7 @@ impl Worker {
             snapshot: &self.snapshot,
             counters: &self.shared.counters,
             tried: &conn.tried,
+            panic: self.snapshot.none_up(),
         };
         let req = Request {
             key,
@@ -424,7 +454,7 @@ impl Worker {
             counters.total.fetch_add(1, Ordering::Relaxed);
             counters.consecutive_failures.store(0, Ordering::Relaxed);
             conn.counted = true;
-            let idle_deadline = now + self.config.idle_timeout.as_nanos() as u64;
+            let idle_deadline = now + self.snapshot.idle_timeout.as_nanos() as u64;
             conn.connected(now, &mut self.actions);
             let gen = self.slots[slot].gen;
             self.wheel.insert(idle_deadline, (slot as u32, gen));
@@ -463,7 +493,8 @@ impl Worker {
             OpKind::ConnectTimeout => {}
             op => {
                 let now = self.now_ns;
-                self.slots[slot].conn.on_io(op, res, now, &mut self.actions);
+                let conn = &mut self.slots[slot].conn;
+                conn.on_io(op, res, now, &mut self.pipes, &mut self.actions);
                 self.perform(slot);
             }
         }
@@ -490,9 +521,42 @@ impl Worker {
                     let ud = Token::new(slot, gen, OpKind::shutdown(dir)).encode();
                     self.ring.shutdown(dst[dir], libc::SHUT_WR, ud);
                 }
-                Action::CancelAll => {
+                Action::PollIn(dir) => {
+                    let ud = Token::new(slot, gen, OpKind::poll_in(dir)).encode();
+                    self.ring.poll(src[dir], libc::POLLIN as u32, ud);
+                }
+                Action::SpliceIn {
+                    dir,
+                    pipe,
+                    poll_first,
+                } => {
+                    let (_, pipe_w) = self.pipes.fds(pipe);
+                    let ud = Token::new(slot, gen, OpKind::splice_in(dir)).encode();
+                    let poll_ud = Token::new(slot, gen, OpKind::LinkedPoll).encode();
+                    let poll = poll_first.then_some((src[dir], libc::POLLIN as u32, poll_ud));
+                    self.ring
+                        .splice(src[dir], pipe_w, self.fwd.pipe_size, ud, poll);
+                }
+                Action::SpliceOut {
+                    dir,
+                    pipe,
+                    len,
+                    poll_first,
+                } => {
+                    let (pipe_r, _) = self.pipes.fds(pipe);
+                    let ud = Token::new(slot, gen, OpKind::splice_out(dir)).encode();
+                    let poll_ud = Token::new(slot, gen, OpKind::LinkedPoll).encode();
+                    let poll = poll_first.then_some((dst[dir], libc::POLLOUT as u32, poll_ud));
+                    self.ring.splice(pipe_r, dst[dir], len, ud, poll);
+                }
+                Action::CancelAll(pipes) => {
                     let ud = Token::new(0, 0, OpKind::Ignore).encode();
-                    for fd in [cfd, bfd] {
+                    let pipe_fds = pipes.iter().flatten().flat_map(|&p| {
+                        let (r, w) = self.pipes.fds(p);
+                        [r, w]
+                    });
+                    let fds: Vec<RawFd> = [cfd, bfd].into_iter().chain(pipe_fds).collect();
+                    for fd in fds {
                         if fd >= 0 {
                             self.ring.cancel_fd(fd, ud);
                         }
@@ -527,6 +591,9 @@ impl Worker {
         }
         conn.client_fd = -1;
         conn.backend_fd = -1;
+        for pipe in conn.take_pipes().into_iter().flatten() {
+            self.pipes.discard(pipe);
+        }
         if conn.counted {
             if let Some(id) = conn.backend {
                 self.shared
@@ -603,7 +670,7 @@ impl Worker {
         }
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(self.now_ns, &mut due);
-        let idle = self.config.idle_timeout.as_nanos() as u64;
+        let idle = self.snapshot.idle_timeout.as_nanos() as u64;
         for (slot, gen) in due.drain(..) {
             let slot = slot as usize;
             let s = &self.slots[slot];
@@ -619,18 +686,50 @@ impl Worker {
             }
         }
         self.due = due;
+        self.close_drained();
         if self.accept_allowed() {
             self.arm_accepts();
         }
     }
 }
 
-/// The balancer's view of a snapshot for one connection: eligible = accepts new
-/// connections and not already tried by this connection.
+impl Worker {
+    /// Closes connections to draining backends whose drain deadline has passed.
+    fn close_drained(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<BackendId> = self
+            .snapshot
+            .backends
+            .iter()
+            .filter(|b| {
+                b.state == BackendState::Draining && b.drain_deadline.is_some_and(|d| d <= now)
+            })
+            .map(|b| b.id)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if s.in_use
+                && s.conn.phase() == Phase::Forwarding
+                && s.conn.backend.is_some_and(|id| expired.contains(&id))
+            {
+                tracing::debug!(worker = self.index, slot, "drain deadline: closing");
+                self.abort(slot, false);
+            }
+        }
+    }
+}
+
+/// The balancer's view of a snapshot for one connection: eligible = up and not already
+/// tried by this connection. In panic mode (no backend up) the health checks are ignored
+/// and every `down` backend is eligible; drained and maintenance ones never are.
 struct Candidates<'a> {
     snapshot: &'a Snapshot,
     counters: &'a SharedCounters,
     tried: &'a [BackendId],
+    panic: bool,
 }
 
 impl Pool for Candidates<'_> {
@@ -642,7 +741,8 @@ impl Pool for Candidates<'_> {
     }
     fn eligible(&self, i: usize) -> bool {
         let b = &self.snapshot.backends[i];
-        b.state.accepts_new() && !self.tried.contains(&b.id)
+        let state_ok = b.state.accepts_new() || (self.panic && b.state == BackendState::Down);
+        state_ok && !self.tried.contains(&b.id)
     }
     fn active(&self, i: usize) -> u64 {
         self.counters.get(self.snapshot.backends[i].id).active()
@@ -669,6 +769,5 @@ fn needs_client_addr(snapshot: &Snapshot) -> bool {
 
 /// The hashing algorithms' key for a client address.
 fn client_key(addr: &SocketAddr, key: crate::config::HashKey) -> u64 {
-    let _ = (addr, key);
-    0 // TEMP until balance::hash_client lands
+    balance::hash_client(addr, key)
 }

@@ -25,6 +25,16 @@ pub enum OpKind {
     /// Shutdown(SHUT_WR) of a direction's destination.
     Shutdown0 = 16,
     Shutdown1 = 17,
+    /// Splice mode: wait for the source of a direction to be readable.
+    PollIn0 = 18,
+    PollIn1 = 19,
+    /// Splice socket -> pipe, and pipe -> socket, per direction.
+    SpliceIn0 = 20,
+    SpliceIn1 = 21,
+    SpliceOut0 = 22,
+    SpliceOut1 = 23,
+    /// A poll linked ahead of a splice: counted, but its splice reports the outcome.
+    LinkedPoll = 24,
 }
 
 impl OpKind {
@@ -43,30 +53,53 @@ impl OpKind {
             15 => Send1,
             16 => Shutdown0,
             17 => Shutdown1,
+            18 => PollIn0,
+            19 => PollIn1,
+            20 => SpliceIn0,
+            21 => SpliceIn1,
+            22 => SpliceOut0,
+            23 => SpliceOut1,
+            24 => LinkedPoll,
             _ => return None,
         })
     }
 
-    pub fn recv(dir: usize) -> OpKind {
-        if dir == 0 {
-            OpKind::Recv0
-        } else {
-            OpKind::Recv1
+    /// The direction a per-direction operation belongs to.
+    pub fn dir(self) -> Option<usize> {
+        use OpKind::*;
+        match self {
+            Recv0 | Send0 | Shutdown0 | PollIn0 | SpliceIn0 | SpliceOut0 => Some(0),
+            Recv1 | Send1 | Shutdown1 | PollIn1 | SpliceIn1 | SpliceOut1 => Some(1),
+            _ => None,
         }
+    }
+
+    fn pick(dir: usize, zero: OpKind, one: OpKind) -> OpKind {
+        if dir == 0 {
+            zero
+        } else {
+            one
+        }
+    }
+
+    pub fn poll_in(dir: usize) -> OpKind {
+        Self::pick(dir, OpKind::PollIn0, OpKind::PollIn1)
+    }
+    pub fn splice_in(dir: usize) -> OpKind {
+        Self::pick(dir, OpKind::SpliceIn0, OpKind::SpliceIn1)
+    }
+    pub fn splice_out(dir: usize) -> OpKind {
+        Self::pick(dir, OpKind::SpliceOut0, OpKind::SpliceOut1)
+    }
+
+    pub fn recv(dir: usize) -> OpKind {
+        Self::pick(dir, OpKind::Recv0, OpKind::Recv1)
     }
     pub fn send(dir: usize) -> OpKind {
-        if dir == 0 {
-            OpKind::Send0
-        } else {
-            OpKind::Send1
-        }
+        Self::pick(dir, OpKind::Send0, OpKind::Send1)
     }
     pub fn shutdown(dir: usize) -> OpKind {
-        if dir == 0 {
-            OpKind::Shutdown0
-        } else {
-            OpKind::Shutdown1
-        }
+        Self::pick(dir, OpKind::Shutdown0, OpKind::Shutdown1)
     }
 }
 

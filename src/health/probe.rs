@@ -1,0 +1,247 @@
+//! The active checks' I/O: a TCP connect, or an HTTP/1.1 GET whose status line is parsed
+//! by `httparse` (2xx and 3xx are healthy). Each probe is one short-lived connection, closed
+//! with a reset so that thousands of checks leave no TIME_WAIT sockets on the balancer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::HealthCheck;
+
+/// A response head larger than this is not a health check answer.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Why a check failed; one line for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("connection closed before a complete HTTP response head")]
+    Closed,
+    #[error("invalid HTTP response: {0}")]
+    Invalid(String),
+    #[error("HTTP status {0}")]
+    Status(u16),
+}
+
+/// Runs one check against `addr`, all of it within `timeout`.
+pub async fn check(
+    addr: SocketAddr,
+    kind: &HealthCheck,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    let run = async {
+        match kind {
+            HealthCheck::None => Ok(()),
+            HealthCheck::Tcp => tcp(addr).await,
+            HealthCheck::Http(path) => http(addr, path).await,
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
+}
+
+/// Healthy when the connection is accepted.
+pub async fn tcp(addr: SocketAddr) -> Result<(), ProbeError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
+    close_with_reset(stream);
+    Ok(())
+}
+
+/// Healthy when `GET path` answers 2xx or 3xx.
+pub async fn http(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let result = exchange(&mut stream, addr, path).await;
+    close_with_reset(stream);
+    let code = result?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(ProbeError::Status(code))
+    }
+}
+
+async fn exchange(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<u16, ProbeError> {
+    stream
+        .write_all(&request(addr, path))
+        .await
+        .map_err(ProbeError::Io)?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await.map_err(ProbeError::Io)? == 0 {
+            return Err(ProbeError::Closed);
+        }
+        if let Some(code) = parse_status(&buf)? {
+            return Ok(code);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(ProbeError::Invalid(format!(
+                "response head longer than {MAX_HEAD} bytes"
+            )));
+        }
+    }
+}
+
+/// The check's request. `Host` is the backend's address: the balancer knows no better
+/// name, and HTTP/1.1 requires the header.
+pub fn request(addr: SocketAddr, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: uringlb-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The status code once `buf` holds a complete response head; `None` while it is partial.
+/// Interim 1xx responses (100 Continue) are skipped, as a client must.
+pub fn parse_status(buf: &[u8]) -> Result<Option<u16>, ProbeError> {
+    let mut rest = buf;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(rest) {
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Complete(len)) => {
+                let code = resp.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    rest = &rest[len..];
+                    continue;
+                }
+                return Ok(Some(code));
+            }
+            Err(e) => return Err(ProbeError::Invalid(e.to_string())),
+        }
+    }
+}
+
+/// Drops the connection with SO_LINGER 0: a reset rather than a TIME_WAIT per check.
+fn close_with_reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_are_parsed_not_matched() {
+        assert_eq!(
+            parse_status(b"HTTP/1.1 200 OK\r\n\r\n").ok().flatten(),
+            Some(200)
+        );
+        assert_eq!(
+            parse_status(b"HTTP/1.0 302 Found\r\nLocation: /\r\n\r\n")
+                .ok()
+                .flatten(),
+            Some(302)
+        );
+        assert_eq!(
+            parse_status(b"HTTP/1.1 200 OK\r\nContent-").ok(),
+            Some(None)
+        );
+        assert_eq!(parse_status(b"HTTP/1.1 20").ok(), Some(None));
+        // A body that mentions "200 OK" does not make a 500 healthy.
+        assert_eq!(
+            parse_status(b"HTTP/1.1 500 Internal\r\n\r\nHTTP/1.1 200 OK")
+                .ok()
+                .flatten(),
+            Some(500)
+        );
+        assert_eq!(
+            parse_status(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+                .ok()
+                .flatten(),
+            Some(204)
+        );
+        assert!(parse_status(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse_status(b"200 OK HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn the_request_has_a_host_header() {
+        let r = request("127.0.0.1:8080".parse().expect("addr"), "/healthz");
+        let text = String::from_utf8(r).expect("ascii");
+        assert!(text.starts_with("GET /healthz HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("\r\nHost: 127.0.0.1:8080\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A one-shot server answering every connection with `reply` (None: never answers).
+    async fn server(reply: Option<&'static [u8]>) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    match reply {
+                        Some(r) => {
+                            let _ = s.write_all(r).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(10)).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn http_checks_over_real_sockets() {
+        rt().block_on(async {
+            let t = Duration::from_secs(2);
+            let ok = server(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
+            assert!(check(ok, &HealthCheck::Http("/".into()), t).await.is_ok());
+            let bad = server(Some(
+                b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n",
+            ))
+            .await;
+            let e = check(bad, &HealthCheck::Http("/".into()), t).await;
+            assert!(matches!(e, Err(ProbeError::Status(503))), "{e:?}");
+            let silent = server(None).await;
+            let e = check(
+                silent,
+                &HealthCheck::Http("/".into()),
+                Duration::from_millis(200),
+            )
+            .await;
+            assert!(matches!(e, Err(ProbeError::Timeout(_))), "{e:?}");
+            // TCP only needs the accept.
+            assert!(check(silent, &HealthCheck::Tcp, t).await.is_ok());
+            let closed = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                l.local_addr().expect("addr")
+            };
+            let e = check(closed, &HealthCheck::Tcp, t).await;
+            assert!(matches!(e, Err(ProbeError::Connect(_))), "{e:?}");
+            let garbage = server(Some(b"hello\r\n\r\n")).await;
+            let e = check(garbage, &HealthCheck::Http("/".into()), t).await;
+            assert!(matches!(e, Err(ProbeError::Invalid(_))), "{e:?}");
+            let hangup = server(Some(b"HTTP/1.1 200")).await;
+            let e = check(hangup, &HealthCheck::Http("/".into()), t).await;
+            assert!(matches!(e, Err(ProbeError::Closed)), "{e:?}");
+        });
+    }
+}

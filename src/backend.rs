@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+use crate::balance::{BuildOptions, Member, Prepared};
 use crate::config::{Algorithm, Config, HashKey};
 
 /// Index into [`SharedCounters`]; the same backend keeps its id in every snapshot.
@@ -75,12 +76,28 @@ pub struct Snapshot {
     pub idle_timeout: Duration,
     /// Other backends tried after a failed connect.
     pub retries: u32,
+    /// The algorithm's shared, prebuilt part (e.g. the Maglev table), built once here on
+    /// the control thread; each worker makes its own selector from it.
+    pub balance: Arc<Prepared>,
 }
 
 impl Snapshot {
     /// Builds a snapshot; `backends` is sorted by name here.
     pub fn new(version: u64, mut backends: Vec<Backend>, cfg: &Config) -> Snapshot {
         backends.sort_by(|a, b| a.name.cmp(&b.name));
+        let members: Vec<Member<'_>> = backends
+            .iter()
+            .map(|b| Member {
+                key: &b.name,
+                weight: b.weight,
+            })
+            .collect();
+        let opts = BuildOptions {
+            maglev_table_size: cfg.maglev_table_size,
+            hash_balance_factor: cfg.hash_balance_factor,
+            ..BuildOptions::default()
+        };
+        let balance = Arc::new(Prepared::new(cfg.algorithm, &members, &opts));
         Snapshot {
             version,
             backends,
@@ -91,6 +108,7 @@ impl Snapshot {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.idle_timeout,
             retries: cfg.retries,
+            balance,
         }
     }
 

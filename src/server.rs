@@ -100,6 +100,7 @@ impl Server {
 
         let shared = Arc::new(Shared {
             counters: SharedCounters::new(),
+            epoch: std::time::Instant::now(),
             open_clients: AtomicUsize::new(0),
             max_conns,
             stats: (0..n_workers)

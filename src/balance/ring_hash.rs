@@ -35,7 +35,9 @@ pub struct HashRing {
 impl HashRing {
     pub fn new(members: &[Member<'_>]) -> HashRing {
         let weight = |m: &Member<'_>| u64::from(m.weight.max(1));
-        let total: u64 = members.iter().map(weight).sum::<u64>() * POINTS_PER_WEIGHT;
+        let total: u64 = members
+            .iter()
+            .fold(0u64, |t, m| t.saturating_add(weight(m) * POINTS_PER_WEIGHT));
         let count = |m: &Member<'_>| -> u64 {
             if total <= MAX_RING_POINTS {
                 weight(m) * POINTS_PER_WEIGHT

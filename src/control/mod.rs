@@ -1,10 +1,24 @@
 //! The control thread: a tokio current_thread runtime that owns everything but the data
-//! path. Here: signal handling (SIGTERM/SIGINT graceful stop; a second one stops at once).
-//! It never touches a connection; it talks to the workers through [`Server`].
+//! path: signal handling (SIGTERM/SIGINT graceful stop; a second one stops at once), the
+//! active health checks, passive ejection, draining and slow start. It never touches a
+//! connection; it talks to the workers through [`Server`] by publishing snapshots.
+//!
+//! - [`backends`]: the backend table and the rules that derive each backend's state;
+//! - [`checker`]: schedules the health probes;
+//! - [`slow_start`]: the weight ramp of a recovered backend;
+//! - [`event_loop`]: the loop that ties them together and publishes;
+//! - [`controller`]: the same loop on a thread of its own, behind a handle (tests).
 
-use std::time::Duration;
+pub mod backends;
+pub mod checker;
+pub mod controller;
+pub mod event_loop;
+pub mod slow_start;
 
-use tokio::signal::unix::{signal, SignalKind};
+pub use backends::{AdminState, BackendStatus, Table, TableError};
+pub use controller::{ControlError, Controller};
+
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::server::{Server, StartError};
@@ -18,38 +32,13 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let signals = event_loop::Signals::install()?;
         let server = Server::start(config).map_err(StartFailed)?;
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                _ = term.recv() => stop(&server, config.grace, &mut stopping, "SIGTERM"),
-                _ = int.recv() => stop(&server, config.grace, &mut stopping, "SIGINT"),
-                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored"),
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if server.all_exited() {
-                        break;
-                    }
-                }
-            }
-        }
-        server.join();
-        tracing::info!("stopped");
+        // No one sends commands to the binary's loop yet (the admin API will).
+        let (_commands, rx) = mpsc::unbounded_channel();
+        event_loop::run(server, config.clone(), rx, Some(signals)).await;
         Ok(())
     })
-}
-
-fn stop(server: &Server, grace: Duration, stopping: &mut bool, why: &str) {
-    if *stopping {
-        tracing::info!("{why} again: stopping now");
-        server.stop(Duration::ZERO);
-    } else {
-        tracing::info!(open = server.open_connections(), grace = ?grace, "{why}: stopping gracefully");
-        server.stop(grace);
-        *stopping = true;
-    }
 }
 
 /// A start-up failure, kept distinct so that `main` exits with status 2 for it.

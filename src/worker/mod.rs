@@ -26,7 +26,7 @@ use crossbeam_channel::Receiver;
 use crossbeam_utils::CachePadded;
 
 use crate::backend::{BackendId, BackendState, SharedCounters, Snapshot};
-use crate::balance::{self, Balance, Member, Pool, Request};
+use crate::balance::{self, Balance, PeakEwma, Pool, Request};
 use crate::uring::{self, Completion, Ring};
 
 use crate::config::ForwardMode;
@@ -77,6 +77,8 @@ impl WorkerStats {
 #[derive(Debug)]
 pub struct Shared {
     pub counters: Arc<SharedCounters>,
+    /// The clock all workers measure `now_ns` from, so shared time stamps agree.
+    pub epoch: Instant,
     /// Client connections open in the whole balancer.
     pub open_clients: AtomicUsize,
     pub max_conns: usize,
@@ -143,7 +145,7 @@ impl Worker {
     /// Sets up the ring; the error is what the caller reports when io_uring is unusable.
     pub fn new(setup: WorkerSetup) -> std::io::Result<Worker> {
         let ring = Ring::new(4096, setup.slots, setup.config.buf_size)?;
-        let epoch = Instant::now();
+        let epoch = setup.shared.epoch;
         let balancer = build_balancer(&setup.snapshot, setup.index);
         let cfg = &setup.config;
         // The kernel rounds pipe sizes; a full splice is judged against the real size.
@@ -453,6 +455,7 @@ impl Worker {
             counters.active.fetch_add(1, Ordering::Relaxed);
             counters.total.fetch_add(1, Ordering::Relaxed);
             counters.consecutive_failures.store(0, Ordering::Relaxed);
+            record_connect_time(counters, now.saturating_sub(conn.connect_started_ns), now);
             conn.counted = true;
             let idle_deadline = now + self.snapshot.idle_timeout.as_nanos() as u64;
             conn.connected(now, &mut self.actions);
@@ -747,18 +750,18 @@ impl Pool for Candidates<'_> {
     fn active(&self, i: usize) -> u64 {
         self.counters.get(self.snapshot.backends[i].id).active()
     }
+    fn latency_ns(&self, i: usize, now_ns: u64) -> f64 {
+        let c = self.counters.get(self.snapshot.backends[i].id);
+        PeakEwma::from_bits(
+            c.ewma_ns_bits.load(Ordering::Relaxed),
+            c.ewma_stamp_ns.load(Ordering::Relaxed),
+        )
+        .get_at(now_ns, balance::ewma::DEFAULT_DECAY_NS)
+    }
 }
 
 fn build_balancer(snapshot: &Snapshot, worker: usize) -> Box<dyn Balance> {
-    let members: Vec<Member<'_>> = snapshot
-        .backends
-        .iter()
-        .map(|b| Member {
-            key: &b.name,
-            weight: b.weight,
-        })
-        .collect();
-    balance::build(snapshot.algorithm, &members, worker)
+    snapshot.balance.selector(worker)
 }
 
 /// Whether picking needs the client's address (hashing algorithms).
@@ -770,4 +773,18 @@ fn needs_client_addr(snapshot: &Snapshot) -> bool {
 /// The hashing algorithms' key for a client address.
 fn client_key(addr: &SocketAddr, key: crate::config::HashKey) -> u64 {
     balance::hash_client(addr, key)
+}
+
+/// Folds one connect time into the backend's shared peak-EWMA (for `least-time`). Two
+/// workers updating at once may lose one sample; the estimate stays sound.
+fn record_connect_time(c: &crate::backend::BackendCounters, sample_ns: u64, now_ns: u64) {
+    let old = PeakEwma::from_bits(
+        c.ewma_ns_bits.load(Ordering::Relaxed),
+        c.ewma_stamp_ns.load(Ordering::Relaxed),
+    );
+    let (bits, stamp) = old
+        .observe(sample_ns as f64, now_ns, balance::ewma::DEFAULT_DECAY_NS)
+        .to_bits();
+    c.ewma_ns_bits.store(bits, Ordering::Relaxed);
+    c.ewma_stamp_ns.store(stamp, Ordering::Relaxed);
 }

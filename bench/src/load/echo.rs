@@ -5,7 +5,7 @@ use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::runner::Outcome;
+use super::runner::{Mismatch, Outcome};
 use crate::pattern;
 
 /// Per-connection state: the message (pattern bytes, so corruption is caught) and a
@@ -31,16 +31,14 @@ impl EchoProto {
         let write = wr.write_all(&self.msg);
         let read = rd.read_exact(&mut self.buf);
         tokio::try_join!(write, read)?;
-        if self.buf != self.msg {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "echo returned different bytes",
-            ));
+        if let Some(i) = self.buf.iter().zip(&self.msg).position(|(a, b)| a != b) {
+            return Err(Mismatch { offset: i as u64 }.into());
         }
         Ok(Outcome {
             status: None,
             close: false,
             bytes: self.msg.len() as u64,
+            sent: self.msg.len() as u64,
         })
     }
 }

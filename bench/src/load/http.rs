@@ -1,4 +1,4 @@
-//! HTTP/1.1 keep-alive client side of the load.
+//! HTTP/1.1 client side of the load: keep-alive, or `Connection: close`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,6 +14,8 @@ use crate::http1::{find_head_end, parse_head, status_has_no_body, MAX_HEAD};
 const KEEP_BODY: usize = 4096;
 /// Longest body taken as a backend name.
 const MAX_NAME: usize = 128;
+/// Read size for bodies that are only counted (large downloads).
+const SCRATCH: usize = 256 * 1024;
 
 /// Per-connection client state; buffers are reused across requests.
 pub(crate) struct HttpProto {
@@ -24,9 +26,12 @@ pub(crate) struct HttpProto {
 }
 
 impl HttpProto {
-    pub(crate) fn new(path: &str, target: SocketAddr) -> Self {
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: uringlb-bench\r\n\r\n");
+    /// `close`: ask the server to close after the response (`Connection: close`).
+    pub(crate) fn new(path: &str, target: SocketAddr, close: bool) -> Self {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: uringlb-bench\r\n{connection}\r\n"
+        );
         Self {
             request: request.into_bytes(),
             buf: Vec::with_capacity(8 * 1024),
@@ -76,6 +81,7 @@ impl HttpProto {
                 status: Some(status),
                 close,
                 bytes: 0,
+                sent: self.request.len() as u64,
             });
         }
         if chunked {
@@ -94,7 +100,7 @@ impl HttpProto {
             }
             Some(len) => {
                 let mut have = (self.buf.len() - consumed) as u64;
-                self.scratch.resize(64 * 1024, 0);
+                self.scratch.resize(SCRATCH, 0);
                 while have < len {
                     let n = s.read(&mut self.scratch).await?;
                     if n == 0 {
@@ -108,7 +114,7 @@ impl HttpProto {
                 // No length: the body runs until the server closes.
                 close = true;
                 let mut total = (self.buf.len() - consumed) as u64;
-                self.scratch.resize(64 * 1024, 0);
+                self.scratch.resize(SCRATCH, 0);
                 loop {
                     let n = s.read(&mut self.scratch).await?;
                     if n == 0 {
@@ -127,6 +133,7 @@ impl HttpProto {
             status: Some(status),
             close,
             bytes,
+            sent: self.request.len() as u64,
         })
     }
 }

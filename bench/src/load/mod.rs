@@ -1,11 +1,17 @@
 //! Closed-loop load generators: each connection sends a request, waits for the answer,
 //! records its latency, and repeats until the duration (or request budget) runs out.
 //!
+//! Modes: HTTP keep-alive, HTTP with a new connection per request (`Connection: close`;
+//! latency then includes the connect), echo round trips, bulk transfers (each "request" is
+//! one connection streaming N verified bytes each way through an echo) and downloads (HTTP
+//! GETs of a large body, counting bytes).
+//!
 //! Connections that fail are counted as errors and re-established (with backoff after
 //! repeated failures), so a run survives backends being killed under it. The blocking entry
 //! points run a private multi-thread tokio runtime on their own thread, so they work from
 //! plain code and from inside another runtime alike; the `_async` variants use the caller's.
 
+mod bulk;
 mod echo;
 mod http;
 mod progress;
@@ -18,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use progress::{Progress, ProgressFn};
-pub use report::{LatencySummary, Report, Summary};
+pub use report::{LatencySummary, PercentilePoint, Report, Summary, PERCENTILES};
 
 /// Which protocol a run spoke; kept in the [`Report`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -28,6 +34,10 @@ pub enum LoadKind {
     Http,
     /// Fixed-size messages over a TCP echo.
     Echo,
+    /// One connection per transfer, streaming `bulk_bytes` each way through a TCP echo.
+    Bulk,
+    /// HTTP/1.1 GETs of a large body (e.g. a file), counting the bytes received.
+    Download,
 }
 
 /// How to run a load; start from `LoadConfig::new(connections, duration)` or `Default`.
@@ -48,6 +58,11 @@ pub struct LoadConfig {
     pub connect_timeout: Duration,
     /// HTTP request target, e.g. `/` or `/big?bytes=1M`.
     pub path: String,
+    /// HTTP: send `Connection: close` and open a new connection for every request (the
+    /// latency then includes the connect).
+    pub close: bool,
+    /// Bulk: bytes each connection sends (and expects back) per transfer.
+    pub bulk_bytes: u64,
     /// Echo message size in bytes.
     pub msg_size: usize,
     /// Called about once a second with running totals, e.g. to print a progress line.
@@ -66,6 +81,8 @@ impl Default for LoadConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             path: "/".to_string(),
+            close: false,
+            bulk_bytes: 64 << 20,
             msg_size: 64,
             progress: None,
             stop: None,
@@ -83,6 +100,8 @@ impl std::fmt::Debug for LoadConfig {
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("path", &self.path)
+            .field("close", &self.close)
+            .field("bulk_bytes", &self.bulk_bytes)
             .field("msg_size", &self.msg_size)
             .field("progress", &self.progress.is_some())
             .field("stop", &self.stop)
@@ -122,6 +141,20 @@ pub fn http_keepalive_with(target: SocketAddr, cfg: &LoadConfig) -> anyhow::Resu
     runner::run_blocking(LoadKind::Http, target, cfg.clone())
 }
 
+/// HTTP/1.1 GETs with `Connection: close`: every request on a new connection, its latency
+/// measured from before the connect to the end of the response.
+pub fn http_close(
+    target: SocketAddr,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    let cfg = LoadConfig {
+        close: true,
+        ..LoadConfig::new(connections, duration)
+    };
+    http_keepalive_with(target, &cfg)
+}
+
 /// [`http_keepalive_with`] on the caller's tokio runtime.
 pub async fn http_keepalive_async(target: SocketAddr, cfg: LoadConfig) -> Report {
     runner::run(LoadKind::Http, target, cfg).await
@@ -150,4 +183,31 @@ pub fn echo_with(target: SocketAddr, cfg: &LoadConfig) -> anyhow::Result<Report>
 /// [`echo_with`] on the caller's tokio runtime.
 pub async fn echo_async(target: SocketAddr, cfg: LoadConfig) -> Report {
     runner::run(LoadKind::Echo, target, cfg).await
+}
+
+/// Bulk transfers through a TCP echo: each connection streams `cfg.bulk_bytes` bytes of the
+/// [`pattern`](crate::pattern) stream, reads the same number back and checks every byte
+/// against the pattern at its offset, then closes; one transfer per connection. Transfers
+/// whose bytes differ count in [`Report::mismatches`] (and as errors). The run ends when
+/// `cfg.total_requests` transfers (default: one per connection) were attempted, or at
+/// `cfg.duration`.
+pub fn bulk_with(target: SocketAddr, cfg: &LoadConfig) -> anyhow::Result<Report> {
+    let mut cfg = cfg.clone();
+    cfg.total_requests = Some(cfg.total_requests.unwrap_or(cfg.connections as u64));
+    runner::run_blocking(LoadKind::Bulk, target, cfg)
+}
+
+/// [`bulk_with`] on the caller's tokio runtime.
+pub async fn bulk_async(target: SocketAddr, mut cfg: LoadConfig) -> Report {
+    cfg.total_requests = Some(cfg.total_requests.unwrap_or(cfg.connections as u64));
+    runner::run(LoadKind::Bulk, target, cfg).await
+}
+
+/// Downloads over HTTP/1.1 keep-alive: GETs of `cfg.path` (e.g. `/big.bin` from an nginx
+/// backend), counting body bytes; `cfg.total_requests` downloads in all (default: one per
+/// connection), or until `cfg.duration`.
+pub fn download_with(target: SocketAddr, cfg: &LoadConfig) -> anyhow::Result<Report> {
+    let mut cfg = cfg.clone();
+    cfg.total_requests = Some(cfg.total_requests.unwrap_or(cfg.connections as u64));
+    runner::run_blocking(LoadKind::Download, target, cfg)
 }

@@ -1,0 +1,823 @@
+//! The control thread's backend table: for each backend its health ([`Health`]), the state
+//! an operator set (up, drain, maint), whether it is being removed, and its slow-start
+//! ramp. From these it derives the one state the workers see ([`BackendState`]) in a
+//! single function, [`Table::refresh`], which logs every change once.
+//!
+//! Pure apart from reading and resetting the shared connect-failure counters: time is an
+//! argument, and the caller publishes [`Table::entries`] whenever [`Table::take_dirty`]
+//! says something changed. The admin API calls the same methods.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::backend::{BackendId, BackendState, SharedCounters};
+use crate::config::{BackendSpec, Config};
+use crate::health::{Health, Params};
+use crate::server::BackendEntry;
+
+use super::slow_start;
+
+/// A removed backend whose connections have not all closed by its drain deadline is
+/// dropped this long after it (the workers close them within ~100 ms of the deadline).
+const REMOVE_MARGIN: Duration = Duration::from_secs(2);
+
+/// The state an operator asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// In service: up or down as its health says.
+    Up,
+    /// No new connections; open ones continue until they end or `--grace` runs out.
+    Drain,
+    /// Out of service: no new connections; open ones are left alone.
+    Maint,
+}
+
+impl AdminState {
+    /// `up`, `drain` (or `draining`), `maint`.
+    pub fn from_name(s: &str) -> Option<AdminState> {
+        match s {
+            "up" => Some(AdminState::Up),
+            "drain" | "draining" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Up => "up",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// Why the table refused a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("no backend named '{0}'")]
+    Unknown(String),
+    #[error("backend '{0}' is being removed")]
+    Removing(String),
+}
+
+/// One logged change of a backend's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub name: String,
+    pub from: BackendState,
+    pub to: BackendState,
+    pub why: String,
+}
+
+/// A backend as the table sees it now (for the admin API and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Configured weight.
+    pub weight: u32,
+    pub state: BackendState,
+    pub admin: AdminState,
+    /// The health checks' verdict and no ejection.
+    pub healthy: bool,
+    pub ejected: bool,
+    pub removing: bool,
+}
+
+/// What the prober needs to check one backend. `generation` changes when the backend's
+/// address does, so results of a probe of the old address are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub generation: u64,
+}
+
+#[derive(Debug)]
+struct Row {
+    spec: BackendSpec,
+    id: Option<BackendId>,
+    health: Health,
+    admin: AdminState,
+    /// Set while draining (operator or removal): open connections are closed then.
+    drain_deadline: Option<Instant>,
+    /// Removed from the configuration: drained, then dropped.
+    removing: bool,
+    /// The state last published.
+    state: BackendState,
+    /// Slow start: when the ramp began, and the step last published.
+    ramp: Option<(Instant, u32)>,
+    generation: u64,
+    /// The shared consecutive-failure count must restart from 0 (it became up again).
+    reset_failures: bool,
+    /// "Too many ejected" was logged for the current run of failures.
+    refusal_logged: bool,
+}
+
+impl Row {
+    fn new(spec: BackendSpec, id: Option<BackendId>, generation: u64) -> Row {
+        Row {
+            spec,
+            id,
+            health: Health::new(),
+            admin: AdminState::Up,
+            drain_deadline: None,
+            removing: false,
+            state: BackendState::Up,
+            ramp: None,
+            generation,
+            reset_failures: false,
+            refusal_logged: false,
+        }
+    }
+
+    /// The one rule that turns everything known about a backend into what workers see.
+    fn effective(&self) -> BackendState {
+        if self.removing || self.admin == AdminState::Drain {
+            BackendState::Draining
+        } else if self.admin == AdminState::Maint {
+            BackendState::Maint
+        } else if self.health.is_up() {
+            BackendState::Up
+        } else {
+            BackendState::Down
+        }
+    }
+}
+
+/// The backends the control thread manages. See the module docs.
+#[derive(Debug)]
+pub struct Table {
+    rows: Vec<Row>,
+    params: Params,
+    grace: Duration,
+    /// Zero when off or when the algorithm ignores weights.
+    slow_start: Duration,
+    panic: bool,
+    dirty: bool,
+    next_generation: u64,
+    transitions: Vec<Transition>,
+}
+
+impl Table {
+    /// Every configured backend, up (as [`crate::server::Server::start`] published them).
+    /// `ids` gives each name its shared-counter id.
+    pub fn new(config: &Config, ids: &mut dyn FnMut(&str) -> Option<BackendId>) -> Table {
+        let mut t = Table {
+            rows: Vec::new(),
+            params: Params::from_config(config),
+            grace: config.grace,
+            slow_start: if slow_start::applies_to(config.algorithm) {
+                config.slow_start
+            } else {
+                Duration::ZERO
+            },
+            panic: false,
+            dirty: false,
+            next_generation: 0,
+            transitions: Vec::new(),
+        };
+        for spec in &config.backends {
+            let g = t.generation();
+            t.rows.push(Row::new(spec.clone(), ids(&spec.name), g));
+        }
+        t
+    }
+
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.rows.iter().position(|r| r.spec.name == name)
+    }
+
+    /// Something changed since the last call: publish [`entries`](Self::entries).
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Every change so far, oldest first, emptying the record (tests look at it).
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.transitions)
+    }
+
+    /// No backend is up, but some are down: the workers balance over the down ones.
+    pub fn in_panic(&self) -> bool {
+        self.panic
+    }
+
+    /// Re-derives row `i`'s state; logs and records the change if there is one.
+    fn refresh(&mut self, i: usize, now: Instant, why: &str) {
+        let row = &mut self.rows[i];
+        let (from, to) = (row.state, row.effective());
+        if from == to {
+            return;
+        }
+        row.state = to;
+        self.dirty = true;
+        if to == BackendState::Up {
+            row.reset_failures = true;
+            row.refusal_logged = false;
+            if !self.slow_start.is_zero() {
+                row.ramp = Some((now, 0));
+            }
+        } else {
+            row.ramp = None;
+        }
+        tracing::info!(
+            "backend {}: {} -> {} ({why})",
+            row.spec.name,
+            from.name(),
+            to.name()
+        );
+        self.transitions.push(Transition {
+            name: row.spec.name.clone(),
+            from,
+            to,
+            why: why.to_string(),
+        });
+        self.update_panic();
+    }
+
+    fn update_panic(&mut self) {
+        let up = self
+            .rows
+            .iter()
+            .filter(|r| r.state == BackendState::Up)
+            .count();
+        let down = self
+            .rows
+            .iter()
+            .filter(|r| r.state == BackendState::Down)
+            .count();
+        let panic = up == 0 && down > 0;
+        if panic && !self.panic {
+            tracing::warn!(
+                "panic mode: no backend is up; balancing over all {down} down backend(s)"
+            );
+        } else if !panic && self.panic {
+            tracing::info!("panic mode over: {up} backend(s) up");
+        }
+        self.panic = panic;
+    }
+
+    /// What the workers should route with now.
+    pub fn entries(&self) -> Vec<BackendEntry> {
+        let ramping = self.rows.iter().any(|r| r.ramp.is_some());
+        self.rows
+            .iter()
+            .map(|r| {
+                let weight = match (ramping, r.ramp) {
+                    (false, _) => r.spec.weight,
+                    (true, None) => r.spec.weight.saturating_mul(slow_start::SCALE),
+                    (true, Some((_, k))) => slow_start::ramped_weight(
+                        r.spec.weight,
+                        slow_start::fraction(self.slow_start, k),
+                    ),
+                };
+                BackendEntry {
+                    spec: r.spec.clone(),
+                    state: r.state,
+                    weight,
+                    drain_deadline: r.drain_deadline,
+                }
+            })
+            .collect()
+    }
+
+    /// The backends to health-check.
+    pub fn probe_targets(&self) -> Vec<ProbeTarget> {
+        self.rows
+            .iter()
+            .filter(|r| !r.removing)
+            .map(|r| ProbeTarget {
+                name: r.spec.name.clone(),
+                addr: r.spec.addr,
+                generation: r.generation,
+            })
+            .collect()
+    }
+
+    /// One active check's result for `target`.
+    pub fn on_check(&mut self, target: &ProbeTarget, result: Result<(), String>, now: Instant) {
+        let Some(i) = self.find(&target.name) else {
+            return;
+        };
+        if self.rows[i].generation != target.generation {
+            return;
+        }
+        let params = self.params;
+        if let Some(event) = self.rows[i].health.on_check(&params, result, now) {
+            self.refresh(i, now, &event.to_string());
+        }
+    }
+
+    /// Passive health: ejects backends whose consecutive connect failures (counted by the
+    /// workers) reached `--eject-after`, keeping at most half of them ejected at once.
+    pub fn poll_failures(&mut self, counters: &SharedCounters, now: Instant) {
+        let params = self.params;
+        let total = self.rows.iter().filter(|r| !r.removing).count();
+        let limit = total / 2;
+        let mut ejected = self.rows.iter().filter(|r| r.health.is_ejected()).count();
+        for i in 0..self.rows.len() {
+            let Some(id) = self.rows[i].id else { continue };
+            let failures = &counters.get(id).consecutive_failures;
+            if std::mem::take(&mut self.rows[i].reset_failures) {
+                failures.store(0, Ordering::Relaxed);
+                continue;
+            }
+            let n = failures.load(Ordering::Relaxed);
+            let row = &mut self.rows[i];
+            if row.state != BackendState::Up || !row.health.should_eject(&params, n) {
+                continue;
+            }
+            if ejected >= limit {
+                if !row.refusal_logged {
+                    row.refusal_logged = true;
+                    tracing::warn!(
+                        "backend {}: {n} consecutive connect failures, but {ejected} of {} backends are ejected already (at most half may be); not ejecting",
+                        row.spec.name,
+                        total
+                    );
+                }
+                continue;
+            }
+            let event = row.health.eject(&params, n, now);
+            failures.store(0, Ordering::Relaxed);
+            ejected += 1;
+            self.refresh(i, now, &event.to_string());
+        }
+    }
+
+    /// Time passing: ends expired ejections, moves slow-start ramps on, drops removed
+    /// backends that have no connection left (or whose deadline is long past).
+    pub fn tick(&mut self, counters: &SharedCounters, now: Instant) {
+        let params = self.params;
+        for i in 0..self.rows.len() {
+            if let Some(event) = self.rows[i].health.tick(&params, now) {
+                self.refresh(i, now, &event.to_string());
+            }
+            let window = self.slow_start;
+            let row = &mut self.rows[i];
+            if let Some((since, step)) = row.ramp {
+                match slow_start::step_index(window, now.saturating_duration_since(since)) {
+                    Some(k) if k == step => {}
+                    Some(k) => {
+                        row.ramp = Some((since, k));
+                        self.dirty = true;
+                    }
+                    None => {
+                        row.ramp = None;
+                        self.dirty = true;
+                        tracing::info!("backend {}: slow start done", row.spec.name);
+                    }
+                }
+            }
+        }
+        let before = self.rows.len();
+        self.rows.retain(|r| {
+            if !r.removing {
+                return true;
+            }
+            let active = r.id.map(|id| counters.get(id).active()).unwrap_or(0);
+            let overdue = r.drain_deadline.is_some_and(|d| now >= d + REMOVE_MARGIN);
+            if active == 0 || overdue {
+                tracing::info!(
+                    "backend {}: removed ({})",
+                    r.spec.name,
+                    if active == 0 {
+                        "drained".to_string()
+                    } else {
+                        format!("{active} connection(s) still open after the drain deadline")
+                    }
+                );
+                false
+            } else {
+                true
+            }
+        });
+        if self.rows.len() != before {
+            self.dirty = true;
+            self.update_panic();
+        }
+    }
+
+    /// An operator's state for `name`.
+    pub fn set_state(
+        &mut self,
+        name: &str,
+        state: AdminState,
+        now: Instant,
+    ) -> Result<(), TableError> {
+        let i = self
+            .find(name)
+            .ok_or_else(|| TableError::Unknown(name.to_string()))?;
+        let grace = self.grace;
+        let row = &mut self.rows[i];
+        if row.removing {
+            return Err(TableError::Removing(name.to_string()));
+        }
+        if row.admin == state {
+            return Ok(());
+        }
+        row.admin = state;
+        row.drain_deadline = (state == AdminState::Drain).then(|| now + grace);
+        self.dirty = true;
+        self.refresh(i, now, &format!("set to {} by the operator", state.name()));
+        Ok(())
+    }
+
+    /// The configuration's backends are now `specs`: new ones are added (up, with slow
+    /// start if on), missing ones drain and are dropped once idle, changed ones updated.
+    /// Returns whether the set of probe targets changed.
+    pub fn set_backends(
+        &mut self,
+        specs: &[BackendSpec],
+        now: Instant,
+        ids: &mut dyn FnMut(&str) -> Option<BackendId>,
+    ) -> bool {
+        let before = self.probe_targets();
+        let grace = self.grace;
+        for i in 0..self.rows.len() {
+            if !self.rows[i].removing && !specs.iter().any(|s| s.name == self.rows[i].spec.name) {
+                let row = &mut self.rows[i];
+                row.removing = true;
+                row.drain_deadline = Some(now + grace);
+                self.dirty = true;
+                self.refresh(i, now, "removed from the configuration");
+            }
+        }
+        for spec in specs {
+            match self.find(&spec.name) {
+                Some(i) => {
+                    let g = self.generation();
+                    let row = &mut self.rows[i];
+                    if row.spec != *spec {
+                        if row.spec.addr != spec.addr {
+                            // A new address is a new server: its health is unknown.
+                            row.health = Health::new();
+                            row.generation = g;
+                        }
+                        row.spec = spec.clone();
+                        self.dirty = true;
+                    }
+                    let row = &mut self.rows[i];
+                    if row.removing {
+                        row.removing = false;
+                        row.drain_deadline = None;
+                        self.dirty = true;
+                        self.refresh(i, now, "back in the configuration");
+                    }
+                }
+                None => {
+                    let g = self.generation();
+                    let mut row = Row::new(spec.clone(), ids(&spec.name), g);
+                    if !self.slow_start.is_zero() {
+                        row.ramp = Some((now, 0));
+                    }
+                    tracing::info!("backend {}: added ({})", spec.name, spec.addr);
+                    self.rows.push(row);
+                    self.dirty = true;
+                    self.update_panic();
+                }
+            }
+        }
+        self.probe_targets() != before
+    }
+
+    /// Every backend's current state.
+    pub fn status(&self) -> Vec<BackendStatus> {
+        self.rows
+            .iter()
+            .map(|r| BackendStatus {
+                name: r.spec.name.clone(),
+                addr: r.spec.addr,
+                weight: r.spec.weight,
+                state: r.state,
+                admin: r.admin,
+                healthy: r.health.is_up(),
+                ejected: r.health.is_ejected(),
+                removing: r.removing,
+            })
+            .collect()
+    }
+
+    /// The state workers see for `name`.
+    pub fn state(&self, name: &str) -> Option<BackendState> {
+        self.find(name).map(|i| self.rows[i].state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_backend, Algorithm, HealthCheck};
+
+    fn config(n: usize) -> Config {
+        Config {
+            backends: (0..n)
+                .map(|i| parse_backend(&format!("127.0.0.1:{},name=b{i}", 9000 + i)).expect("spec"))
+                .collect(),
+            health: HealthCheck::Tcp,
+            rise: 2,
+            fall: 2,
+            eject_after: 3,
+            eject_base: Duration::from_secs(10),
+            eject_max: Duration::from_secs(100),
+            grace: Duration::from_secs(5),
+            ..Config::default()
+        }
+    }
+
+    fn ids() -> impl FnMut(&str) -> Option<BackendId> {
+        let mut names: Vec<String> = Vec::new();
+        move |name: &str| {
+            let i = names.iter().position(|n| n == name).unwrap_or_else(|| {
+                names.push(name.to_string());
+                names.len() - 1
+            });
+            Some(BackendId(i as u32))
+        }
+    }
+
+    fn target(t: &Table, name: &str) -> ProbeTarget {
+        t.probe_targets()
+            .into_iter()
+            .find(|p| p.name == name)
+            .expect("target")
+    }
+
+    fn fail(t: &mut Table, name: &str, now: Instant) {
+        let p = target(t, name);
+        t.on_check(&p, Err("refused".into()), now);
+    }
+
+    fn pass(t: &mut Table, name: &str, now: Instant) {
+        let p = target(t, name);
+        t.on_check(&p, Ok(()), now);
+    }
+
+    fn states(t: &Table) -> Vec<BackendState> {
+        t.entries().iter().map(|e| e.state).collect()
+    }
+
+    #[test]
+    fn checks_change_the_published_state_and_log_each_change_once() {
+        let now = Instant::now();
+        let mut t = Table::new(&config(2), &mut ids());
+        assert!(!t.take_dirty());
+        fail(&mut t, "b0", now);
+        assert!(!t.take_dirty());
+        fail(&mut t, "b0", now);
+        fail(&mut t, "b0", now);
+        assert!(t.take_dirty());
+        assert_eq!(states(&t), vec![BackendState::Down, BackendState::Up]);
+        let log = t.take_transitions();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(
+            (log[0].from, log[0].to),
+            (BackendState::Up, BackendState::Down)
+        );
+        assert!(
+            log[0]
+                .why
+                .contains("2 health check(s) failed, last: refused"),
+            "{log:?}"
+        );
+        pass(&mut t, "b0", now);
+        pass(&mut t, "b0", now);
+        assert_eq!(states(&t), vec![BackendState::Up, BackendState::Up]);
+        assert!(t.take_transitions()[0].why.contains("passed"));
+    }
+
+    #[test]
+    fn panic_mode_when_nothing_is_up() {
+        let now = Instant::now();
+        let mut t = Table::new(&config(2), &mut ids());
+        for name in ["b0", "b1"] {
+            fail(&mut t, name, now);
+            fail(&mut t, name, now);
+        }
+        assert!(t.in_panic());
+        pass(&mut t, "b1", now);
+        pass(&mut t, "b1", now);
+        assert!(!t.in_panic());
+        // All in maintenance is not panic: nothing may be used.
+        t.set_state("b1", AdminState::Maint, now).expect("set");
+        assert!(t.in_panic(), "b0 is down, nothing up");
+        t.set_state("b0", AdminState::Maint, now).expect("set");
+        assert!(!t.in_panic());
+    }
+
+    #[test]
+    fn passive_ejection_and_its_limit() {
+        let now = Instant::now();
+        let counters = SharedCounters::new();
+        let mut t = Table::new(&config(4), &mut ids());
+        for id in 0..3 {
+            counters
+                .get(BackendId(id))
+                .consecutive_failures
+                .store(3, Ordering::Relaxed);
+        }
+        counters
+            .get(BackendId(3))
+            .consecutive_failures
+            .store(2, Ordering::Relaxed);
+        t.poll_failures(&counters, now);
+        // Half of 4: two ejected, the third refused.
+        assert_eq!(
+            states(&t),
+            vec![
+                BackendState::Down,
+                BackendState::Down,
+                BackendState::Up,
+                BackendState::Up
+            ]
+        );
+        assert_eq!(
+            counters
+                .get(BackendId(0))
+                .consecutive_failures
+                .load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(
+            counters
+                .get(BackendId(2))
+                .consecutive_failures
+                .load(Ordering::Relaxed),
+            3
+        );
+        let log = t.take_transitions();
+        assert!(
+            log[0]
+                .why
+                .contains("ejected after 3 consecutive connect failures"),
+            "{log:?}"
+        );
+        // Two passing checks bring an ejected backend back (active checks are on).
+        pass(&mut t, "b0", now);
+        pass(&mut t, "b0", now);
+        assert_eq!(t.state("b0"), Some(BackendState::Up));
+        // Coming back up clears stale failures before they can eject it again.
+        counters
+            .get(BackendId(0))
+            .consecutive_failures
+            .store(9, Ordering::Relaxed);
+        t.poll_failures(&counters, now);
+        assert_eq!(
+            counters
+                .get(BackendId(0))
+                .consecutive_failures
+                .load(Ordering::Relaxed),
+            0
+        );
+        // And b2 could go in the same poll: only b1 is ejected now.
+        assert_eq!(t.state("b2"), Some(BackendState::Down));
+    }
+
+    #[test]
+    fn without_checks_the_backoff_brings_it_back() {
+        let now = Instant::now();
+        let counters = SharedCounters::new();
+        let mut cfg = config(2);
+        cfg.health = HealthCheck::None;
+        let mut t = Table::new(&cfg, &mut ids());
+        counters
+            .get(BackendId(1))
+            .consecutive_failures
+            .store(3, Ordering::Relaxed);
+        t.poll_failures(&counters, now);
+        assert_eq!(t.state("b1"), Some(BackendState::Down));
+        t.tick(&counters, now + Duration::from_secs(9));
+        assert_eq!(t.state("b1"), Some(BackendState::Down));
+        t.tick(&counters, now + Duration::from_secs(10));
+        assert_eq!(t.state("b1"), Some(BackendState::Up));
+        let log = t.take_transitions();
+        assert!(log[1].why.contains("back-off expired"), "{log:?}");
+    }
+
+    #[test]
+    fn drain_maint_and_up_by_the_operator() {
+        let now = Instant::now();
+        let mut t = Table::new(&config(2), &mut ids());
+        t.set_state("b1", AdminState::Drain, now).expect("drain");
+        let e = &t.entries()[1];
+        assert_eq!(e.state, BackendState::Draining);
+        assert_eq!(e.drain_deadline, Some(now + Duration::from_secs(5)));
+        t.set_state("b1", AdminState::Maint, now).expect("maint");
+        assert_eq!(t.entries()[1].state, BackendState::Maint);
+        assert_eq!(t.entries()[1].drain_deadline, None);
+        // Health goes on underneath: back to up means down if its checks failed meanwhile.
+        fail(&mut t, "b1", now);
+        fail(&mut t, "b1", now);
+        t.set_state("b1", AdminState::Up, now).expect("up");
+        assert_eq!(t.state("b1"), Some(BackendState::Down));
+        assert_eq!(
+            t.set_state("nope", AdminState::Up, now),
+            Err(TableError::Unknown("nope".into()))
+        );
+        assert_eq!(AdminState::from_name("drain"), Some(AdminState::Drain));
+        assert_eq!(AdminState::from_name("down"), None);
+    }
+
+    #[test]
+    fn a_removed_backend_drains_then_goes() {
+        let now = Instant::now();
+        let counters = SharedCounters::new();
+        let cfg = config(3);
+        let mut ids = ids();
+        let mut t = Table::new(&cfg, &mut ids);
+        counters
+            .get(BackendId(1))
+            .active
+            .store(2, Ordering::Relaxed);
+        let keep = vec![cfg.backends[0].clone(), cfg.backends[2].clone()];
+        assert!(
+            t.set_backends(&keep, now, &mut ids),
+            "b1 is no longer probed"
+        );
+        assert!(t.take_dirty());
+        let e = &t.entries()[1];
+        assert_eq!(
+            (e.spec.name.as_str(), e.state),
+            ("b1", BackendState::Draining)
+        );
+        assert_eq!(e.drain_deadline, Some(now + Duration::from_secs(5)));
+        assert_eq!(
+            t.set_state("b1", AdminState::Up, now),
+            Err(TableError::Removing("b1".into()))
+        );
+        t.tick(&counters, now + Duration::from_secs(1));
+        assert_eq!(t.entries().len(), 3, "still has connections");
+        counters
+            .get(BackendId(1))
+            .active
+            .store(0, Ordering::Relaxed);
+        t.tick(&counters, now + Duration::from_secs(2));
+        assert_eq!(t.entries().len(), 2);
+        assert!(t.take_dirty());
+        // Overdue: dropped even with connections the counters still show.
+        t.set_backends(&keep[..1], now, &mut ids);
+        counters
+            .get(BackendId(2))
+            .active
+            .store(1, Ordering::Relaxed);
+        t.tick(&counters, now + Duration::from_secs(6));
+        assert_eq!(t.entries().len(), 2);
+        t.tick(&counters, now + Duration::from_secs(7));
+        assert_eq!(t.entries().len(), 1);
+        // Re-added: a fresh backend, up.
+        assert!(t.set_backends(&cfg.backends, now, &mut ids));
+        assert_eq!(t.entries().len(), 3);
+        assert!(t.entries().iter().all(|e| e.state == BackendState::Up));
+    }
+
+    #[test]
+    fn a_recovered_backend_ramps_its_weight() {
+        let t0 = Instant::now();
+        let counters = SharedCounters::new();
+        let mut cfg = config(2);
+        cfg.algorithm = Algorithm::WeightedRoundRobin;
+        cfg.slow_start = Duration::from_secs(10);
+        cfg.backends[1].weight = 2;
+        let mut t = Table::new(&cfg, &mut ids());
+        let weights = |t: &Table| t.entries().iter().map(|e| e.weight).collect::<Vec<_>>();
+        assert_eq!(weights(&t), vec![1, 2], "no ramp at start-up");
+        fail(&mut t, "b1", t0);
+        fail(&mut t, "b1", t0);
+        pass(&mut t, "b1", t0);
+        pass(&mut t, "b1", t0);
+        assert!(t.take_dirty());
+        assert_eq!(weights(&t), vec![100, 20], "10% of 2, everyone scaled");
+        let mut seen = vec![20];
+        for s in 1..=10 {
+            t.tick(&counters, t0 + Duration::from_secs(s));
+            assert!(t.take_dirty(), "a step each second");
+            seen.push(weights(&t)[1]);
+        }
+        assert_eq!(seen, vec![20, 38, 56, 74, 92, 110, 128, 146, 164, 182, 2]);
+        assert_eq!(weights(&t), vec![1, 2], "done: configured weights again");
+        t.tick(&counters, t0 + Duration::from_secs(11));
+        assert!(!t.take_dirty());
+    }
+
+    #[test]
+    fn slow_start_is_ignored_by_algorithms_without_weights() {
+        let t0 = Instant::now();
+        let mut cfg = config(2);
+        cfg.slow_start = Duration::from_secs(10);
+        cfg.algorithm = Algorithm::RoundRobin;
+        let mut t = Table::new(&cfg, &mut ids());
+        fail(&mut t, "b1", t0);
+        fail(&mut t, "b1", t0);
+        pass(&mut t, "b1", t0);
+        pass(&mut t, "b1", t0);
+        assert_eq!(t.entries()[1].weight, 1);
+    }
+}

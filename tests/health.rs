@@ -1,0 +1,753 @@
+//! Health checks and failover through the real binary (and, for draining and removal, the
+//! in-process [`Controller`]), with real backends on loopback. Backend state is observed
+//! through the balancer's log lines (`backend NAME: OLD -> NEW (why)`) until the admin API
+//! exists; `--log-level debug` adds one line per failed backend connect, which is how the
+//! kill test sees the last connection sent to a dead backend.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use uringlb::backend::BackendState;
+use uringlb::config::{BackendSpec, Config, HealthCheck, Workers};
+use uringlb::control::{AdminState, Controller};
+use uringlb_bench::{HttpServer, NameServer};
+use util::*;
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// `--backend ADDR,name=NAME` pairs.
+fn named(backends: &[(SocketAddr, &str)]) -> Vec<String> {
+    backends
+        .iter()
+        .flat_map(|(a, n)| ["--backend".to_string(), format!("{a},name={n}")])
+        .collect()
+}
+
+fn start_lb(backends: &[(SocketAddr, &str)], extra: &[&str]) -> Lb {
+    let mut args = named(backends);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    Lb::start(&a)
+}
+
+/// Log lines containing every one of `needles`.
+fn lines_with(lb: &Lb, needles: &[&str]) -> Vec<String> {
+    lb.log_text()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until at least `count` log lines contain all of `needles`; returns the last one.
+fn wait_log(lb: &Lb, needles: &[&str], count: usize, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = lines_with(lb, needles);
+        if found.len() >= count {
+            return found[count - 1].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {count} log line(s) with {needles:?} within {timeout:?}:\n{}",
+            lb.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The time a log line was written (tracing's RFC 3339 UTC timestamp, its first word).
+fn log_time(line: &str) -> Option<SystemTime> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<u64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1])
+    } else {
+        (d[0], d[1])
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d[2] - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days as u64 * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    let frac = format!("{frac:0<9}");
+    let nanos: u32 = frac[..9].parse().ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+fn since(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or(Duration::ZERO)
+}
+
+/// Ports below the kernel's ephemeral range, handed out once per test process: a backend
+/// stopped there can be restarted on the same port without an outgoing connection having
+/// taken it meanwhile.
+fn fixed_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+        .max(12_000);
+    let span = (low - 11_000) as u32;
+    let _ = NEXT.compare_exchange(
+        0,
+        (10_000 + std::process::id() * 97 % span) as u16,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let p = NEXT.fetch_add(1, Ordering::Relaxed);
+    if p >= low - 1 {
+        NEXT.store(10_000, Ordering::Relaxed);
+    }
+    p
+}
+
+/// An HTTP backend on a port from [`fixed_port`].
+fn http_on_fixed_port(name: &str) -> HttpServer {
+    for _ in 0..200 {
+        if let Ok(s) = HttpServer::start(("127.0.0.1", fixed_port()), name) {
+            return s;
+        }
+    }
+    panic!("no free fixed port");
+}
+
+/// Starts an HTTP backend on `addr` again (SO_REUSEADDR), retrying while the port is busy.
+fn restart_http(addr: SocketAddr, name: &str) -> HttpServer {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match HttpServer::start(addr, name) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot restart {name} on {addr}: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a new connection through the balancer; the answering backend's
+/// name, or why it failed.
+fn request(lb: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&lb, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200 ") && !body.trim().is_empty() => {
+            Ok(body.trim().to_string())
+        }
+        _ => Err(format!("bad response: {text:?}")),
+    }
+}
+
+/// One attempt of the load: when it started and ended, and its result.
+struct Attempt {
+    start: Instant,
+    end: Instant,
+    result: Result<String, String>,
+}
+
+/// Client threads each opening a new connection per request, as fast as they can.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Attempt>>>,
+}
+
+impl Load {
+    fn start(lb: SocketAddr, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = Instant::now();
+                        let result = request(lb);
+                        out.push(Attempt {
+                            start,
+                            end: Instant::now(),
+                            result,
+                        });
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn finish(self) -> Vec<Attempt> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<Attempt> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("load thread"))
+            .collect();
+        all.sort_by_key(|a| a.start);
+        all
+    }
+}
+
+fn counts<'a>(attempts: impl Iterator<Item = &'a Attempt>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for a in attempts {
+        let k = match &a.result {
+            Ok(name) => name.clone(),
+            Err(_) => "FAILED".to_string(),
+        };
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
+
+// ---- the tests ----------------------------------------------------------------------------
+
+/// Three backends under a steady load of new connections; one is killed, then restarted.
+#[test]
+fn kill_and_restart_a_backend_under_load() {
+    let b0 = HttpServer::start("127.0.0.1:0", "b0").unwrap();
+    let b1 = http_on_fixed_port("b1");
+    let b2 = HttpServer::start("127.0.0.1:0", "b2").unwrap();
+    let b1_addr = b1.addr();
+    let lb = start_lb(
+        &[(b0.addr(), "b0"), (b1_addr, "b1"), (b2.addr(), "b2")],
+        &[
+            "--workers",
+            "2",
+            "--health",
+            "tcp",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "500ms",
+            "--rise",
+            "2",
+            "--fall",
+            "3",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let load = Load::start(lb.addr, 4);
+    let load_start = Instant::now();
+    wait_until("b1 to serve", Duration::from_secs(10), || {
+        b1.requests() > 50
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // Kill: the listener and every open connection close, as when the process dies.
+    let kill_wall = SystemTime::now();
+    let kill_start = Instant::now();
+    b1.stop();
+    let killed = Instant::now();
+    let down = wait_log(&lb, &["backend b1: up -> down"], 1, Duration::from_secs(10));
+    // Checks keep failing while it is dead: `fall` of them have surely failed after this.
+    std::thread::sleep(Duration::from_millis(1500));
+    let restart_wall = SystemTime::now();
+    let b1 = restart_http(b1_addr, "b1");
+    let restarted = Instant::now();
+    let up = wait_log(&lb, &["backend b1: down -> up"], 1, Duration::from_secs(10));
+    wait_until("b1 to serve again", Duration::from_secs(10), || {
+        b1.requests() > 0
+    });
+    let serving_again = restarted.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let attempts = load.finish();
+    let elapsed = load_start.elapsed();
+
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.result.is_err()).collect();
+    // Requests already inside b1 when it died die with it: no layer-4 balancer can replay
+    // them. Every connection opened after the kill must succeed, and none may fail before.
+    let in_flight: Vec<&&Attempt> = failed
+        .iter()
+        .filter(|a| a.start < killed && a.end >= kill_start)
+        .collect();
+    let other: Vec<&&Attempt> = failed
+        .iter()
+        .filter(|a| !(a.start < killed && a.end >= kill_start))
+        .collect();
+
+    let log = lb.log_text();
+    let refused: Vec<SystemTime> = log
+        .lines()
+        .filter(|l| l.contains("connect failed"))
+        .filter_map(log_time)
+        .collect();
+    let last_refused = refused.iter().max().copied().unwrap_or(kill_wall);
+    let down_at = log_time(&down).expect("timestamp");
+    let up_at = log_time(&up).expect("timestamp");
+    println!(
+        "kill test: {} connections in {:.1}s ({:.0}/s); failed: {} ({} in flight inside the killed backend, {} others)",
+        attempts.len(),
+        elapsed.as_secs_f64(),
+        attempts.len() as f64 / elapsed.as_secs_f64(),
+        failed.len(),
+        in_flight.len(),
+        other.len()
+    );
+    println!(
+        "kill test: {} connects refused by the dead backend (retried on another); kill -> last connection sent to it: {:?}; kill -> marked down: {:?} ({})",
+        refused.len(),
+        since(last_refused, kill_wall),
+        since(down_at, kill_wall),
+        down.split("b1: ").nth(1).unwrap_or("")
+    );
+    println!(
+        "kill test: restart -> marked up: {:?}; restart -> first request served: {:?}",
+        since(up_at, restart_wall),
+        serving_again
+    );
+    println!("kill test: per backend: {:?}", counts(attempts.iter()));
+    assert!(
+        other.is_empty(),
+        "client-visible failures outside the kill instant: {:?}",
+        other.iter().map(|a| &a.result).collect::<Vec<_>>()
+    );
+    assert!(
+        in_flight.len() <= 4,
+        "at most one in-flight request per client thread"
+    );
+    // No new connection went to it once it was marked down (a snapshot reaches every
+    // worker within milliseconds; 300 ms of slack for a loaded machine).
+    assert!(
+        refused
+            .iter()
+            .all(|t| *t <= down_at + Duration::from_millis(300)),
+        "connects to b1 after it was marked down at {down}"
+    );
+    let after_restart = attempts
+        .iter()
+        .filter(|a| a.start > restarted && a.result.as_deref() == Ok("b1"))
+        .count();
+    assert!(after_restart > 0, "b1 gets traffic again");
+    assert!(attempts.len() > 1000, "the load ran: {}", attempts.len());
+}
+
+/// A backend whose HTTP check answers what the test says: 0 = 200, 1 = 500, 2 = nothing.
+fn flip_backend() -> (SocketAddr, Arc<AtomicU8>) {
+    let mode = Arc::new(AtomicU8::new(0));
+    let m = mode.clone();
+    let addr = serve(move |mut s| {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let reply: &[u8] = match m.load(Ordering::Relaxed) {
+            0 => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nflip\n",
+            1 => b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\nflip\n",
+            _ => {
+                std::thread::sleep(Duration::from_secs(3));
+                return;
+            }
+        };
+        let _ = s.write_all(reply);
+    });
+    (addr, mode)
+}
+
+#[test]
+fn http_check_follows_the_status_and_times_out_a_silent_backend() {
+    let (flip, mode) = flip_backend();
+    let ok = HttpServer::start("127.0.0.1:0", "ok").unwrap();
+    let lb = start_lb(
+        &[(flip, "flip"), (ok.addr(), "ok")],
+        &[
+            "--workers",
+            "1",
+            "--health",
+            "http:/healthz",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "400ms",
+            "--rise",
+            "2",
+            "--fall",
+            "2",
+        ],
+    );
+    // Healthy at first: it takes connections.
+    let first: Vec<String> = (0..4).filter_map(|_| request(lb.addr).ok()).collect();
+    assert!(first.iter().any(|n| n == "flip"), "{first:?}");
+
+    mode.store(1, Ordering::Relaxed);
+    let line = wait_log(
+        &lb,
+        &["backend flip: up -> down"],
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("HTTP status 500"), "{line}");
+    for _ in 0..20 {
+        assert_eq!(request(lb.addr).as_deref(), Ok("ok"));
+    }
+
+    mode.store(0, Ordering::Relaxed);
+    let line = wait_log(
+        &lb,
+        &["backend flip: down -> up"],
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("2 health check(s) passed"), "{line}");
+    let back: Vec<String> = (0..4).filter_map(|_| request(lb.addr).ok()).collect();
+    assert!(back.iter().any(|n| n == "flip"), "{back:?}");
+
+    // Accepts TCP, never answers: the timeout takes it down.
+    mode.store(2, Ordering::Relaxed);
+    let line = wait_log(
+        &lb,
+        &["backend flip: up -> down"],
+        2,
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("timed out after 400ms"), "{line}");
+    // One line per change: the ok backend never changed.
+    assert!(
+        lines_with(&lb, &["backend ok:"]).is_empty(),
+        "{}",
+        lb.log_text()
+    );
+}
+
+#[test]
+fn passive_ejection_without_health_checks() {
+    let b0 = HttpServer::start("127.0.0.1:0", "b0").unwrap();
+    let b1 = HttpServer::start("127.0.0.1:0", "b1").unwrap();
+    let dead = closed_port();
+    let lb = start_lb(
+        &[(b0.addr(), "b0"), (dead, "dead"), (b1.addr(), "b1")],
+        &[
+            "--workers",
+            "1",
+            "--health",
+            "none",
+            "--eject-after",
+            "3",
+            "--eject-base",
+            "1s",
+            "--eject-max",
+            "4s",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let t = Instant::now();
+    let mut results = Vec::new();
+    while t.elapsed() < Duration::from_millis(3500) {
+        results.push(request(lb.addr));
+    }
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "client-visible failures: {failures:?}");
+    let first = wait_log(
+        &lb,
+        &["backend dead: up -> down", "ejection 1 for 1s"],
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(
+        first.contains("ejected after 3 consecutive connect failures"),
+        "{first}"
+    );
+    // Without active checks the back-off brings it back; it fails again and the next
+    // ejection is twice as long.
+    wait_log(
+        &lb,
+        &["backend dead: down -> up (ejection back-off expired)"],
+        1,
+        Duration::from_secs(5),
+    );
+    wait_log(
+        &lb,
+        &["backend dead: up -> down", "ejection 2 for 2s"],
+        1,
+        Duration::from_secs(5),
+    );
+    // While ejected nothing is sent there: every refused connect is within ~100 ms (one
+    // poll of the failure counters) of the moment it was let back in.
+    let log = lb.log_text();
+    let refused = log.lines().filter(|l| l.contains("connect failed")).count();
+    println!(
+        "passive ejection: {} requests, {} refused connects retried, 0 client failures",
+        results.len(),
+        refused
+    );
+    assert!(
+        refused < results.len() / 4,
+        "{refused} of {}",
+        results.len()
+    );
+}
+
+#[test]
+fn panic_mode_serves_clients_when_every_check_fails() {
+    let b: Vec<HttpServer> = (0..3)
+        .map(|i| HttpServer::start("127.0.0.1:0", &format!("b{i}")).unwrap())
+        .collect();
+    // The check asks for a 500; the data path (GET /) still answers 200.
+    let lb = start_lb(
+        &[
+            (b[0].addr(), "b0"),
+            (b[1].addr(), "b1"),
+            (b[2].addr(), "b2"),
+        ],
+        &[
+            "--workers",
+            "2",
+            "--health",
+            "http:/status/500",
+            "--health-interval",
+            "200ms",
+            "--fall",
+            "1",
+        ],
+    );
+    wait_log(
+        &lb,
+        &["panic mode: no backend is up"],
+        1,
+        Duration::from_secs(10),
+    );
+    let mut m: HashMap<String, usize> = HashMap::new();
+    for _ in 0..60 {
+        let name = request(lb.addr).expect("served in panic mode");
+        *m.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(m.len(), 3, "balanced over all of them: {m:?}");
+    assert_eq!(lines_with(&lb, &["panic mode"]).len(), 1, "logged once");
+}
+
+/// A recovered backend's share of new connections rises over the slow-start window.
+#[test]
+fn slow_start_ramps_a_recovered_backend() {
+    let b0 = HttpServer::start("127.0.0.1:0", "b0").unwrap();
+    let b1 = http_on_fixed_port("b1");
+    let b1_addr = b1.addr();
+    b1.stop();
+    let lb = start_lb(
+        &[(b0.addr(), "b0"), (b1_addr, "b1")],
+        &[
+            "--workers",
+            "1",
+            "--algorithm",
+            "weighted-round-robin",
+            "--slow-start",
+            "4s",
+            "--health",
+            "tcp",
+            "--health-interval",
+            "100ms",
+            "--rise",
+            "1",
+            "--fall",
+            "1",
+        ],
+    );
+    wait_log(&lb, &["backend b1: up -> down"], 1, Duration::from_secs(10));
+    let _b1 = restart_http(b1_addr, "b1");
+    wait_log(&lb, &["backend b1: down -> up"], 1, Duration::from_secs(10));
+    let up = Instant::now();
+    let load = Load::start(lb.addr, 2);
+    std::thread::sleep(Duration::from_millis(5500));
+    let attempts = load.finish();
+    let mut per_sec = vec![(0usize, 0usize); 5];
+    for a in &attempts {
+        let s = a.start.saturating_duration_since(up).as_secs() as usize;
+        if let (Some(slot), Ok(name)) = (per_sec.get_mut(s), &a.result) {
+            slot.0 += usize::from(name == "b1");
+            slot.1 += 1;
+        }
+    }
+    let share: Vec<f64> = per_sec
+        .iter()
+        .map(|&(b1, all)| b1 as f64 / all.max(1) as f64)
+        .collect();
+    println!("slow start: b1 connections per second {per_sec:?}, share {share:.2?}");
+    assert!(attempts.iter().all(|a| a.result.is_ok()));
+    assert!(share[0] < 0.25, "starts low: {share:?}");
+    assert!(share[4] > 0.42, "ends at its full weight: {share:?}");
+    for w in share.windows(2) {
+        assert!(w[1] >= w[0] - 0.05, "rises: {share:?}");
+    }
+    assert!(share[2] > share[0] + 0.1, "gradually: {share:?}");
+    wait_log(
+        &lb,
+        &["backend b1: slow start done"],
+        1,
+        Duration::from_secs(5),
+    );
+}
+
+// ---- draining and removal, in-process through the control thread's API ------------------
+
+fn controller(backends: &[&NameServer], grace: Duration) -> Controller {
+    let cfg = Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        backends: backends.iter().map(|b| spec(b)).collect(),
+        workers: Workers::Count(2),
+        health: HealthCheck::Tcp,
+        health_interval: Duration::from_millis(200),
+        grace,
+        ..Config::default()
+    };
+    Controller::start(&cfg).expect("start")
+}
+
+fn spec(b: &NameServer) -> BackendSpec {
+    BackendSpec {
+        addr: b.addr(),
+        weight: 1,
+        name: b.name().to_string(),
+        max_conns: None,
+    }
+}
+
+fn greet(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let name = read_line(&mut s);
+    (s, name)
+}
+
+fn state_of(c: &Controller, name: &str) -> Option<BackendState> {
+    c.status()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.name == name)
+        .map(|b| b.state)
+}
+
+/// Echoes `len` bytes through `s` while new connections are made; checks them byte-exact.
+fn long_echo_while(s: TcpStream, len: usize, during: impl FnOnce()) {
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let data = pattern(11, len);
+        for c in data.chunks(256 * 1024) {
+            w.write_all(c).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut h = Fnv::new();
+        h.update(&data);
+        h.0
+    });
+    let mut r = s;
+    let reader = std::thread::spawn(move || read_stream(&mut r));
+    during();
+    let sent = writer.join().unwrap();
+    let (n, got) = reader.join().unwrap();
+    assert_eq!(n, len, "every byte came back");
+    assert_eq!(got, sent, "byte-exact");
+}
+
+#[test]
+fn draining_backend_finishes_its_transfer_and_gets_no_new_connection() {
+    let b0 = NameServer::start("127.0.0.1:0", "b0").unwrap();
+    let b1 = NameServer::start("127.0.0.1:0", "b1").unwrap();
+    let c = controller(&[&b0, &b1], Duration::from_secs(30));
+    let addr = c.local_addrs()[0];
+    let (s, name) = greet(addr);
+    let other = if name == "b0" { "b1" } else { "b0" };
+    c.set_state(&name, AdminState::Drain).unwrap();
+    assert_eq!(state_of(&c, &name), Some(BackendState::Draining));
+    long_echo_while(s, 16 << 20, || {
+        for _ in 0..40 {
+            let (_s, n) = greet(addr);
+            assert_eq!(n, other, "no new connection to the draining backend");
+        }
+    });
+    // Back in service.
+    c.set_state(&name, AdminState::Up).unwrap();
+    let seen: Vec<String> = (0..6).map(|_| greet(addr).1).collect();
+    assert!(seen.iter().any(|n| *n == name), "{seen:?}");
+    c.set_state(&name, AdminState::Maint).unwrap();
+    assert!((0..6).all(|_| greet(addr).1 == other));
+    assert!(c.set_state("nope", AdminState::Up).is_err());
+    c.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn removing_a_backend_drains_it_then_drops_it() {
+    let b0 = NameServer::start("127.0.0.1:0", "b0").unwrap();
+    let b1 = NameServer::start("127.0.0.1:0", "b1").unwrap();
+    let c = controller(&[&b0, &b1], Duration::from_secs(30));
+    let addr = c.local_addrs()[0];
+    let (s, name) = greet(addr);
+    let (keep, gone) = if name == "b0" { (&b1, &b0) } else { (&b0, &b1) };
+    c.set_backends(vec![spec(keep)]).unwrap();
+    assert_eq!(state_of(&c, gone.name()), Some(BackendState::Draining));
+    long_echo_while(s, 8 << 20, || {
+        for _ in 0..20 {
+            assert_eq!(greet(addr).1, keep.name());
+        }
+    });
+    // Its last connection closed: it leaves the table.
+    wait_until("the removed backend to go", Duration::from_secs(5), || {
+        state_of(&c, gone.name()).is_none()
+    });
+    assert_eq!(greet(addr).1, keep.name());
+}
+
+#[test]
+fn drain_deadline_closes_what_is_left() {
+    let b0 = NameServer::start("127.0.0.1:0", "b0").unwrap();
+    let b1 = NameServer::start("127.0.0.1:0", "b1").unwrap();
+    let c = controller(&[&b0, &b1], Duration::from_secs(1));
+    let (mut s, name) = greet(c.local_addrs()[0]);
+    let t = Instant::now();
+    c.set_state(&name, AdminState::Drain).unwrap();
+    // Idle, so only the deadline (--grace 1s) can close it.
+    let mut buf = [0u8; 8];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let took = t.elapsed();
+    assert_eq!(n, 0, "closed by the balancer");
+    assert!(
+        took >= Duration::from_millis(900),
+        "not before the deadline: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "soon after it: {took:?}");
+}

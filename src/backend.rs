@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub idle_timeout: Duration,
     /// Other backends tried after a failed connect.
     pub retries: u32,
+    /// Send a PROXY protocol header to backends.
+    pub proxy_protocol: Option<crate::config::ProxyProtocol>,
     /// The algorithm's shared, prebuilt part (e.g. the Maglev table), built once here on
     /// the control thread; each worker makes its own selector from it.
     pub balance: Arc<Prepared>,
@@ -108,6 +110,7 @@ impl Snapshot {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.idle_timeout,
             retries: cfg.retries,
+            proxy_protocol: cfg.proxy_protocol,
             balance,
         }
     }

@@ -246,8 +246,6 @@ pub enum ConfigError {
     /// A setting out of range; `key` is the flag name.
     #[error("invalid {key}: {message}")]
     Invalid { key: &'static str, message: String },
-    #[error("--maglev-table-size {size} is smaller than the number of backends ({backends})")]
-    MaglevTableTooSmall { size: u64, backends: usize },
 }
 
 /// A configuration with every setting optional: what a TOML file or the command line
@@ -520,13 +518,9 @@ impl Config {
         parse_log_level(&self.log_level).map_err(|m| invalid("--log-level", m))?;
         check_maglev_table_size(self.maglev_table_size)
             .map_err(|m| invalid("--maglev-table-size", m))?;
-        if self.algorithm == Algorithm::Maglev
-            && (self.maglev_table_size as usize) < self.backends.len()
-        {
-            return Err(ConfigError::MaglevTableTooSmall {
-                size: self.maglev_table_size,
-                backends: self.backends.len(),
-            });
+        if self.algorithm == Algorithm::Maglev {
+            crate::balance::validate_table_size(self.maglev_table_size, self.backends.len())
+                .map_err(|m| invalid("--maglev-table-size", m))?;
         }
         Ok(())
     }

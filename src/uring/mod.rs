@@ -309,6 +309,13 @@ impl Ring {
         self.push(e);
     }
 
+    /// The slot's buffer for `dir`, to fill before a send. Only while no operation on that
+    /// buffer is in flight (the connection state machine's one-step-per-direction rule).
+    pub fn buf_mut(&mut self, slot: usize, dir: usize) -> &mut [u8] {
+        let size = self.buf_size;
+        self.slots[slot].bufs[dir].get_or_insert_with(|| vec![0u8; size].into_boxed_slice())
+    }
+
     /// The bytes of the slot's buffer for `dir` (valid up to what the last recv returned).
     pub fn buf(&self, slot: usize, dir: usize) -> &[u8] {
         self.slots[slot].bufs[dir].as_deref().unwrap_or(&[])
@@ -510,6 +517,16 @@ pub fn pipe_size(fd: RawFd) -> usize {
 pub fn own_fd(fd: RawFd) -> std::os::fd::OwnedFd {
     // SAFETY: callers pass a freshly created descriptor that nothing else owns or closes.
     unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+/// The local address of a socket (for an accepted client: the address it connected to).
+pub fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: the caller owns the open socket `fd` for the duration of this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed)
+        .local_addr()
+        .ok()?
+        .as_socket()
 }
 
 /// A non-blocking eventfd (the control thread's wake-up for a worker).

@@ -185,6 +185,9 @@ pub struct Conn {
     inflight: u32,
     /// Close with a reset rather than a FIN.
     reset: bool,
+    /// Bytes of a PROXY protocol header sent ahead of the client's bytes (not counted as
+    /// forwarded).
+    header: usize,
 }
 
 impl Conn {
@@ -207,6 +210,7 @@ impl Conn {
             flows: [Flow::NEW; 2],
             inflight: 0,
             reset: false,
+            header: 0,
         }
     }
 
@@ -231,6 +235,7 @@ impl Conn {
         self.flows = [Flow::NEW; 2];
         self.inflight = 0;
         self.reset = false;
+        self.header = 0;
     }
 
     pub fn phase(&self) -> Phase {
@@ -243,7 +248,8 @@ impl Conn {
 
     /// Bytes forwarded client -> backend and backend -> client.
     pub fn bytes(&self) -> (u64, u64) {
-        (self.flows[UP].bytes, self.flows[DOWN].bytes)
+        let up = self.flows[UP].bytes.saturating_sub(self.header as u64);
+        (up, self.flows[DOWN].bytes)
     }
 
     /// Whether closing should send a reset.
@@ -276,17 +282,33 @@ impl Conn {
         self.phase == Phase::Closing && self.inflight == 0
     }
 
-    /// The backend connect succeeded: start both directions.
-    pub fn connected(&mut self, now_ns: u64, out: &mut Vec<Action>) {
+    /// The backend connect succeeded: start both directions. With `header > 0` the worker
+    /// has put that many bytes (a PROXY protocol header) in the client -> backend buffer;
+    /// they are sent before anything the client sends.
+    pub fn connected(&mut self, now_ns: u64, header: usize, out: &mut Vec<Action>) {
         if self.phase != Phase::Connecting {
             return;
         }
         self.phase = Phase::Forwarding;
         self.last_active_ns = now_ns;
+        self.header = header;
         let splice = self.fwd.mode == ForwardMode::Splice;
         for dir in [UP, DOWN] {
             self.flows[dir].splice = splice;
-            if splice {
+            if dir == UP && header > 0 {
+                let flow = &mut self.flows[UP];
+                flow.len = header;
+                flow.sent = 0;
+                flow.state = FlowState::Writing;
+                self.emit(
+                    Action::Send {
+                        dir: UP,
+                        from: 0,
+                        to: header,
+                    },
+                    out,
+                );
+            } else if splice {
                 self.flows[dir].state = FlowState::Polling;
                 self.emit(Action::PollIn(dir), out);
             } else {
@@ -621,7 +643,7 @@ mod tests {
         c.completed();
         c.completed();
         let mut out = Vec::new();
-        c.connected(1, &mut out);
+        c.connected(1, 0, &mut out);
         assert_eq!(c.inflight(), 2);
         (c, out)
     }
@@ -837,6 +859,31 @@ mod tests {
         }
         assert!(c.splicing(DOWN));
         assert!(!c.splicing(UP));
+    }
+
+    #[test]
+    fn proxy_header_goes_first_and_is_not_counted() {
+        let mut c = Conn::new();
+        c.open(5, None, COPY, 0);
+        let mut out = Vec::new();
+        c.connected(1, 28, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Action::Send {
+                    dir: UP,
+                    from: 0,
+                    to: 28
+                },
+                Action::Recv(DOWN)
+            ]
+        );
+        let p = &mut FakePipes::new(0);
+        assert_eq!(feed(&mut c, OpKind::Send0, 28, p), vec![Action::Recv(UP)]);
+        assert_eq!(c.bytes(), (0, 0));
+        feed(&mut c, OpKind::Recv0, 10, p);
+        feed(&mut c, OpKind::Send0, 10, p);
+        assert_eq!(c.bytes(), (10, 0));
     }
 
     #[test]

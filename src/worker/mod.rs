@@ -54,16 +54,41 @@ pub struct WorkerConfig {
     pub pipe_size: usize,
 }
 
-/// Counters of one worker, on their own cache line; only this worker writes them.
-#[derive(Debug, Default)]
+/// Counters of one worker, on their own cache line; only this worker writes them and the
+/// control thread sums them on a scrape (no shared read-modify-write on the hot path).
+#[derive(Debug)]
 pub struct WorkerStats {
     pub accepted: AtomicU64,
+    /// Bytes forwarded client -> backend and backend -> client, as they are sent.
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub connect_failures: AtomicU64,
     /// Client connections closed because no backend could be reached.
     pub no_backend: AtomicU64,
-    pub open: AtomicU64,
+    /// Client connections closed at once because no slot was free.
+    pub no_slot: AtomicU64,
+    /// Connect times in microseconds. The lock is taken once per established connection
+    /// by this worker and once per scrape by the control thread: uncontended.
+    pub connect_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            accepted: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            no_backend: AtomicU64::new(0),
+            no_slot: AtomicU64::new(0),
+            // 1 us .. 1 h at 3 significant digits; new_with_bounds only fails on bad bounds.
+            connect_us: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(
+                    |_| hdrhistogram::Histogram::new(3).expect("3 sigfigs is valid"),
+                ),
+            ),
+        }
+    }
 }
 
 impl WorkerStats {
@@ -354,11 +379,12 @@ impl Worker {
             self.pause_accepts();
         }
         self.open += 1;
-        let client_addr = if needs_client_addr(&self.snapshot) {
-            uring::peer_addr(fd)
-        } else {
-            None
-        };
+        let client_addr =
+            if needs_client_addr(&self.snapshot) || self.snapshot.proxy_protocol.is_some() {
+                uring::peer_addr(fd)
+            } else {
+                None
+            };
         self.slots[slot]
             .conn
             .open(fd, client_addr, self.fwd, self.now_ns);
@@ -455,10 +481,16 @@ impl Worker {
             counters.active.fetch_add(1, Ordering::Relaxed);
             counters.total.fetch_add(1, Ordering::Relaxed);
             counters.consecutive_failures.store(0, Ordering::Relaxed);
-            record_connect_time(counters, now.saturating_sub(conn.connect_started_ns), now);
+            let took = now.saturating_sub(conn.connect_started_ns);
+            record_connect_time(counters, took, now);
+            if let Ok(mut h) = self.shared.stats[self.index].connect_us.lock() {
+                h.saturating_record((took / 1000).max(1));
+            }
             conn.counted = true;
             let idle_deadline = now + self.snapshot.idle_timeout.as_nanos() as u64;
-            conn.connected(now, &mut self.actions);
+            let header = self.proxy_header(slot);
+            let conn = &mut self.slots[slot].conn;
+            conn.connected(now, header, &mut self.actions);
             let gen = self.slots[slot].gen;
             self.wheel.insert(idle_deadline, (slot as u32, gen));
             self.perform(slot);
@@ -482,6 +514,19 @@ impl Worker {
         }
     }
 
+    /// Writes the PROXY protocol header (if configured) into the slot's client -> backend
+    /// buffer; returns its length (0 = none).
+    fn proxy_header(&mut self, slot: usize) -> usize {
+        let Some(version) = self.snapshot.proxy_protocol else {
+            return 0;
+        };
+        let conn = &self.slots[slot].conn;
+        let (Some(src), Some(dst)) = (conn.client_addr, uring::local_addr(conn.client_fd)) else {
+            return 0;
+        };
+        crate::proxy_protocol::encode(version, src, dst, self.ring.buf_mut(slot, conn::UP))
+    }
+
     // ---- forwarding -------------------------------------------------------------------
 
     fn on_conn_op(&mut self, tok: Token, res: i32) {
@@ -497,7 +542,14 @@ impl Worker {
             op => {
                 let now = self.now_ns;
                 let conn = &mut self.slots[slot].conn;
+                let before = conn.bytes();
                 conn.on_io(op, res, now, &mut self.pipes, &mut self.actions);
+                let after = conn.bytes();
+                if after != before {
+                    let stats = &self.shared.stats[self.index];
+                    WorkerStats::add(&stats.bytes_up, after.0 - before.0);
+                    WorkerStats::add(&stats.bytes_down, after.1 - before.1);
+                }
                 self.perform(slot);
             }
         }
@@ -581,7 +633,6 @@ impl Worker {
             return;
         }
         let conn = &mut self.slots[slot].conn;
-        let (up, down) = conn.bytes();
         let reset = conn.reset();
         let ignore = Token::new(0, 0, OpKind::Ignore).encode();
         for fd in [conn.client_fd, conn.backend_fd] {
@@ -607,9 +658,6 @@ impl Worker {
             }
             conn.counted = false;
         }
-        let stats = &self.shared.stats[self.index];
-        WorkerStats::add(&stats.bytes_up, up);
-        WorkerStats::add(&stats.bytes_down, down);
         let s = &mut self.slots[slot];
         s.in_use = false;
         s.gen = next_gen(s.gen);

@@ -1415,6 +1415,10 @@ health_interval = "3s"
 health_timeout = "500ms"
 rise = 1
 fall = 2
+eject_after = 7
+eject_base = "10s"
+eject_max = "2m"
+slow_start = "20s"
 hash_key = "source-ip-port"
 hash_balance_factor = 150
 proxy_protocol = "v1"
@@ -1452,6 +1456,9 @@ addr = "127.0.0.1:9002"
         assert_eq!(c.health, HealthCheck::Http("/healthz".into()));
         assert_eq!((c.health_interval, c.health_timeout), (ms(3000), ms(500)));
         assert_eq!((c.rise, c.fall), (1, 2));
+        assert_eq!(c.eject_after, 7);
+        assert_eq!((c.eject_base, c.eject_max), (ms(10_000), ms(120_000)));
+        assert_eq!(c.slow_start, ms(20_000));
         assert_eq!(c.hash_key, HashKey::SourceIpPort);
         assert_eq!(c.hash_balance_factor, Some(150));
         assert_eq!(c.proxy_protocol, Some(ProxyProtocol::V1));
@@ -1602,7 +1609,7 @@ addr = "127.0.0.1:9002"
                         .push(parse_backend(&format!("127.0.0.1:{port}")).expect("b"));
                 }
             },
-            "smaller than the number of backends",
+            "too small for 5 backends",
         );
 
         // The same address twice is fine under distinct names.

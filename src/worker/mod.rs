@@ -566,7 +566,8 @@ impl Worker {
             match a {
                 Action::Recv(dir) => {
                     let ud = Token::new(slot, gen, OpKind::recv(dir)).encode();
-                    self.ring.recv(slot, dir, src[dir], ud);
+                    let poll_first = !self.slots[slot].conn.expects_data(dir);
+                    self.ring.recv(slot, dir, src[dir], poll_first, ud);
                 }
                 Action::Send { dir, from, to } => {
                     let ud = Token::new(slot, gen, OpKind::send(dir)).encode();

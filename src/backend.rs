@@ -97,7 +97,7 @@ impl Snapshot {
         let opts = BuildOptions {
             maglev_table_size: cfg.maglev_table_size,
             hash_balance_factor: cfg.hash_balance_factor,
-            ..BuildOptions::default()
+            seed: process_seed(),
         };
         let balance = Arc::new(Prepared::new(cfg.algorithm, &members, &opts));
         Snapshot {
@@ -119,6 +119,18 @@ impl Snapshot {
     pub fn none_up(&self) -> bool {
         !self.backends.iter().any(|b| b.state == BackendState::Up)
     }
+}
+
+/// A random seed chosen once per process, so that two balancers (or two runs) don't make
+/// the same "random" choices. The hashing algorithms never use it.
+fn process_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    })
 }
 
 /// Counters of one backend, written by every worker. On its own cache line.

@@ -144,6 +144,36 @@ impl Prepared {
         self.algorithm
     }
 
+    /// The selector for `worker` that continues a sequence `position` picks in (the
+    /// worker's picks so far), so that a new snapshot does not restart it: round-robin
+    /// cursors move on, smooth weighted round robin is advanced to the same point of its
+    /// cycle over `pool`, and random streams are re-seeded with the position. Without this,
+    /// frequent snapshots (slow start, health changes) would skew every pick towards the
+    /// same backends. The hashing algorithms don't depend on it.
+    pub fn selector_at(&self, worker: usize, position: u64, pool: &dyn Pool) -> Box<dyn Balance> {
+        let stream = worker.wrapping_add(position as usize);
+        match self.algorithm {
+            Algorithm::RoundRobin | Algorithm::LeastConn => self.selector(stream),
+            Algorithm::WeightedRoundRobin => {
+                let mut s = SmoothWeighted::with_len(self.members);
+                let total: u64 = (0..pool.len())
+                    .filter(|&i| pool.eligible(i))
+                    .map(|i| u64::from(pool.weight(i)))
+                    .sum();
+                // One cycle is sum(weights) picks; bounded so a huge total can't stall.
+                for _ in 0..(position % total.max(1)).min(100_000) {
+                    s.pick(pool, &Request::default());
+                }
+                Box::new(s)
+            }
+            _ => {
+                let mut again = self.clone();
+                again.opts.seed ^= position.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                again.selector(worker)
+            }
+        }
+    }
+
     /// The selector for `worker`: per-worker cursors and PRNG streams start apart so that
     /// workers don't move in lockstep.
     pub fn selector(&self, worker: usize) -> Box<dyn Balance> {

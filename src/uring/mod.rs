@@ -24,9 +24,6 @@ use std::time::{Duration, Instant};
 use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
-/// `IORING_RECVSEND_POLL_FIRST` (in the SQE's ioprio field).
-const RECVSEND_POLL_FIRST: u16 = 1;
-
 /// One completion, copied out of the completion queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Completion {
@@ -279,14 +276,10 @@ impl Ring {
             .as_mut_ptr()
     }
 
-    /// Receives into the slot's buffer for `dir` (its whole length). `poll_first`: the
-    /// socket is probably empty, so arm the readiness poll at once instead of trying the
-    /// receive first (`IORING_RECVSEND_POLL_FIRST`).
-    pub fn recv(&mut self, slot: usize, dir: usize, fd: RawFd, poll_first: bool, user_data: u64) {
+    /// Receives into the slot's buffer for `dir` (its whole length).
+    pub fn recv(&mut self, slot: usize, dir: usize, fd: RawFd, user_data: u64) {
         let ptr = self.buf_ptr(slot, dir);
-        let ioprio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
         let e = opcode::Recv::new(Fd(fd), ptr, self.buf_size as u32)
-            .ioprio(ioprio)
             .build()
             .user_data(user_data);
         self.push(e);

@@ -262,12 +262,6 @@ impl Conn {
         [self.flows[UP].pipe.take(), self.flows[DOWN].pipe.take()]
     }
 
-    /// Whether the source of `dir` probably has data already (its last read filled the
-    /// buffer): then a receive should try at once rather than wait for readiness first.
-    pub fn expects_data(&self, dir: usize) -> bool {
-        self.flows[dir].streak > 0
-    }
-
     /// Whether direction `dir` has switched to (or started in) splice.
     pub fn splicing(&self, dir: usize) -> bool {
         self.flows[dir].splice

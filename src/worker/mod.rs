@@ -161,6 +161,8 @@ pub struct Worker {
     accept_paused_until: u64,
     stopping: Option<u64>,
     hard_stop: bool,
+    /// Picks made so far; a new snapshot's selector continues from here.
+    picks: u64,
     tick_multishot: bool,
     actions: Vec<Action>,
     due: Vec<timer::Entry>,
@@ -220,6 +222,7 @@ impl Worker {
             accept_paused_until: 0,
             stopping: None,
             hard_stop: false,
+            picks: 0,
             tick_multishot: true,
             actions: Vec::with_capacity(8),
             due: Vec::new(),
@@ -466,6 +469,7 @@ impl Worker {
             key,
             now_ns: self.now_ns,
         };
+        self.picks += 1;
         self.balancer.pick(&pool, &req)
     }
 
@@ -566,8 +570,7 @@ impl Worker {
             match a {
                 Action::Recv(dir) => {
                     let ud = Token::new(slot, gen, OpKind::recv(dir)).encode();
-                    let poll_first = !self.slots[slot].conn.expects_data(dir);
-                    self.ring.recv(slot, dir, src[dir], poll_first, ud);
+                    self.ring.recv(slot, dir, src[dir], ud);
                 }
                 Action::Send { dir, from, to } => {
                     let ud = Token::new(slot, gen, OpKind::send(dir)).encode();
@@ -677,7 +680,13 @@ impl Worker {
             match cmd {
                 Command::Snapshot(s) => {
                     tracing::debug!(worker = self.index, version = s.version, "new snapshot");
-                    self.balancer = build_balancer(&s, self.index);
+                    let pool = Candidates {
+                        snapshot: &s,
+                        counters: &self.shared.counters,
+                        tried: &[],
+                        panic: s.none_up(),
+                    };
+                    self.balancer = s.balance.selector_at(self.index, self.picks, &pool);
                     self.snapshot = s;
                 }
                 Command::Stop { grace } => self.begin_stop(grace),

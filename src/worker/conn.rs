@@ -159,6 +159,9 @@ pub enum Phase {
     /// Waiting for a backend connect (possibly a retry).
     Connecting,
     Forwarding,
+    /// The backend went away before answering: waiting for in-flight operations, then the
+    /// worker connects to another backend and the client's first bytes are sent again.
+    Replaying,
     /// Aborted or finished: waiting for in-flight operations, then released.
     Closing,
 }
@@ -188,6 +191,12 @@ pub struct Conn {
     /// Bytes of a PROXY protocol header sent ahead of the client's bytes (not counted as
     /// forwarded).
     header: usize,
+    /// Chunks received from the client so far (a replay needs all of them in the buffer).
+    up_chunks: u32,
+    /// Any byte received from the backend.
+    answered: bool,
+    /// Bytes of the client's first chunk to send again to the next backend.
+    replay: usize,
 }
 
 impl Conn {
@@ -211,6 +220,9 @@ impl Conn {
             inflight: 0,
             reset: false,
             header: 0,
+            up_chunks: 0,
+            answered: false,
+            replay: 0,
         }
     }
 
@@ -236,6 +248,9 @@ impl Conn {
         self.inflight = 0;
         self.reset = false;
         self.header = 0;
+        self.up_chunks = 0;
+        self.answered = false;
+        self.replay = 0;
     }
 
     pub fn phase(&self) -> Phase {
@@ -292,19 +307,23 @@ impl Conn {
         self.phase = Phase::Forwarding;
         self.last_active_ns = now_ns;
         self.header = header;
+        // After a replay the buffer still holds the client's first chunk: it goes first
+        // (a replay never has a header).
+        let prefill = if header > 0 { header } else { self.replay };
         let splice = self.fwd.mode == ForwardMode::Splice;
         for dir in [UP, DOWN] {
             self.flows[dir].splice = splice;
-            if dir == UP && header > 0 {
+            if dir == UP && prefill > 0 {
                 let flow = &mut self.flows[UP];
-                flow.len = header;
+                flow.len = prefill;
                 flow.sent = 0;
+                flow.splice = false;
                 flow.state = FlowState::Writing;
                 self.emit(
                     Action::Send {
                         dir: UP,
                         from: 0,
-                        to: header,
+                        to: prefill,
                     },
                     out,
                 );
@@ -327,8 +346,14 @@ impl Conn {
         pipes: &mut dyn Pipes,
         out: &mut Vec<Action>,
     ) {
+        if self.phase == Phase::Replaying && op == OpKind::Recv0 && res > 0 {
+            // The client's pending read won the race with its cancellation: the buffer no
+            // longer holds the first chunk alone, so it cannot be sent again.
+            self.phase = Phase::Forwarding;
+            return self.abort(true, out);
+        }
         if self.phase != Phase::Forwarding {
-            return; // closing: results of cancelled or late operations don't matter
+            return; // closing or replaying: late results of cancelled operations don't matter
         }
         let Some(dir) = op.dir() else {
             return; // a linked poll: its splice reports what happened
@@ -363,6 +388,16 @@ impl Conn {
         pipes: &mut dyn Pipes,
         out: &mut Vec<Action>,
     ) {
+        if dir == DOWN && res <= 0 && self.replayable() {
+            return self.begin_replay(out);
+        }
+        if res > 0 {
+            if dir == UP {
+                self.up_chunks += 1;
+            } else {
+                self.answered = true;
+            }
+        }
         match res {
             n if n > 0 => {
                 let n = n as usize;
@@ -398,6 +433,9 @@ impl Conn {
         pipes: &mut dyn Pipes,
         out: &mut Vec<Action>,
     ) {
+        if dir == UP && res < 0 && self.replayable() {
+            return self.begin_replay(out);
+        }
         if res <= 0 {
             // A zero-byte send of a non-empty range would repeat forever: treat as error.
             return self.abort(true, out);
@@ -572,12 +610,55 @@ impl Conn {
         self.emit(Action::Shutdown(dir), out);
     }
 
+    /// Can the client's bytes so far be sent again to another backend? Only while the
+    /// backend has answered nothing, the client has sent one chunk (still in the copy
+    /// buffer: the next read has not completed) and has not half-closed, and no PROXY
+    /// header took the buffer. This is HAProxy's `retry-on empty-response` at layer 4: a
+    /// backend that dies with a request inside costs the client nothing.
+    fn replayable(&self) -> bool {
+        let up = &self.flows[UP];
+        self.header == 0
+            && !self.answered
+            && self.up_chunks == 1
+            && !up.splice
+            && matches!(up.state, FlowState::Reading | FlowState::Writing)
+            && self.flows[DOWN].bytes == 0
+    }
+
+    fn begin_replay(&mut self, out: &mut Vec<Action>) {
+        self.replay = self.flows[UP].len;
+        self.phase = Phase::Replaying;
+        if self.inflight > 0 {
+            out.push(Action::CancelAll([
+                self.flows[UP].pipe,
+                self.flows[DOWN].pipe,
+            ]));
+        }
+    }
+
+    /// Replaying and nothing in flight: the worker may close the old backend socket and
+    /// connect to the next backend.
+    pub fn replay_ready(&self) -> bool {
+        self.phase == Phase::Replaying && self.inflight == 0
+    }
+
+    /// The worker is connecting to the next backend for a replay.
+    pub fn replay_connecting(&mut self) {
+        self.phase = Phase::Connecting;
+        self.flows = [Flow::NEW; 2];
+    }
+
     /// Stops the connection: cancels what is in flight; `reset` closes with RST.
     pub fn abort(&mut self, reset: bool, out: &mut Vec<Action>) {
         if self.phase == Phase::Closing {
             return;
         }
+        let was_replaying = self.phase == Phase::Replaying;
         self.phase = Phase::Closing;
+        if was_replaying {
+            self.reset |= reset;
+            return; // its cancellation is already under way
+        }
         self.reset |= reset;
         if self.inflight > 0 {
             out.push(Action::CancelAll([
@@ -884,6 +965,72 @@ mod tests {
         feed(&mut c, OpKind::Recv0, 10, p);
         feed(&mut c, OpKind::Send0, 10, p);
         assert_eq!(c.bytes(), (10, 0));
+    }
+
+    #[test]
+    fn backend_gone_before_answering_replays_the_first_chunk() {
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
+        feed(&mut c, OpKind::Recv0, 40, p);
+        assert_eq!(feed(&mut c, OpKind::Send0, 40, p), vec![Action::Recv(UP)]);
+        // The backend dies: EOF without a byte of answer.
+        assert_eq!(
+            feed(&mut c, OpKind::Recv1, 0, p),
+            vec![Action::CancelAll([None, None])]
+        );
+        assert_eq!(c.phase(), Phase::Replaying);
+        assert!(!c.replay_ready(), "the client read is still in flight");
+        feed(&mut c, OpKind::Recv0, -libc::ECANCELED, p);
+        assert!(c.replay_ready());
+        c.replay_connecting();
+        c.submitted(2);
+        c.completed();
+        c.completed();
+        let mut out = Vec::new();
+        c.connected(20, 0, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Action::Send {
+                    dir: UP,
+                    from: 0,
+                    to: 40
+                },
+                Action::Recv(DOWN)
+            ]
+        );
+    }
+
+    #[test]
+    fn no_replay_once_the_backend_answered_or_a_second_chunk_came() {
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
+        feed(&mut c, OpKind::Recv0, 40, p);
+        feed(&mut c, OpKind::Send0, 40, p);
+        feed(&mut c, OpKind::Recv1, 5, p);
+        feed(&mut c, OpKind::Send1, 5, p);
+        feed(&mut c, OpKind::Recv1, -libc::ECONNRESET, p);
+        assert_eq!(c.phase(), Phase::Closing);
+
+        let (mut c, _) = forwarding(COPY);
+        feed(&mut c, OpKind::Recv0, 40, p);
+        feed(&mut c, OpKind::Send0, 40, p);
+        feed(&mut c, OpKind::Recv0, 10, p);
+        feed(&mut c, OpKind::Recv1, 0, p);
+        assert_ne!(c.phase(), Phase::Replaying);
+    }
+
+    #[test]
+    fn a_late_client_read_during_replay_aborts() {
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
+        feed(&mut c, OpKind::Recv0, 40, p);
+        feed(&mut c, OpKind::Send0, 40, p);
+        feed(&mut c, OpKind::Recv1, -libc::ECONNRESET, p);
+        assert_eq!(c.phase(), Phase::Replaying);
+        feed(&mut c, OpKind::Recv0, 7, p);
+        assert_eq!(c.phase(), Phase::Closing);
+        assert!(c.releasable());
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct WorkerStats {
     pub no_backend: AtomicU64,
     /// Client connections closed at once because no slot was free.
     pub no_slot: AtomicU64,
+    /// Requests sent again to another backend because theirs closed before answering.
+    pub replays: AtomicU64,
     /// Connect times in microseconds. The lock is taken once per established connection
     /// by this worker and once per scrape by the control thread: uncontended.
     pub connect_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
@@ -81,6 +83,7 @@ impl Default for WorkerStats {
             connect_failures: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
             no_slot: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
             // 1 us .. 1 h at 3 significant digits; new_with_bounds only fails on bad bounds.
             connect_us: std::sync::Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(
@@ -131,6 +134,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 struct Slot {
     gen: u32,
     in_use: bool,
+    /// The connection has its (one) idle-timer entry.
+    timer_armed: bool,
     conn: Conn,
 }
 
@@ -401,6 +406,7 @@ impl Worker {
             self.slots.push(Slot {
                 gen: 0,
                 in_use: false,
+                timer_armed: false,
                 conn: Conn::new(),
             });
             self.slots.len() - 1
@@ -408,6 +414,7 @@ impl Worker {
             return None;
         };
         self.slots[slot].in_use = true;
+        self.slots[slot].timer_armed = false;
         Some(slot)
     }
 
@@ -495,8 +502,10 @@ impl Worker {
             let header = self.proxy_header(slot);
             let conn = &mut self.slots[slot].conn;
             conn.connected(now, header, &mut self.actions);
-            let gen = self.slots[slot].gen;
-            self.wheel.insert(idle_deadline, (slot as u32, gen));
+            if !std::mem::replace(&mut self.slots[slot].timer_armed, true) {
+                let gen = self.slots[slot].gen;
+                self.wheel.insert(idle_deadline, (slot as u32, gen));
+            }
             self.perform(slot);
         } else {
             counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -631,8 +640,12 @@ impl Worker {
         self.release_if_done(slot);
     }
 
-    /// Frees the slot once the connection is closing and nothing of it is in flight.
+    /// Frees the slot once the connection is closing and nothing of it is in flight; or,
+    /// for a connection whose backend died before answering, connects to the next backend.
     fn release_if_done(&mut self, slot: usize) {
+        if self.slots[slot].in_use && self.slots[slot].conn.replay_ready() {
+            return self.replay(slot);
+        }
         if !self.slots[slot].in_use || !self.slots[slot].conn.releasable() {
             return;
         }
@@ -671,6 +684,36 @@ impl Worker {
         if self.accept_allowed() {
             self.arm_accepts();
         }
+    }
+
+    /// The backend went away before answering: count it as a failure of that backend,
+    /// close its socket, and send the client's first bytes to the next backend.
+    fn replay(&mut self, slot: usize) {
+        let conn = &mut self.slots[slot].conn;
+        if let Some(id) = conn.backend {
+            let c = self.shared.counters.get(id);
+            if conn.counted {
+                c.active.fetch_sub(1, Ordering::Relaxed);
+                conn.counted = false;
+            }
+            c.failures.fetch_add(1, Ordering::Relaxed);
+            c.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                worker = self.index,
+                backend = id.0,
+                "backend closed before answering: replaying"
+            );
+        }
+        for pipe in conn.take_pipes().into_iter().flatten() {
+            self.pipes.discard(pipe);
+        }
+        let fd = std::mem::replace(&mut conn.backend_fd, -1);
+        conn.backend = None;
+        conn.replay_connecting();
+        WorkerStats::add(&self.shared.stats[self.index].replays, 1);
+        self.ring
+            .close(fd, Token::new(0, 0, OpKind::Ignore).encode());
+        self.connect_next(slot);
     }
 
     // ---- control and time -------------------------------------------------------------
@@ -735,7 +778,12 @@ impl Worker {
         for (slot, gen) in due.drain(..) {
             let slot = slot as usize;
             let s = &self.slots[slot];
-            if !s.in_use || s.gen != gen || s.conn.phase() != Phase::Forwarding {
+            if !s.in_use || s.gen != gen {
+                continue;
+            }
+            if s.conn.phase() != Phase::Forwarding {
+                // Reconnecting after a replay: keep the entry for when it forwards again.
+                self.wheel.insert(self.now_ns + idle, (slot as u32, gen));
                 continue;
             }
             let deadline = s.conn.last_active_ns + idle;

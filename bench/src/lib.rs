@@ -2,15 +2,19 @@
 //!
 //! Three users share this crate: the `uringlb demo` command (starts [`backends`] and drives
 //! them with [`load`]), the balancer's integration tests (run backends in-process, or the
-//! `uringlb-bench` binary as a separate process they can kill), and benchmarking.
+//! `uringlb-bench` binary as a separate process they can kill), and benchmarking: the load
+//! modes, plus [`compare`] (aggregates `bench/compare.sh` runs) and [`plot`] (SVG latency
+//! plots).
 //!
 //! Everything runs on its own threads with its own tokio runtime, so callers need no
 //! runtime of their own and may call in from inside one.
 
 pub mod backends;
+pub mod compare;
 mod http1;
 pub mod load;
 pub mod pattern;
+pub mod plot;
 pub mod units;
 
 pub use backends::{EchoServer, HttpServer, NameServer, SinkServer, SourceServer};

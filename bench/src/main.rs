@@ -1,10 +1,13 @@
 //! `uringlb-bench`: load generator and standalone test backends for uringlb.
 //!
 //! Servers print `listening on ADDR` once bound (so a test passing port 0 can read the real
-//! port) and run until killed. Load commands print a table, or JSON with `--json`.
+//! port) and run until killed. Load commands (`http`, `echo`, `bulk`, `download`) print a
+//! table, or JSON with `--json`. `compare-report` and `plot` serve `bench/compare.sh`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +15,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use uringlb_bench::{
-    load, parse_bytes, parse_duration, EchoServer, HttpServer, LoadConfig, NameServer, Report,
-    SinkServer, SourceServer,
+    compare, load, parse_bytes, parse_duration, plot, EchoServer, HttpServer, LoadConfig, LoadKind,
+    NameServer, Report, SinkServer, SourceServer,
 };
 
 #[derive(Parser)]
@@ -29,13 +32,71 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// HTTP/1.1 keep-alive GET load; counts responses per backend name.
+    /// HTTP/1.1 GET load, keep-alive unless --close; counts responses per backend name.
     Http {
         #[command(flatten)]
         load: LoadArgs,
         /// Request target, e.g. `/` or `/big?bytes=1M`.
         #[arg(long, default_value = "/")]
         path: String,
+        /// A new connection per request (`Connection: close`); latency includes the connect.
+        #[arg(long)]
+        close: bool,
+    },
+    /// Bulk transfer through a TCP echo: each connection streams --bytes each way, every
+    /// byte checked; GB/s up and down. Exits 1 on any failed or corrupted transfer.
+    Bulk {
+        #[command(flatten)]
+        transfer: TransferArgs,
+        /// Bytes each connection sends and expects back, e.g. 64MiB, 1G.
+        #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+        bytes: u64,
+    },
+    /// HTTP downloads (e.g. an nginx backend's file) through the target; GB/s. Exits 1 on
+    /// any failed download.
+    Download {
+        #[command(flatten)]
+        transfer: TransferArgs,
+        /// Path to GET.
+        #[arg(long, default_value = "/big.bin")]
+        download_path: String,
+    },
+    /// Aggregates the runs `bench/compare.sh` recorded: medians, ratios to HAProxy, a table
+    /// on stdout and a results JSON.
+    CompareReport {
+        /// The runs file: one JSON object per line.
+        #[arg(long)]
+        runs: PathBuf,
+        /// Where to write the results JSON.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Also write the results JSON here (e.g. bench/results/latest.json).
+        #[arg(long)]
+        latest: Option<PathBuf>,
+        /// Baseline for the ratios; for the download the best `NAME*` variant is used.
+        #[arg(long, default_value = "haproxy")]
+        baseline: String,
+        /// Facts to record with the results, KEY=VALUE (repeatable).
+        #[arg(long, value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
+    },
+    /// Plots latency against percentile (a "nines" axis) as SVG, one line per system (from
+    /// a compare results file) or per load report (`--json` output).
+    Plot {
+        /// Results JSON (compare-report) or load report JSON; repeatable.
+        #[arg(long, required = true)]
+        input: Vec<PathBuf>,
+        /// SVG file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Which workload of a results file to plot.
+        #[arg(long, default_value = "keepalive")]
+        workload: String,
+        /// Line labels for load report inputs, in order.
+        #[arg(long)]
+        label: Vec<String>,
+        #[arg(long)]
+        title: Option<String>,
     },
     /// Request/response load over a TCP echo.
     Echo {
@@ -109,6 +170,57 @@ struct LoadArgs {
     quiet: bool,
 }
 
+/// Like [`LoadArgs`], with defaults for a few long transfers instead of many requests.
+#[derive(Args)]
+struct TransferArgs {
+    /// Address to load, e.g. 127.0.0.1:8080.
+    #[arg(long, short)]
+    target: String,
+    /// Concurrent connections.
+    #[arg(long, short, default_value_t = 1)]
+    connections: usize,
+    /// Transfers in all (default: one per connection).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Upper bound on the whole run.
+    #[arg(long, short, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load generator worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Per-transfer timeout.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl TransferArgs {
+    fn as_load(&self) -> LoadArgs {
+        LoadArgs {
+            target: self.target.clone(),
+            connections: self.connections,
+            duration: self.duration,
+            requests: self.requests,
+            threads: self.threads,
+            timeout: self.timeout,
+            json: self.json,
+            quiet: self.quiet,
+        }
+    }
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
 #[derive(Args)]
 struct ListenArgs {
     /// Address to bind; port 0 picks a free port (printed on stdout).
@@ -138,15 +250,65 @@ fn main() {
 /// Runs a subcommand; the exit code is 1 when a load completed no request at all.
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Http { load, path } => {
+        Cmd::Http { load, path, close } => {
             let cfg = LoadConfig {
                 path,
+                close,
                 ..load_config(&load)
             };
             finish_load(
                 &load,
                 load::http_keepalive_with(resolve(&load.target)?, &cfg)?,
             )
+        }
+        Cmd::Bulk { transfer, bytes } => {
+            let load = transfer.as_load();
+            let cfg = LoadConfig {
+                bulk_bytes: bytes,
+                ..load_config(&load)
+            };
+            finish_load(&load, load::bulk_with(resolve(&load.target)?, &cfg)?)
+        }
+        Cmd::Download {
+            transfer,
+            download_path,
+        } => {
+            let load = transfer.as_load();
+            let cfg = LoadConfig {
+                path: download_path,
+                ..load_config(&load)
+            };
+            finish_load(&load, load::download_with(resolve(&load.target)?, &cfg)?)
+        }
+        Cmd::CompareReport {
+            runs,
+            output,
+            latest,
+            baseline,
+            meta,
+        } => {
+            let text = std::fs::read_to_string(&runs)
+                .with_context(|| format!("cannot read {}", runs.display()))?;
+            let meta: BTreeMap<String, String> = meta.into_iter().collect();
+            let results = compare::summarize(compare::parse_runs(&text)?, meta, &baseline);
+            let json = results.to_json();
+            for path in output.iter().chain(latest.iter()) {
+                std::fs::write(path, &json)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            print!("{}", results.table());
+            Ok(if results.rows.is_empty() { 1 } else { 0 })
+        }
+        Cmd::Plot {
+            input,
+            output,
+            workload,
+            label,
+            title,
+        } => {
+            let n = plot::plot_files(&input, &label, &workload, title.as_deref(), &output)?;
+            eprintln!("wrote {} ({n} series)", output.display());
+            Ok(0)
         }
         Cmd::Echo { load, size } => {
             let cfg = LoadConfig {
@@ -229,7 +391,17 @@ fn finish_load(args: &LoadArgs, report: Report) -> anyhow::Result<i32> {
     } else {
         report.print_table();
     }
-    Ok(if report.requests == 0 { 1 } else { 0 })
+    // A transfer that failed or came back corrupted fails the run: those modes exist to
+    // check the data path, not only to time it.
+    let strict = matches!(report.kind, LoadKind::Bulk | LoadKind::Download);
+    let failed = report.requests == 0 || report.mismatches > 0 || (strict && report.errors > 0);
+    if report.mismatches > 0 {
+        eprintln!(
+            "uringlb-bench: {} transfer(s) came back with different bytes",
+            report.mismatches
+        );
+    }
+    Ok(if failed { 1 } else { 0 })
 }
 
 /// Announces the bound address and serves until the process is killed (the caller's

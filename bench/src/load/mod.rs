@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use progress::{Progress, ProgressFn};
+pub(crate) use report::fmt_us;
 pub use report::{LatencySummary, PercentilePoint, Report, Summary, PERCENTILES};
 
 /// Which protocol a run spoke; kept in the [`Report`].

@@ -19,12 +19,20 @@ pub struct Report {
     pub target: SocketAddr,
     /// Concurrent connections used.
     pub connections: usize,
-    /// Completed requests (HTTP responses or echo round trips).
+    /// HTTP with `Connection: close`: a new connection per request.
+    pub close: bool,
+    /// Completed requests (HTTP responses, echo round trips, bulk transfers, downloads).
     pub requests: u64,
-    /// Failed attempts: refused or failed connects, resets, timeouts, bad responses.
+    /// Failed attempts: refused or failed connects, resets, timeouts, bad responses,
+    /// corrupted data.
     pub errors: u64,
+    /// Of the errors, exchanges whose received bytes differed from those expected (echo,
+    /// bulk): the balancer corrupted, lost or reordered data.
+    pub mismatches: u64,
     /// Payload bytes received (response bodies, echoed bytes).
     pub bytes: u64,
+    /// Bytes sent by completed exchanges (requests, echo messages, bulk payload).
+    pub bytes_sent: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Latency of completed requests, in microseconds.
@@ -35,7 +43,13 @@ pub struct Report {
     pub status: BTreeMap<u16, u64>,
 }
 
-/// Serializable digest of a [`Report`] (what `--json` prints).
+/// The percentiles of [`Summary::percentiles_us`], for plots: 50 to 99.99, up the "nines".
+pub const PERCENTILES: [f64; 10] = [
+    50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999,
+];
+
+/// Serializable digest of a [`Report`] (what `--json` prints). Fields after `status` were
+/// added later; the earlier ones keep their meaning.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub kind: LoadKind,
@@ -49,6 +63,20 @@ pub struct Summary {
     pub latency_us: LatencySummary,
     pub per_backend: BTreeMap<String, u64>,
     pub status: BTreeMap<u16, u64>,
+    /// `keepalive`, `close`, `echo`, `bulk` or `download`.
+    pub mode: &'static str,
+    /// Exchanges whose bytes came back wrong (also counted in `errors`).
+    pub mismatches: u64,
+    /// Bytes sent by completed exchanges.
+    pub bytes_sent: u64,
+    /// Received bytes per second of wall time.
+    pub bytes_per_sec: f64,
+    /// Received GB/s (10^9 bytes), i.e. towards the client.
+    pub gbytes_per_sec_down: f64,
+    /// Sent GB/s (10^9 bytes), i.e. away from the client.
+    pub gbytes_per_sec_up: f64,
+    /// Latency at each of [`PERCENTILES`], microseconds.
+    pub percentiles_us: Vec<PercentilePoint>,
 }
 
 /// Latency percentiles in microseconds (all 0 when nothing completed).
@@ -61,6 +89,18 @@ pub struct LatencySummary {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+    pub p75: u64,
+    pub p9999: u64,
+    pub stdev: f64,
+}
+
+/// One point of a latency distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct PercentilePoint {
+    /// 0-100.
+    pub percentile: f64,
+    /// Latency at that percentile, microseconds.
+    pub us: u64,
 }
 
 impl Report {
@@ -69,6 +109,27 @@ impl Report {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
             self.requests as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// `keepalive`, `close`, `echo`, `bulk` or `download`.
+    pub fn mode(&self) -> &'static str {
+        match self.kind {
+            LoadKind::Http if self.close => "close",
+            LoadKind::Http => "keepalive",
+            LoadKind::Echo => "echo",
+            LoadKind::Bulk => "bulk",
+            LoadKind::Download => "download",
+        }
+    }
+
+    /// `bytes` per second of wall time, divided by `unit` (1e9 for GB/s).
+    fn per_sec(&self, bytes: u64, unit: f64) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            bytes as f64 / secs / unit
         } else {
             0.0
         }
@@ -104,9 +165,25 @@ impl Report {
                 p99: at(99.0),
                 p999: at(99.9),
                 max: if empty { 0 } else { h.max() },
+                p75: at(75.0),
+                p9999: at(99.99),
+                stdev: if empty { 0.0 } else { h.stdev() },
             },
             per_backend: self.per_backend.clone(),
             status: self.status.clone(),
+            mode: self.mode(),
+            mismatches: self.mismatches,
+            bytes_sent: self.bytes_sent,
+            bytes_per_sec: self.per_sec(self.bytes, 1.0),
+            gbytes_per_sec_down: self.per_sec(self.bytes, 1e9),
+            gbytes_per_sec_up: self.per_sec(self.bytes_sent, 1e9),
+            percentiles_us: PERCENTILES
+                .iter()
+                .map(|&p| PercentilePoint {
+                    percentile: p,
+                    us: at(p),
+                })
+                .collect(),
         }
     }
 
@@ -120,8 +197,11 @@ impl Report {
         let s = self.summary();
         let l = &s.latency_us;
         let kind = match self.kind {
+            LoadKind::Http if self.close => "http new connection per request",
             LoadKind::Http => "http keep-alive",
             LoadKind::Echo => "echo",
+            LoadKind::Bulk => "bulk through echo",
+            LoadKind::Download => "http download",
         };
         let mut out = String::new();
         let _ = writeln!(
@@ -134,21 +214,45 @@ impl Report {
             "  requests  {:>12}  {:>12.1} req/s  errors {}",
             s.requests, s.requests_per_sec, s.errors
         );
-        if s.bytes > 0 && s.elapsed_secs > 0.0 {
+        if self.kind == LoadKind::Bulk {
             let _ = writeln!(
                 out,
-                "  received  {:>12}  {:>12.1} MiB/s",
-                s.bytes,
-                s.bytes as f64 / s.elapsed_secs / (1024.0 * 1024.0)
+                "  sent      {:>12}  {:>12.3} GB/s up",
+                s.bytes_sent, s.gbytes_per_sec_up
             );
+        }
+        if s.bytes > 0 && s.elapsed_secs > 0.0 {
+            if matches!(self.kind, LoadKind::Bulk | LoadKind::Download) {
+                let _ = writeln!(
+                    out,
+                    "  received  {:>12}  {:>12.3} GB/s down",
+                    s.bytes, s.gbytes_per_sec_down
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  received  {:>12}  {:>12.1} MiB/s",
+                    s.bytes,
+                    s.bytes as f64 / s.elapsed_secs / (1024.0 * 1024.0)
+                );
+            }
+        }
+        if self.kind == LoadKind::Bulk {
+            let verdict = if s.mismatches == 0 {
+                "every byte matched"
+            } else {
+                "CORRUPTED"
+            };
+            let _ = writeln!(out, "  mismatches {:>11}  {verdict}", s.mismatches);
         }
         let _ = writeln!(
             out,
-            "  latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            "  latency   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
             fmt_us(l.p50),
             fmt_us(l.p90),
             fmt_us(l.p99),
             fmt_us(l.p999),
+            fmt_us(l.p9999),
             fmt_us(l.max)
         );
         if !s.per_backend.is_empty() {
@@ -191,10 +295,14 @@ impl Report {
     }
 }
 
-/// Microseconds as `850us`, `1.25ms` or `2.10s`.
-fn fmt_us(us: u64) -> String {
+/// Microseconds as `850us`, `1.25ms` or `2.10s` (round values short: `2ms`, `1s`).
+pub(crate) fn fmt_us(us: u64) -> String {
     if us < 1_000 {
         format!("{us}us")
+    } else if us.is_multiple_of(1_000_000) {
+        format!("{}s", us / 1_000_000)
+    } else if us.is_multiple_of(1_000) && us < 1_000_000 {
+        format!("{}ms", us / 1_000)
     } else if us < 1_000_000 {
         format!("{:.2}ms", us as f64 / 1e3)
     } else {

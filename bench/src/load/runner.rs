@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::bulk::BulkProto;
 use super::echo::EchoProto;
 use super::http::HttpProto;
 use super::{LoadConfig, LoadKind, Progress, ProgressFn, Report};
@@ -54,9 +55,12 @@ pub(super) async fn run(kind: LoadKind, target: SocketAddr, cfg: LoadConfig) -> 
         .map(|cb| tokio::spawn(ticker(shared.clone(), cb)));
     let mut set = JoinSet::new();
     for _ in 0..shared.cfg.connections {
+        let cfg = &shared.cfg;
         let proto = match kind {
-            LoadKind::Http => Proto::Http(HttpProto::new(&shared.cfg.path, target)),
-            LoadKind::Echo => Proto::Echo(EchoProto::new(shared.cfg.msg_size)),
+            LoadKind::Http => Proto::Http(HttpProto::new(&cfg.path, target, cfg.close)),
+            LoadKind::Download => Proto::Http(HttpProto::new(&cfg.path, target, false)),
+            LoadKind::Echo => Proto::Echo(EchoProto::new(cfg.msg_size)),
+            LoadKind::Bulk => Proto::Bulk(BulkProto::new(cfg.bulk_bytes)),
         };
         set.spawn(drive(shared.clone(), proto));
     }
@@ -78,6 +82,7 @@ pub(super) async fn run(kind: LoadKind, target: SocketAddr, cfg: LoadConfig) -> 
 pub(super) enum Proto {
     Http(HttpProto),
     Echo(EchoProto),
+    Bulk(BulkProto),
 }
 
 /// What one successful exchange yielded.
@@ -88,6 +93,38 @@ pub(super) struct Outcome {
     pub close: bool,
     /// Payload bytes received.
     pub bytes: u64,
+    /// Bytes sent (requests, echo messages, bulk payload).
+    pub sent: u64,
+}
+
+/// Received bytes differed from what was expected (echo, bulk); counted apart from other
+/// errors because it means corruption, not unavailability.
+#[derive(Debug)]
+pub(super) struct Mismatch {
+    /// Stream offset of the first wrong byte.
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "received bytes differ from those sent, first at offset {}",
+            self.offset
+        )
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+impl From<Mismatch> for io::Error {
+    fn from(m: Mismatch) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, m)
+    }
+}
+
+fn is_mismatch(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Mismatch>())
 }
 
 impl Proto {
@@ -95,18 +132,20 @@ impl Proto {
         match self {
             Proto::Http(p) => p.exchange(stream).await,
             Proto::Echo(p) => p.exchange(stream).await,
+            Proto::Bulk(p) => p.exchange(stream).await,
         }
     }
 
     fn backend(&self) -> Option<&str> {
         match self {
             Proto::Http(p) => p.backend(),
-            Proto::Echo(_) => None,
+            Proto::Echo(_) | Proto::Bulk(_) => None,
         }
     }
 }
 
-/// One connection's closed loop: (re)connect, exchange, record, repeat.
+/// One connection's closed loop: (re)connect, exchange, record, repeat. The latency runs
+/// from before the connect (when there is one) to the end of the answer.
 async fn drive(shared: Arc<Shared>, mut proto: Proto) {
     let mut stream: Option<TcpStream> = None;
     let mut failures: u32 = 0;
@@ -133,14 +172,19 @@ async fn drive(shared: Arc<Shared>, mut proto: Proto) {
         match shared.until_done(attempt).await {
             None => break,
             Some(Err(e)) => {
-                tracing::debug!(error = %e, "load request failed");
+                if is_mismatch(&e) {
+                    tracing::error!(error = %e, "load request got corrupted data");
+                    shared.mismatches.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tracing::debug!(error = %e, "load request failed");
+                }
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 failures += 1;
             }
             Some(Ok((s, outcome))) => {
                 shared.record(t0.elapsed(), proto.backend(), &outcome);
                 failures = 0;
-                if !outcome.close {
+                if !outcome.close && !shared.cfg.close {
                     stream = Some(s);
                 }
             }
@@ -218,7 +262,9 @@ struct Shared {
     issued: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
+    mismatches: AtomicU64,
     bytes: AtomicU64,
+    bytes_sent: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -240,7 +286,9 @@ impl Shared {
             issued: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 histogram,
                 per_backend: HashMap::new(),
@@ -277,6 +325,7 @@ impl Shared {
     fn record(&self, latency: Duration, backend: Option<&str>, outcome: &Outcome) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(outcome.bytes, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(outcome.sent, Ordering::Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let mut inner = self.lock();
         inner.histogram.saturating_record(us.max(1));
@@ -299,9 +348,12 @@ impl Shared {
             kind,
             target: self.target,
             connections: self.cfg.connections,
+            close: kind == LoadKind::Http && self.cfg.close,
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            mismatches: self.mismatches.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             elapsed,
             histogram: inner.histogram.clone(),
             per_backend: inner

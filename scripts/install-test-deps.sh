@@ -1,13 +1,41 @@
 #!/usr/bin/env bash
-# Installs the packages the tests need (Debian), only those missing. Idempotent.
+# Installs the programs the integration tests run (from Debian's packages), only those that
+# are missing. Idempotent; `./scripts/test.sh` and CI run it before the tests.
+#
+# Each entry is "COMMAND:PACKAGE": the package is installed when COMMAND is not on PATH.
+#   dnsmasq   tests/discovery.rs runs a real DNS server (SRV records) on a loopback port.
+#             dnsmasq-base is the binary alone: the `dnsmasq` package would also start a
+#             system service listening on port 53.
+# (nginx and haproxy, for the comparison tests, go here too.)
+#
+# Extra package names given as arguments are installed as well (when not installed).
 set -euo pipefail
+
+DEPS=(
+  "dnsmasq:dnsmasq-base"
+)
+# tests/metrics.rs also checks the /metrics text with the official Python parser.
+PY_DEPS=(python3-prometheus-client)
+
 need=()
-# (later issues add dnsmasq, haproxy, nginx here)
-for pkg in "$@"; do
+for dep in "${DEPS[@]}"; do
+  cmd="${dep%%:*}"
+  pkg="${dep#*:}"
+  # dnsmasq lives in /usr/sbin, which a non-root PATH may lack.
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+    need+=("$pkg")
+  fi
+done
+for pkg in "${PY_DEPS[@]}" "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then echo "install-test-deps: need root to install ${need[*]}" >&2; exit 1; fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
 fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-test-deps: need root to install: ${need[*]} (apt-get install ${need[*]})" >&2
+  exit 1
+fi
+echo "install-test-deps: installing ${need[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

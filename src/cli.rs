@@ -15,8 +15,8 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 
 use crate::config::{
-    self, Algorithm, BackendSpec, Config, ForwardMode, HashKey, HealthCheck, PartialConfig,
-    ProxyProtocol, Workers,
+    self, AdminToken, Algorithm, BackendSpec, Config, ForwardMode, HashKey, HealthCheck,
+    PartialConfig, ProxyProtocol, Workers,
 };
 
 /// What the command line asked for.
@@ -173,6 +173,12 @@ struct Args {
     #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
     admin: Option<SocketAddr>,
 
+    /// Bearer token the admin endpoint requires for everything but GET /health
+    /// (visible in `ps`: prefer admin_token in a config file readable only by its owner)
+    /// [default: none]
+    #[arg(long, value_name = "TOKEN", value_parser = config::parse_admin_token)]
+    admin_token: Option<AdminToken>,
+
     /// Drain time on SIGTERM/SIGINT [default: 30s]
     #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
     grace: Option<Duration>,
@@ -226,6 +232,7 @@ impl Args {
             discovery: self.discovery,
             discovery_interval: self.discovery_interval,
             admin: self.admin,
+            admin_token: self.admin_token,
             grace: self.grace,
             log_level: self.log_level,
             maglev_table_size: self.maglev_table_size,
@@ -432,6 +439,8 @@ mod tests {
             "30s",
             "--admin",
             "127.0.0.1:9900",
+            "--admin-token",
+            "tok",
             "--grace",
             "0s",
             "--log-level",
@@ -461,6 +470,7 @@ mod tests {
         assert!(c.discovery.is_some());
         assert_eq!(c.discovery_interval, Duration::from_secs(30));
         assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
+        assert_eq!(c.admin_token.as_ref().map(AdminToken::expose), Some("tok"));
         assert_eq!(c.grace, Duration::ZERO);
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.maglev_table_size, 251);

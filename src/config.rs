@@ -42,6 +42,8 @@ pub struct Config {
     /// How often `--discovery` re-resolves its source.
     pub discovery_interval: Duration,
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin endpoint requires (all but `GET /health`); `None` = open.
+    pub admin_token: Option<AdminToken>,
     pub grace: Duration,
     pub log_level: String,
     /// The file the configuration came from, if any (reload re-reads it).
@@ -169,6 +171,7 @@ impl Default for Config {
             discovery: None,
             discovery_interval: Duration::from_secs(5),
             admin: None,
+            admin_token: None,
             grace: Duration::from_secs(30),
             log_level: "info".to_string(),
             config_file: None,
@@ -277,6 +280,7 @@ pub struct PartialConfig {
     pub discovery: Option<String>,
     pub discovery_interval: Option<Duration>,
     pub admin: Option<SocketAddr>,
+    pub admin_token: Option<AdminToken>,
     pub grace: Option<Duration>,
     pub log_level: Option<String>,
     pub maglev_table_size: Option<u64>,
@@ -312,6 +316,7 @@ impl PartialConfig {
             discovery: top.discovery.or(self.discovery),
             discovery_interval: top.discovery_interval.or(self.discovery_interval),
             admin: top.admin.or(self.admin),
+            admin_token: top.admin_token.or(self.admin_token),
             grace: top.grace.or(self.grace),
             log_level: top.log_level.or(self.log_level),
             maglev_table_size: top.maglev_table_size.or(self.maglev_table_size),
@@ -346,6 +351,7 @@ impl PartialConfig {
             discovery: self.discovery.or(base.discovery),
             discovery_interval: self.discovery_interval.unwrap_or(base.discovery_interval),
             admin: self.admin.or(base.admin),
+            admin_token: self.admin_token.or(base.admin_token),
             grace: self.grace.unwrap_or(base.grace),
             log_level: self.log_level.unwrap_or(base.log_level),
             maglev_table_size: self.maglev_table_size.unwrap_or(base.maglev_table_size),
@@ -975,6 +981,47 @@ pub fn parse_log_level(s: &str) -> Result<String, String> {
     }
 }
 
+/// Longest `--admin-token`.
+pub const MAX_ADMIN_TOKEN_LEN: usize = 4096;
+
+/// The admin endpoint's bearer token. A secret: `Debug` does not show it, so a logged
+/// configuration cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token itself, for the constant-time comparison.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// `--admin-token`: 1 to [`MAX_ADMIN_TOKEN_LEN`] visible ASCII characters, the bytes an
+/// `Authorization: Bearer` header can carry.
+pub fn parse_admin_token(s: &str) -> Result<AdminToken, String> {
+    if s.is_empty() {
+        return Err("the admin token must not be empty".to_string());
+    }
+    if s.len() > MAX_ADMIN_TOKEN_LEN {
+        return Err(format!(
+            "the admin token is too long; at most {MAX_ADMIN_TOKEN_LEN} characters"
+        ));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "the admin token must be visible ASCII characters (no spaces or control characters)"
+                .to_string(),
+        );
+    }
+    Ok(AdminToken(s.to_string()))
+}
+
 /// A prime from 3 to [`MAX_MAGLEV_TABLE_SIZE`].
 pub fn parse_maglev_table_size(s: &str) -> Result<u64, String> {
     let n = parse_uint(s, 3, MAX_MAGLEV_TABLE_SIZE)?;
@@ -1060,6 +1107,8 @@ struct FileConfig {
     discovery_interval: Option<Duration>,
     #[serde(default, deserialize_with = "de_admin")]
     admin: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "de_admin_token")]
+    admin_token: Option<AdminToken>,
     #[serde(default, deserialize_with = "de_grace")]
     grace: Option<Duration>,
     #[serde(default, deserialize_with = "de_log_level")]
@@ -1185,6 +1234,7 @@ impl FileConfig {
             discovery: self.discovery,
             discovery_interval: self.discovery_interval,
             admin: self.admin,
+            admin_token: self.admin_token,
             grace: self.grace,
             log_level: self.log_level,
             maglev_table_size: self.maglev_table_size,
@@ -1264,6 +1314,7 @@ de_scalar! {
     de_discovery: "discovery", String, parse_discovery;
     de_discovery_interval: "discovery_interval", Duration, parse_positive_duration;
     de_admin: "admin", SocketAddr, parse_listen;
+    de_admin_token: "admin_token", AdminToken, parse_admin_token;
     de_grace: "grace", Duration, parse_duration;
     de_log_level: "log_level", String, parse_log_level;
     de_maglev_table_size: "maglev_table_size", u64, parse_maglev_table_size;
@@ -1384,6 +1435,15 @@ mod tests {
         assert!(parse_hash_balance_factor("99").is_err());
         assert_eq!(parse_log_level("Warn"), Ok("warn".into()));
         assert!(parse_log_level("verbose").is_err());
+        assert_eq!(
+            parse_admin_token("abc.DEF-1_~").map(|t| t.expose().to_string()),
+            Ok("abc.DEF-1_~".to_string())
+        );
+        assert!(parse_admin_token("").is_err());
+        assert!(parse_admin_token("has space").is_err());
+        assert!(parse_admin_token("tab\there").is_err());
+        assert!(parse_admin_token("é").is_err());
+        assert!(parse_admin_token(&"x".repeat(MAX_ADMIN_TOKEN_LEN + 1)).is_err());
         assert_eq!(parse_maglev_table_size("65537"), Ok(65537));
         assert!(parse_maglev_table_size("65536").is_err());
         assert!(parse_discovery("dns-srv:_web._tcp.svc").is_ok());
@@ -1425,6 +1485,7 @@ proxy_protocol = "v1"
 discovery = "dns-srv:_web._tcp.example"
 discovery_interval = "10s"
 admin = "127.0.0.1:9900"
+admin_token = "s3cret-token"
 grace = "5s"
 log_level = "debug"
 maglev_table_size = 251
@@ -1465,6 +1526,14 @@ addr = "127.0.0.1:9002"
         assert_eq!(c.discovery.as_deref(), Some("dns-srv:_web._tcp.example"));
         assert_eq!(c.discovery_interval, ms(10_000));
         assert_eq!(c.admin, Some("127.0.0.1:9900".parse().expect("addr")));
+        assert_eq!(
+            c.admin_token.as_ref().map(AdminToken::expose),
+            Some("s3cret-token")
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the token is not logged"
+        );
         assert_eq!(c.grace, ms(5000));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.maglev_table_size, 251);

@@ -60,6 +60,13 @@ pub enum TableError {
     Unknown(String),
     #[error("backend '{0}' is being removed")]
     Removing(String),
+    #[error("a backend named '{0}' exists already")]
+    Duplicate(String),
+    #[error(
+        "too many backends: at most {} names over the balancer's life time",
+        crate::backend::MAX_BACKENDS
+    )]
+    Full,
 }
 
 /// One logged change of a backend's state.
@@ -489,6 +496,100 @@ impl Table {
         self.probe_targets() != before
     }
 
+    /// The backends in the configuration now (not those being removed), in table order:
+    /// what [`set_backends`](Self::set_backends) would be given to keep everything as is.
+    pub fn specs(&self) -> Vec<BackendSpec> {
+        self.rows
+            .iter()
+            .filter(|r| !r.removing)
+            .map(|r| r.spec.clone())
+            .collect()
+    }
+
+    /// Adds one backend (the admin API). The name must be new, also among backends still
+    /// draining out, and must get a counter id. Returns whether the probe targets changed.
+    pub fn add(
+        &mut self,
+        spec: BackendSpec,
+        now: Instant,
+        ids: &mut dyn FnMut(&str) -> Option<BackendId>,
+    ) -> Result<bool, TableError> {
+        if self.find(&spec.name).is_some() {
+            return Err(TableError::Duplicate(spec.name));
+        }
+        // Checked before the row exists: a row without an id would make every later
+        // snapshot fail to build.
+        ids(&spec.name).ok_or(TableError::Full)?;
+        let mut specs = self.specs();
+        specs.push(spec);
+        Ok(self.set_backends(&specs, now, ids))
+    }
+
+    /// Changes one backend's configured weight (the admin API).
+    pub fn set_weight(&mut self, name: &str, weight: u32, now: Instant) -> Result<(), TableError> {
+        let i = self
+            .find(name)
+            .ok_or_else(|| TableError::Unknown(name.to_string()))?;
+        if self.rows[i].removing {
+            return Err(TableError::Removing(name.to_string()));
+        }
+        let mut specs = self.specs();
+        if let Some(s) = specs.iter_mut().find(|s| s.name == name) {
+            s.weight = weight;
+        }
+        self.set_backends(&specs, now, &mut |_| None);
+        Ok(())
+    }
+
+    /// Removes one backend (the admin API): it drains, then goes once idle, as when it
+    /// leaves the configuration. Returns whether the probe targets changed.
+    pub fn remove(&mut self, name: &str, now: Instant) -> Result<bool, TableError> {
+        let i = self
+            .find(name)
+            .ok_or_else(|| TableError::Unknown(name.to_string()))?;
+        if self.rows[i].removing {
+            return Err(TableError::Removing(name.to_string()));
+        }
+        let specs: Vec<BackendSpec> = self
+            .specs()
+            .into_iter()
+            .filter(|s| s.name != name)
+            .collect();
+        Ok(self.set_backends(&specs, now, &mut |_| None))
+    }
+
+    /// Takes the reloadable settings of `config` (health thresholds, ejection, `--grace`,
+    /// slow start); they apply from the next event on. Backends are set separately.
+    pub fn reconfigure(&mut self, config: &Config, now: Instant) {
+        let was_active = self.params.active;
+        self.params = Params::from_config(config);
+        self.grace = config.grace;
+        if was_active && !self.params.active {
+            // No check will ever pass again: forget the failed ones.
+            for i in 0..self.rows.len() {
+                if !self.rows[i].health.checks_healthy() {
+                    self.rows[i].health = Health::new();
+                    self.refresh(i, now, "active health checks turned off");
+                }
+            }
+        }
+        let slow_start = if slow_start::applies_to(config.algorithm) {
+            config.slow_start
+        } else {
+            Duration::ZERO
+        };
+        if slow_start != self.slow_start {
+            self.slow_start = slow_start;
+            // A ramp is a fraction of the old window; restarting it would surprise more
+            // than ending it.
+            for r in &mut self.rows {
+                if r.ramp.take().is_some() {
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
     /// Every backend's current state.
     pub fn status(&self) -> Vec<BackendStatus> {
         self.rows
@@ -805,6 +906,66 @@ mod tests {
         assert_eq!(weights(&t), vec![1, 2], "done: configured weights again");
         t.tick(&counters, t0 + Duration::from_secs(11));
         assert!(!t.take_dirty());
+    }
+
+    #[test]
+    fn admin_add_reweight_remove_and_reconfigure() {
+        let now = Instant::now();
+        let cfg = config(2);
+        let mut ids = ids();
+        let mut t = Table::new(&cfg, &mut ids);
+        let c = parse_backend("127.0.0.1:9100,name=c,weight=3").expect("spec");
+        assert_eq!(t.add(c.clone(), now, &mut ids), Ok(true));
+        assert_eq!(
+            t.add(c.clone(), now, &mut ids),
+            Err(TableError::Duplicate("c".into()))
+        );
+        assert_eq!(
+            t.add(c, now, &mut |_| None),
+            Err(TableError::Duplicate("c".into()))
+        );
+        let d = parse_backend("127.0.0.1:9101,name=d").expect("spec");
+        assert_eq!(t.add(d, now, &mut |_| None), Err(TableError::Full));
+        assert!(t.take_dirty());
+        assert_eq!(t.specs().len(), 3);
+        t.set_weight("b1", 7, now).expect("weight");
+        assert!(t.take_dirty());
+        assert_eq!(t.entries()[1].weight, 7);
+        assert_eq!(
+            t.set_weight("nope", 2, now),
+            Err(TableError::Unknown("nope".into()))
+        );
+        assert_eq!(t.remove("c", now), Ok(true));
+        assert_eq!(t.state("c"), Some(BackendState::Draining));
+        assert_eq!(t.specs().len(), 2, "a departing backend is not configured");
+        assert_eq!(t.remove("c", now), Err(TableError::Removing("c".into())));
+        assert_eq!(
+            t.set_weight("c", 2, now),
+            Err(TableError::Removing("c".into()))
+        );
+        assert_eq!(
+            t.add(
+                parse_backend("127.0.0.1:1,name=c").expect("spec"),
+                now,
+                &mut ids
+            ),
+            Err(TableError::Duplicate("c".into()))
+        );
+
+        // Checks turned off by a reload: a backend their failures took down comes back.
+        fail(&mut t, "b0", now);
+        fail(&mut t, "b0", now);
+        assert_eq!(t.state("b0"), Some(BackendState::Down));
+        let mut off = cfg.clone();
+        off.health = HealthCheck::None;
+        off.grace = Duration::from_secs(9);
+        t.reconfigure(&off, now);
+        assert_eq!(t.state("b0"), Some(BackendState::Up));
+        t.set_state("b1", AdminState::Drain, now).expect("drain");
+        assert_eq!(
+            t.entries()[1].drain_deadline,
+            Some(now + Duration::from_secs(9))
+        );
     }
 
     #[test]

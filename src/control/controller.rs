@@ -1,5 +1,6 @@
 //! A balancer running on a control thread of its own, driven through a handle: what tests
-//! and embedders use where the binary would use signals (and, later, the admin API).
+//! and embedders use where the binary would use signals. With `admin` set in the config
+//! it serves the admin API too.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -11,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::config::{BackendSpec, Config};
 use crate::server::{Server, StartError};
 
+use super::admin;
 use super::backends::{AdminState, BackendStatus, TableError};
 use super::event_loop::{self, Command};
 
@@ -21,6 +23,11 @@ pub enum ControlError {
     Start(#[from] StartError),
     #[error("cannot start the control thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot listen on {addr} (admin endpoint): {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the control thread has stopped")]
     Stopped,
     #[error(transparent)]
@@ -33,6 +40,7 @@ pub struct Controller {
     commands: UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Controller {
@@ -40,9 +48,10 @@ impl Controller {
     /// balancer accepts connections, or fails with nothing left running.
     pub fn start(config: &Config) -> Result<Controller, ControlError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) =
-            std::sync::mpsc::channel::<Result<Vec<SocketAddr>, ControlError>>();
+        type Ready = Result<(Vec<SocketAddr>, Option<SocketAddr>), ControlError>;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
         let config = config.clone();
+        let admin_tx = tx.clone();
         let thread = std::thread::Builder::new()
             .name("uringlb-control".into())
             .spawn(move || {
@@ -57,6 +66,14 @@ impl Controller {
                     }
                 };
                 rt.block_on(async move {
+                    let admin = match config.admin.map(|addr| (addr, admin::bind(addr))) {
+                        None => None,
+                        Some((_, Ok(l))) => Some(l),
+                        Some((addr, Err(source))) => {
+                            let _ = ready_tx.send(Err(ControlError::Admin { addr, source }));
+                            return;
+                        }
+                    };
                     let server = match Server::start(&config) {
                         Ok(s) => s,
                         Err(e) => {
@@ -64,16 +81,22 @@ impl Controller {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(server.local_addrs().to_vec()));
+                    let admin_addr = admin.map(|l| {
+                        let addr = l.addr();
+                        admin::spawn(l, config.admin_token.clone(), admin_tx);
+                        addr
+                    });
+                    let _ = ready_tx.send(Ok((server.local_addrs().to_vec(), admin_addr)));
                     event_loop::run(server, config, rx, None).await;
                 });
             })
             .map_err(ControlError::Thread)?;
         match ready_rx.recv() {
-            Ok(Ok(local_addrs)) => Ok(Controller {
+            Ok(Ok((local_addrs, admin_addr))) => Ok(Controller {
                 commands: tx,
                 thread: Some(thread),
                 local_addrs,
+                admin_addr,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -89,6 +112,11 @@ impl Controller {
     /// The bound listen addresses (port 0 resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The admin endpoint's bound address, if `admin` was set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Sets a backend to up, drain or maint (see [`AdminState`]); published at once.

@@ -1,27 +1,32 @@
 //! The control loop: one task on the control thread's runtime that owns the backend
 //! [`Table`] and reacts to everything that may change it: health-check results, the
 //! workers' connect-failure counters (polled every 100 ms), time passing (ejection
-//! back-offs, slow-start steps, removals), commands, and signals. After each event it
-//! publishes a new snapshot if the table changed, so one event means at most one snapshot.
+//! back-offs, slow-start steps, removals), commands (the admin API, [`super::Controller`]),
+//! and signals (SIGHUP reloads, see [`super::reload`]). After each event it publishes a new
+//! snapshot if the table or the settings changed, so one event means at most one snapshot,
+//! and a change made through the API reaches every worker before the API answers.
 
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use crate::config::{BackendSpec, Config};
 use crate::server::Server;
 
 use super::backends::{AdminState, BackendStatus, Table, TableError};
-use super::checker::Checker;
+use super::checker::{CheckResult, Checker};
+use super::discovery::Discovery;
+use super::metrics::{self, BackendSample, Counts};
+use super::reload::{self, Outcome, ReloadError};
 use super::slow_start;
 
 /// How often the workers' failure counters and the clock are looked at: the passive
 /// ejection reacts within this.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// A request to the control loop (from [`super::Controller`], later the admin API).
+/// A request to the control loop (from [`super::Controller`] and the admin API).
 #[derive(Debug)]
 pub enum Command {
     SetState {
@@ -38,6 +43,35 @@ pub enum Command {
     },
     /// Stop accepting; let open connections finish within `grace`.
     Stop { grace: Duration },
+    /// Add one backend (validated by the caller); it is up at once.
+    AddBackend {
+        spec: BackendSpec,
+        reply: oneshot::Sender<Result<(), TableError>>,
+    },
+    /// Change a backend's weight and/or operator state; nothing changes on an error.
+    Update {
+        name: String,
+        weight: Option<u32>,
+        state: Option<AdminState>,
+        reply: oneshot::Sender<Result<(), TableError>>,
+    },
+    /// Drain a backend, then drop it once its connections are gone.
+    RemoveBackend {
+        name: String,
+        reply: oneshot::Sender<Result<(), TableError>>,
+    },
+    /// Every backend with its connection counters.
+    Backends {
+        reply: oneshot::Sender<Vec<BackendSample>>,
+    },
+    /// Re-read the configuration file, as SIGHUP does.
+    Reload {
+        reply: oneshot::Sender<Result<Outcome, ReloadError>>,
+    },
+    /// The metrics exposition for one scrape.
+    Metrics { reply: oneshot::Sender<String> },
+    /// True while the balancer accepts connections (false once stopping).
+    Health { reply: oneshot::Sender<bool> },
 }
 
 /// SIGTERM, SIGINT and SIGHUP, installed before the workers start so that a signal during
@@ -83,7 +117,7 @@ async fn next_signal(signals: &mut Option<Signals>) -> Sig {
 /// has exited.
 pub async fn run(
     server: Server,
-    config: Config,
+    mut config: Config,
     mut commands: UnboundedReceiver<Command>,
     mut signals: Option<Signals>,
 ) {
@@ -95,17 +129,32 @@ pub async fn run(
     }
     let mut table = Table::new(&config, &mut |name| server.backend_id(name));
     let (results_tx, mut results) = mpsc::unbounded_channel();
-    let mut checker = Checker::new(&config, results_tx);
+    let mut checker = Checker::new(&config, results_tx.clone());
     checker.sync(&table.probe_targets());
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stopping = false;
+    let mut counts = Counts::default();
+    // The settings changed (a reload): publish even if the table did not.
+    let mut settings_changed = false;
+    // `--discovery`: resolves in a task of its own; its answers arrive below.
+    let mut discovery = Discovery::start(&config);
     loop {
         tokio::select! {
             sig = next_signal(&mut signals) => match sig {
                 Sig::Term => stop(&server, config.grace, &mut stopping, "SIGTERM"),
                 Sig::Int => stop(&server, config.grace, &mut stopping, "SIGINT"),
-                Sig::Hup => tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+                Sig::Hup => {
+                    let mut r = Reloader {
+                        server: &server,
+                        config: &mut config,
+                        table: &mut table,
+                        checker: &mut checker,
+                        results_tx: &results_tx,
+                        counts: &mut counts,
+                    };
+                    settings_changed |= r.reload("SIGHUP").is_ok();
+                }
             },
             Some(cmd) = commands.recv() => match cmd {
                 Command::SetState { name, state, reply } => {
@@ -122,8 +171,60 @@ pub async fn run(
                     let _ = reply.send(table.status());
                 }
                 Command::Stop { grace } => stop(&server, grace, &mut stopping, "stop requested"),
+                Command::AddBackend { spec, reply } => {
+                    let (name, addr) = (spec.name.clone(), spec.addr);
+                    let r = table.add(spec, Instant::now(), &mut |name| server.backend_id(name));
+                    if let Ok(targets_changed) = r {
+                        tracing::info!("admin API: backend {name} ({addr}) added");
+                        if targets_changed {
+                            checker.sync(&table.probe_targets());
+                        }
+                    }
+                    let _ = reply.send(r.map(|_| ()));
+                }
+                Command::Update { name, weight, state, reply } => {
+                    let _ = reply.send(update(&mut table, &name, weight, state));
+                }
+                Command::RemoveBackend { name, reply } => {
+                    let r = table.remove(&name, Instant::now());
+                    if let Ok(targets_changed) = r {
+                        tracing::info!("admin API: backend {name} removed; draining");
+                        if targets_changed {
+                            checker.sync(&table.probe_targets());
+                        }
+                    }
+                    let _ = reply.send(r.map(|_| ()));
+                }
+                Command::Backends { reply } => {
+                    let _ = reply.send(samples(&table, &server));
+                }
+                Command::Reload { reply } => {
+                    let mut r = Reloader {
+                        server: &server,
+                        config: &mut config,
+                        table: &mut table,
+                        checker: &mut checker,
+                        results_tx: &results_tx,
+                        counts: &mut counts,
+                    };
+                    let outcome = r.reload("POST /reload");
+                    settings_changed |= outcome.is_ok();
+                    let _ = reply.send(outcome);
+                }
+                Command::Metrics { reply } => {
+                    let samples = samples(&table, &server);
+                    let names = samples.iter().map(|s| s.status.name.as_str()).collect();
+                    counts.retain_backends(&names);
+                    let _ = reply.send(metrics::encode(&counts, &samples, server.shared()));
+                }
+                Command::Health { reply } => {
+                    let _ = reply.send(!stopping);
+                }
             },
-            Some(r) = results.recv() => table.on_check(&r.target, r.result, Instant::now()),
+            Some(r) = results.recv() => {
+                counts.on_check(&r.target.name, r.result.is_ok());
+                table.on_check(&r.target, r.result, Instant::now());
+            }
             _ = poll.tick() => {
                 let now = Instant::now();
                 let counters = &server.shared().counters;
@@ -133,8 +234,14 @@ pub async fn run(
                     break;
                 }
             }
+            found = discovery.next() => discovery.found(found),
         }
-        if table.take_dirty() {
+        if discovery.reconcile(&mut table, &config.backends, Instant::now(), &mut |name| {
+            server.backend_id(name)
+        }) {
+            checker.sync(&table.probe_targets());
+        }
+        if table.take_dirty() | std::mem::take(&mut settings_changed) {
             if let Err(e) = server.publish_entries(&table.entries(), &config) {
                 tracing::error!("cannot publish the backend table: {e}");
             }
@@ -143,6 +250,129 @@ pub async fn run(
     drop(checker);
     server.join();
     tracing::info!("stopped");
+}
+
+/// `PATCH /backends/{name}`: both changes or neither (both fail only on an unknown or
+/// departing backend, checked first).
+fn update(
+    table: &mut Table,
+    name: &str,
+    weight: Option<u32>,
+    state: Option<AdminState>,
+) -> Result<(), TableError> {
+    let now = Instant::now();
+    match table.status().into_iter().find(|b| b.name == name) {
+        None => return Err(TableError::Unknown(name.to_string())),
+        Some(b) if b.removing => return Err(TableError::Removing(name.to_string())),
+        Some(_) => {}
+    }
+    if let Some(w) = weight {
+        table.set_weight(name, w, now)?;
+        tracing::info!("admin API: backend {name} weight set to {w}");
+    }
+    if let Some(s) = state {
+        table.set_state(name, s, now)?;
+    }
+    Ok(())
+}
+
+/// Every backend in the table with the workers' counters.
+fn samples(table: &Table, server: &Server) -> Vec<BackendSample> {
+    table
+        .status()
+        .into_iter()
+        .map(|s| {
+            let id = server.backend_id(&s.name);
+            BackendSample::new(s, id, server.shared())
+        })
+        .collect()
+}
+
+/// What a reload may change, borrowed from the loop.
+struct Reloader<'a> {
+    server: &'a Server,
+    config: &'a mut Config,
+    table: &'a mut Table,
+    checker: &'a mut Checker,
+    results_tx: &'a UnboundedSender<CheckResult>,
+    counts: &'a mut Counts,
+}
+
+impl Reloader<'_> {
+    /// Reads the file and applies it, or changes nothing. The caller publishes on `Ok`
+    /// (with the new settings) even if no backend changed: the algorithm or a timeout may
+    /// have.
+    fn reload(&mut self, why: &str) -> Result<Outcome, ReloadError> {
+        let new = match reload::read(self.config) {
+            Ok(new) => new,
+            Err(e) => {
+                self.counts.on_reload(false);
+                tracing::error!("{why}: configuration not reloaded, nothing changed: {e}");
+                return Err(e);
+            }
+        };
+        self.counts.on_reload(true);
+        let restart_needed = reload::restart_needed(self.config, &new);
+        if !restart_needed.is_empty() {
+            tracing::warn!(
+                "{why}: {} changed in the configuration; only a restart applies that (see the README: zero-downtime restart)",
+                restart_needed.join(", ")
+            );
+        }
+        let new = reload::in_effect(self.config, new);
+        let desired = desired_backends(self.config, &new, self.table);
+        let (added, removed, changed) = reload::diff(&self.table.specs(), &desired);
+        let now = Instant::now();
+        self.table.reconfigure(&new, now);
+        let server = self.server;
+        let targets_changed = self
+            .table
+            .set_backends(&desired, now, &mut |name| server.backend_id(name));
+        if reload::checks_changed(self.config, &new) {
+            // A new schedule: the old tasks stop when the old checker drops.
+            *self.checker = Checker::new(&new, self.results_tx.clone());
+            self.checker.sync(&self.table.probe_targets());
+        } else if targets_changed {
+            self.checker.sync(&self.table.probe_targets());
+        }
+        let file = new.config_file.clone().unwrap_or_default();
+        tracing::info!(
+            "{why}: configuration reloaded from {}: {} backend(s), added [{}], removed [{}], changed [{}]; algorithm {}",
+            file.display(),
+            desired.len(),
+            added.join(", "),
+            removed.join(", "),
+            changed.join(", "),
+            new.algorithm.name()
+        );
+        let outcome = Outcome {
+            file,
+            backends: desired.len(),
+            added,
+            removed,
+            changed,
+            restart_needed,
+        };
+        *self.config = new;
+        Ok(outcome)
+    }
+}
+
+/// The backends a reload sets: the file's. With `--discovery` on before and after, the
+/// backends that did not come from the old file are discovery's (or the API's) and stay
+/// until discovery's next reconcile decides, so a reload never drains a discovered
+/// backend only to bring it back.
+fn desired_backends(running: &Config, new: &Config, table: &Table) -> Vec<BackendSpec> {
+    let mut desired = new.backends.clone();
+    if running.discovery.is_some() && new.discovery.is_some() {
+        for s in table.specs() {
+            let from_file = running.backends.iter().any(|b| b.name == s.name);
+            if !from_file && !desired.iter().any(|b| b.name == s.name) {
+                desired.push(s);
+            }
+        }
+    }
+    desired
 }
 
 fn stop(server: &Server, grace: Duration, stopping: &mut bool, why: &str) {

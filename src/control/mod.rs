@@ -7,12 +7,20 @@
 //! - [`checker`]: schedules the health probes;
 //! - [`slow_start`]: the weight ramp of a recovered backend;
 //! - [`event_loop`]: the loop that ties them together and publishes;
+//! - [`discovery`]: DNS SRV discovery (`--discovery`), feeding the loop's table;
+//! - [`admin`]: the HTTP API (`--admin`), which sends the loop [`event_loop::Command`]s;
+//! - [`metrics`]: `/metrics`, summed from the workers' counters at scrape time;
+//! - [`reload`]: SIGHUP and `POST /reload`;
 //! - [`controller`]: the same loop on a thread of its own, behind a handle (tests).
 
+pub mod admin;
 pub mod backends;
 pub mod checker;
 pub mod controller;
+pub mod discovery;
 pub mod event_loop;
+pub mod metrics;
+pub mod reload;
 pub mod slow_start;
 
 pub use backends::{AdminState, BackendStatus, Table, TableError};
@@ -33,11 +41,25 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let signals = event_loop::Signals::install()?;
+        let admin = match config.admin {
+            Some(addr) => Some(admin::bind(addr).map_err(|e| admin_bind_failed(addr, e))?),
+            None => None,
+        };
         let server = Server::start(config).map_err(StartFailed)?;
-        // No one sends commands to the binary's loop yet (the admin API will).
-        let (_commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = mpsc::unbounded_channel();
+        if let Some(listener) = admin {
+            admin::spawn(listener, config.admin_token.clone(), commands);
+        }
         event_loop::run(server, config.clone(), rx, Some(signals)).await;
         Ok(())
+    })
+}
+
+/// A busy or bad `--admin` address is a start-up error like a busy `--listen` (exit 2).
+fn admin_bind_failed(addr: std::net::SocketAddr, e: std::io::Error) -> StartFailed {
+    StartFailed(StartError::Listen {
+        addr,
+        source: std::io::Error::new(e.kind(), format!("admin endpoint: {e}")),
     })
 }
 

@@ -367,11 +367,10 @@ impl Worker {
     }
 
     /// A client socket arrived: give it a slot and connect it to a backend.
+    ///
+    /// Also while stopping: a connection the kernel handed over before the accept was
+    /// cancelled is a client already waiting; it is served within the grace period.
     fn accepted(&mut self, fd: RawFd) {
-        if self.stopping.is_some() {
-            uring::close_now(fd);
-            return;
-        }
         let Some(slot) = self.alloc_slot() else {
             // Only possible when accept raced past the limit; the kernel had already queued it.
             tracing::warn!(

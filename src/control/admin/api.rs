@@ -1,0 +1,316 @@
+//! The routes of DESIGN.md section 7 and their JSON. Bodies are read and parsed here
+//! rather than by axum's `Json` extractor so that every refusal (wrong content type, too
+//! large, bad JSON, an unknown field) is a JSON error like the others.
+
+use std::net::SocketAddr;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{middleware, Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, BackendSpec};
+use crate::control::backends::{AdminState, TableError};
+use crate::control::event_loop::Command;
+use crate::control::metrics::{self, BackendSample};
+use crate::control::reload::ReloadError;
+
+use super::{ApiError, Ctx, BODY_LIMIT};
+
+pub(super) fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/backends", get(list_backends).post(add_backend))
+        .route(
+            "/backends/{name}",
+            patch(change_backend).delete(remove_backend),
+        )
+        .route("/reload", post(reload))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            super::require_token,
+        ))
+        .with_state(ctx)
+}
+
+/// One backend in `GET /backends` and in the answers to changes.
+#[derive(Debug, Serialize)]
+struct BackendJson {
+    name: String,
+    addr: String,
+    /// The configured weight (slow start does not show here).
+    weight: u32,
+    /// `up`, `down`, `draining` or `maint`: what the workers route by.
+    state: &'static str,
+    /// The health checks' verdict, and not ejected for connect failures.
+    healthy: bool,
+    active_conns: u64,
+    total_conns: u64,
+    connect_failures: u64,
+}
+
+impl From<&BackendSample> for BackendJson {
+    fn from(b: &BackendSample) -> Self {
+        BackendJson {
+            name: b.status.name.clone(),
+            addr: b.status.addr.to_string(),
+            weight: b.status.weight,
+            state: b.status.state.name(),
+            healthy: b.status.healthy && !b.status.ejected,
+            active_conns: b.active_conns,
+            total_conns: b.total_conns,
+            connect_failures: b.connect_failures,
+        }
+    }
+}
+
+/// `POST /backends`. Only `addr` is required: the weight defaults to 1 and the name to
+/// the address as written, as with `--backend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBackend {
+    addr: String,
+    #[serde(default)]
+    weight: Option<u64>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    max_conns: Option<u64>,
+}
+
+/// `PATCH /backends/{name}`: either field or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    #[serde(default)]
+    weight: Option<u64>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn get_metrics(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    let text = ctx.ask(|reply| Command::Metrics { reply }).await?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+async fn list_backends(State(ctx): State<Ctx>) -> Result<Json<Vec<BackendJson>>, ApiError> {
+    let all = ctx.ask(|reply| Command::Backends { reply }).await?;
+    Ok(Json(all.iter().map(BackendJson::from).collect()))
+}
+
+async fn add_backend(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: NewBackend = read_json(&headers, body).await?;
+    let spec = validate_new(req).await?;
+    let name = spec.name.clone();
+    ctx.ask(|reply| Command::AddBackend { spec, reply })
+        .await?
+        .map_err(table_error)?;
+    let b = backend_json(&ctx, &name).await?;
+    Ok((StatusCode::CREATED, Json(b)).into_response())
+}
+
+async fn change_backend(
+    State(ctx): State<Ctx>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<BackendJson>, ApiError> {
+    let name = path_name(name)?;
+    let req: Change = read_json(&headers, body).await?;
+    let weight = req.weight.map(check_weight).transpose()?;
+    let state = match req.state.as_deref() {
+        None => None,
+        Some(s @ ("up" | "drain" | "maint")) => AdminState::from_name(s),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown state '{other}'; expected up, drain or maint"
+            )))
+        }
+    };
+    if weight.is_none() && state.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing to change: give \"weight\" and/or \"state\"",
+        ));
+    }
+    ctx.ask(|reply| Command::Update {
+        name: name.clone(),
+        weight,
+        state,
+        reply,
+    })
+    .await?
+    .map_err(table_error)?;
+    Ok(Json(backend_json(&ctx, &name).await?))
+}
+
+async fn remove_backend(
+    State(ctx): State<Ctx>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = path_name(name)?;
+    ctx.ask(|reply| Command::RemoveBackend {
+        name: name.clone(),
+        reply,
+    })
+    .await?
+    .map_err(table_error)?;
+    // 202: it drains, and leaves the table once its last connection has closed.
+    let b = backend_json(&ctx, &name).await?;
+    Ok((StatusCode::ACCEPTED, Json(b)).into_response())
+}
+
+async fn reload(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    match ctx.ask(|reply| Command::Reload { reply }).await? {
+        Ok(outcome) => {
+            let mut v = serde_json::to_value(&outcome).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("result".into(), "ok".into());
+            }
+            Ok(Json(v).into_response())
+        }
+        Err(e @ ReloadError::NoConfigFile) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        // The request was fine; the file on disk is not.
+        Err(e @ ReloadError::Config(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("configuration not reloaded, nothing changed: {e}"),
+        )),
+    }
+}
+
+async fn health(State(ctx): State<Ctx>) -> Response {
+    let accepting = ctx
+        .ask(|reply| Command::Health { reply })
+        .await
+        .unwrap_or(false);
+    if accepting {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "stopping" })),
+        )
+            .into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see GET /metrics, /backends, /health, POST /backends, /reload, PATCH and DELETE /backends/NAME",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this path",
+    )
+}
+
+/// The backend `name` as it is now (after a change: to answer with it).
+async fn backend_json(ctx: &Ctx, name: &str) -> Result<BackendJson, ApiError> {
+    let all = ctx.ask(|reply| Command::Backends { reply }).await?;
+    all.iter()
+        .find(|b| b.status.name == name)
+        .map(BackendJson::from)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named '{name}'")))
+}
+
+fn path_name(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(n)| n)
+        .map_err(|e| ApiError::bad_request(format!("bad backend name in the path: {e}")))
+}
+
+fn table_error(e: TableError) -> ApiError {
+    let status = match e {
+        TableError::Unknown(_) => StatusCode::NOT_FOUND,
+        TableError::Removing(_) | TableError::Duplicate(_) => StatusCode::CONFLICT,
+        TableError::Full => StatusCode::INSUFFICIENT_STORAGE,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// A JSON body: `Content-Type: application/json` (which also makes a browser send a CORS
+/// preflight, so a web page cannot post to a loopback admin endpoint), at most
+/// [`BODY_LIMIT`] bytes, no unknown fields.
+async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected a JSON body with Content-Type: application/json",
+        ));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too large or cut short (at most {BODY_LIMIT} bytes)"),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn check_weight(w: u64) -> Result<u32, ApiError> {
+    config::parse_weight(&w.to_string()).map_err(ApiError::bad_request)
+}
+
+/// The same rules as `--backend`. A host name is resolved on the runtime's blocking pool
+/// so that the control loop (health checks, other requests) never waits for DNS.
+async fn validate_new(req: NewBackend) -> Result<BackendSpec, ApiError> {
+    let text = req.addr.trim().to_string();
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => a,
+        _ => {
+            let t = text.clone();
+            tokio::task::spawn_blocking(move || config::parse_backend_addr(&t))
+                .await
+                .map_err(|_| ApiError::bad_request("cannot resolve the address"))?
+                .map_err(|m| ApiError::bad_request(format!("invalid addr: {m}")))?
+        }
+    };
+    let weight = match req.weight {
+        Some(w) => check_weight(w)?,
+        None => 1,
+    };
+    let name = match req.name {
+        Some(n) => config::parse_backend_name(&n).map_err(ApiError::bad_request)?,
+        None => config::parse_backend_name(&text).map_err(ApiError::bad_request)?,
+    };
+    let max_conns = match req.max_conns {
+        None => None,
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "max_conns must be an integer from 1 to {}, got {n}",
+                    u32::MAX
+                )))
+            }
+        },
+    };
+    Ok(BackendSpec {
+        addr,
+        weight,
+        name,
+        max_conns,
+    })
+}

@@ -1,0 +1,135 @@
+//! Service discovery from DNS SRV records (`--discovery dns-srv:NAME[@RESOLVER]`): how
+//! Consul's DNS interface and Kubernetes headless services publish endpoints.
+//!
+//! - [`records`] (pure): SRV records -> backend specs: stable names (`TARGET:PORT`),
+//!   weights (0 -> 1, clamped to the config's maximum), priority classes, and the union
+//!   with static `--backend`s;
+//! - [`resolve`] (I/O): the task that resolves with hickory-resolver every
+//!   `--discovery-interval` or at TTL expiry, whichever is first;
+//! - [`reconcile`]: applies the answer to the control loop's table (removed backends
+//!   drain), and hands over to the next priority class while the first one is all down.
+//!
+//! Several balancer instances fed by the same DNS answers get the same names and weights,
+//! so they build the same Maglev table and send a client to the same backend.
+//!
+//! The counters below are process-wide statics so that the metrics endpoint can read them
+//! without a handle to the control loop.
+
+pub mod reconcile;
+pub mod records;
+pub mod resolve;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::task::JoinHandle;
+
+use crate::backend::BackendId;
+use crate::config::{BackendSpec, Config};
+use crate::control::backends::Table;
+
+pub use reconcile::Reconciler;
+pub use records::Candidate;
+pub use resolve::Source;
+
+/// Failed resolutions (timeout, SERVFAIL, NXDOMAIN, no usable record, a target's address
+/// lookup failing), since the process started: `uringlb_discovery_failures_total`.
+pub static FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Successful resolutions since the process started.
+pub static RESOLUTIONS: AtomicU64 = AtomicU64::new(0);
+/// Backends in the latest successful answer (all priority classes).
+pub static DISCOVERED: AtomicU64 = AtomicU64::new(0);
+
+/// [`FAILURES`] now.
+pub fn failures() -> u64 {
+    FAILURES.load(Ordering::Relaxed)
+}
+
+/// The control loop's end of discovery: the resolver task's answers and the
+/// [`Reconciler`] that applies them. Inert when `--discovery` is not set. Dropping it
+/// stops the task.
+#[derive(Debug)]
+pub struct Discovery {
+    answers: Option<UnboundedReceiver<Vec<Candidate>>>,
+    task: Option<JoinHandle<()>>,
+    reconciler: Reconciler,
+}
+
+impl Discovery {
+    /// Starts the resolver task for `config.discovery`, if set. Must run inside the
+    /// control thread's tokio runtime.
+    pub fn start(config: &Config) -> Discovery {
+        let off = Discovery {
+            answers: None,
+            task: None,
+            reconciler: Reconciler::new(),
+        };
+        let Some(spec) = &config.discovery else {
+            return off;
+        };
+        let source = match Source::parse(spec) {
+            Ok(s) => s,
+            Err(e) => {
+                // validate() has accepted it, so this is not expected; never panic for it.
+                tracing::error!("discovery off: {e}");
+                return off;
+            }
+        };
+        tracing::info!(
+            "discovery: resolving SRV {} via {} every {:?} (or at TTL expiry)",
+            source.name,
+            source
+                .resolver
+                .map_or_else(|| "the system resolver".to_string(), |a| a.to_string()),
+            config.discovery_interval
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(resolve::run(source, config.discovery_interval, tx));
+        Discovery {
+            answers: Some(rx),
+            task: Some(task),
+            reconciler: Reconciler::new(),
+        }
+    }
+
+    /// The next changed answer; never returns when discovery is off.
+    pub async fn next(&mut self) -> Vec<Candidate> {
+        if let Some(rx) = &mut self.answers {
+            if let Some(c) = rx.recv().await {
+                return c;
+            }
+            self.answers = None;
+        }
+        std::future::pending().await
+    }
+
+    /// Takes an answer from [`next`](Self::next).
+    pub fn found(&mut self, candidates: Vec<Candidate>) {
+        self.reconciler.found(candidates);
+    }
+
+    /// Call after every event of the control loop (cheap: it looks at the table at most
+    /// every [`reconcile::CHECK_EVERY`] unless a new answer came). `statics` are the
+    /// configured `--backend`s. Returns whether the health checker must re-sync.
+    pub fn reconcile(
+        &mut self,
+        table: &mut Table,
+        statics: &[BackendSpec],
+        now: Instant,
+        ids: &mut dyn FnMut(&str) -> Option<BackendId>,
+    ) -> bool {
+        if self.task.is_none() {
+            return false;
+        }
+        self.reconciler.reconcile(table, statics, now, ids)
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}

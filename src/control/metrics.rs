@@ -1,0 +1,407 @@
+//! `/metrics`: the balancer's counters in the OpenMetrics text format (which Prometheus
+//! scrapes natively), built at scrape time.
+//!
+//! Nothing here is on the data path. Workers count in their own cache-padded
+//! [`WorkerStats`](crate::worker::WorkerStats) and in the per-backend
+//! [`SharedCounters`](crate::backend::SharedCounters); a scrape sums them and merges the
+//! workers' connect-time hdrhistograms into fixed Prometheus buckets. Only what the control
+//! thread itself observes (health-check results, reloads) is counted here, in [`Counts`].
+//!
+//! Names are DESIGN.md section 7's. prometheus-client appends `_total` to counters, so
+//! counters are registered without it (`uringlb_connections` is exposed as
+//! `uringlb_connections_total`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::backend::{BackendId, BackendState};
+use crate::worker::Shared;
+
+use super::backends::BackendStatus;
+
+/// The Content-Type of a scrape: OpenMetrics 1.0 text, as prometheus-client writes it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds (seconds) of `uringlb_connect_duration_seconds`. A connect on a LAN takes
+/// tens of microseconds to a few milliseconds; the tail reaches `--connect-timeout`
+/// (default 2 s), so the buckets span 50 us to 10 s.
+pub const CONNECT_BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// What the control thread counts itself.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Health-check results per backend name: [passed, failed].
+    checks: HashMap<String, [u64; 2]>,
+    reloads_ok: u64,
+    reloads_error: u64,
+}
+
+impl Counts {
+    pub fn on_check(&mut self, backend: &str, passed: bool) {
+        let c = match self.checks.get_mut(backend) {
+            Some(c) => c,
+            None => self.checks.entry(backend.to_string()).or_default(),
+        };
+        c[usize::from(!passed)] += 1;
+    }
+
+    pub fn on_reload(&mut self, ok: bool) {
+        if ok {
+            self.reloads_ok += 1;
+        } else {
+            self.reloads_error += 1;
+        }
+    }
+
+    /// Forgets the check counts of backends no longer in the table (bounded memory when
+    /// backends come and go).
+    pub fn retain_backends(&mut self, names: &HashSet<&str>) {
+        self.checks.retain(|n, _| names.contains(n.as_str()));
+    }
+}
+
+/// One backend as `/backends` and `/metrics` show it: the table's view plus the workers'
+/// shared counters.
+#[derive(Debug, Clone)]
+pub struct BackendSample {
+    pub status: BackendStatus,
+    pub active_conns: u64,
+    pub total_conns: u64,
+    pub connect_failures: u64,
+}
+
+impl BackendSample {
+    pub fn new(status: BackendStatus, id: Option<BackendId>, shared: &Shared) -> BackendSample {
+        let (active, total, failures) = match id {
+            Some(id) => {
+                let c = shared.counters.get(id);
+                (
+                    c.active.load(Ordering::Relaxed),
+                    c.total.load(Ordering::Relaxed),
+                    c.failures.load(Ordering::Relaxed),
+                )
+            }
+            None => (0, 0, 0),
+        };
+        BackendSample {
+            status,
+            active_conns: active,
+            total_conns: total,
+            connect_failures: failures,
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}
+
+/// The whole exposition for one scrape.
+pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> String {
+    let mut reg = Registry::default();
+
+    let connections = Family::<Labels, Counter>::default();
+    let active = Family::<Labels, Gauge>::default();
+    let failures = Family::<Labels, Counter>::default();
+    let up = Family::<Labels, Gauge>::default();
+    let checks = Family::<Labels, Counter>::default();
+    for b in backends {
+        let name = &b.status.name;
+        connections
+            .get_or_create(&label("backend", name))
+            .inc_by(b.total_conns);
+        active
+            .get_or_create(&label("backend", name))
+            .set(i64::try_from(b.active_conns).unwrap_or(i64::MAX));
+        failures
+            .get_or_create(&label("backend", name))
+            .inc_by(b.connect_failures);
+        up.get_or_create(&label("backend", name))
+            .set(i64::from(b.status.state == BackendState::Up));
+        let [passed, failed] = counts.checks.get(name).copied().unwrap_or_default();
+        for (result, n) in [("success", passed), ("failure", failed)] {
+            let l = vec![
+                ("backend".to_string(), name.clone()),
+                ("result".to_string(), result.to_string()),
+            ];
+            checks.get_or_create(&l).inc_by(n);
+        }
+    }
+    reg.register(
+        "uringlb_connections",
+        "Connections established to the backend",
+        connections,
+    );
+    reg.register(
+        "uringlb_connections_active",
+        "Connections open to the backend now",
+        active,
+    );
+    reg.register(
+        "uringlb_connect_failures",
+        "Failed connects to the backend (each retry counts)",
+        failures,
+    );
+    reg.register(
+        "uringlb_backend_up",
+        "1 if the backend takes new connections (up), 0 if down, draining or in maintenance",
+        up,
+    );
+    reg.register(
+        "uringlb_health_checks",
+        "Active health checks of the backend by result",
+        checks,
+    );
+
+    let sum = |f: fn(&crate::worker::WorkerStats) -> u64| -> u64 {
+        shared.stats.iter().map(|s| f(s)).sum()
+    };
+    let bytes = Family::<Labels, Counter>::default();
+    bytes
+        .get_or_create(&label("direction", "client_to_backend"))
+        .inc_by(sum(|s| s.bytes_up.load(Ordering::Relaxed)));
+    bytes
+        .get_or_create(&label("direction", "backend_to_client"))
+        .inc_by(sum(|s| s.bytes_down.load(Ordering::Relaxed)));
+    reg.register("uringlb_bytes", "Bytes forwarded", bytes);
+
+    let accepted = Family::<Labels, Counter>::default();
+    for (i, s) in shared.stats.iter().enumerate() {
+        accepted
+            .get_or_create(&label("worker", &i.to_string()))
+            .inc_by(s.accepted.load(Ordering::Relaxed));
+    }
+    reg.register(
+        "uringlb_accepted",
+        "Client connections accepted by the worker",
+        accepted,
+    );
+
+    let rejected = Family::<Labels, Counter>::default();
+    rejected
+        .get_or_create(&label("reason", "no_backend"))
+        .inc_by(sum(|s| s.no_backend.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "no_slot"))
+        .inc_by(sum(|s| s.no_slot.load(Ordering::Relaxed)));
+    reg.register(
+        "uringlb_rejected",
+        "Client connections closed unserved: no backend reachable, or no connection slot free",
+        rejected,
+    );
+
+    reg.register_with_unit(
+        "uringlb_connect_duration",
+        "Time to connect to a backend (successful connects)",
+        Unit::Seconds,
+        connect_histogram(shared),
+    );
+
+    let reloads = Family::<Labels, Counter>::default();
+    reloads
+        .get_or_create(&label("result", "ok"))
+        .inc_by(counts.reloads_ok);
+    reloads
+        .get_or_create(&label("result", "error"))
+        .inc_by(counts.reloads_error);
+    reg.register(
+        "uringlb_config_reloads",
+        "Configuration reloads (SIGHUP, POST /reload) by result",
+        reloads,
+    );
+
+    let mut out = String::new();
+    // Writing to a String cannot fail; an encoder error would mean a bug in a name.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+        tracing::error!("cannot encode the metrics: {e}");
+    }
+    out
+}
+
+/// A histogram whose buckets are computed once, at scrape time.
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    /// (upper bound, observations in this bucket alone); the encoder accumulates.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl TypedMetric for ConstHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The sum of every worker's connect-time histogram (microseconds) in [`CONNECT_BUCKETS`].
+/// A value is placed by the top of its hdrhistogram bucket (3 significant digits), so an
+/// `le` count never includes a connect that took longer than its bound; the sum is
+/// accurate to the same 0.1%.
+fn connect_histogram(shared: &Shared) -> ConstHistogram {
+    let mut counts = vec![0u64; CONNECT_BUCKETS.len() + 1];
+    let mut sum_us = 0f64;
+    let mut total = 0u64;
+    for stats in shared.stats.iter() {
+        let h = stats.connect_us.lock().unwrap_or_else(|p| p.into_inner());
+        for v in h.iter_recorded() {
+            let n = v.count_at_value();
+            let top_s = v.value_iterated_to() as f64 / 1e6;
+            let i = CONNECT_BUCKETS
+                .iter()
+                .position(|&b| top_s <= b)
+                .unwrap_or(CONNECT_BUCKETS.len());
+            counts[i] += n;
+            sum_us += h.median_equivalent(v.value_iterated_to()) as f64 * n as f64;
+            total += n;
+        }
+    }
+    let buckets = CONNECT_BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(counts)
+        .collect();
+    ConstHistogram {
+        sum: sum_us / 1e6,
+        count: total,
+        buckets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SharedCounters;
+    use crate::control::AdminState;
+    use crossbeam_utils::CachePadded;
+    use std::sync::atomic::AtomicUsize;
+
+    fn shared(workers: usize) -> Shared {
+        Shared {
+            counters: SharedCounters::new(),
+            epoch: std::time::Instant::now(),
+            open_clients: AtomicUsize::new(0),
+            max_conns: 10,
+            stats: (0..workers)
+                .map(|_| CachePadded::new(crate::worker::WorkerStats::default()))
+                .collect(),
+        }
+    }
+
+    fn status(name: &str, state: BackendState) -> BackendStatus {
+        BackendStatus {
+            name: name.to_string(),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            weight: 1,
+            state,
+            admin: AdminState::Up,
+            healthy: true,
+            ejected: false,
+            removing: false,
+        }
+    }
+
+    #[test]
+    fn names_values_and_histogram() {
+        let sh = shared(2);
+        sh.stats[0].accepted.store(3, Ordering::Relaxed);
+        sh.stats[1].accepted.store(4, Ordering::Relaxed);
+        sh.stats[0].bytes_up.store(100, Ordering::Relaxed);
+        sh.stats[1].bytes_up.store(23, Ordering::Relaxed);
+        sh.stats[1].bytes_down.store(7, Ordering::Relaxed);
+        sh.stats[0].no_slot.store(2, Ordering::Relaxed);
+        {
+            let mut h = sh.stats[0].connect_us.lock().expect("lock");
+            h.record(80).expect("record"); // 80 us
+            h.record(3000).expect("record"); // 3 ms
+        }
+        sh.stats[1]
+            .connect_us
+            .lock()
+            .expect("lock")
+            .record(20_000_000)
+            .expect("record"); // 20 s: above every bound
+        let id = BackendId(0);
+        sh.counters.get(id).total.store(5, Ordering::Relaxed);
+        sh.counters.get(id).active.store(1, Ordering::Relaxed);
+        sh.counters.get(id).failures.store(2, Ordering::Relaxed);
+        let backends = vec![
+            BackendSample::new(status("a", BackendState::Up), Some(id), &sh),
+            BackendSample::new(status("b", BackendState::Draining), None, &sh),
+        ];
+        let mut counts = Counts::default();
+        counts.on_check("a", true);
+        counts.on_check("a", false);
+        counts.on_check("a", true);
+        counts.on_reload(false);
+        let text = encode(&counts, &backends, &sh);
+        for line in [
+            "uringlb_connections_total{backend=\"a\"} 5",
+            "uringlb_connections_active{backend=\"a\"} 1",
+            "uringlb_connect_failures_total{backend=\"a\"} 2",
+            "uringlb_backend_up{backend=\"a\"} 1",
+            "uringlb_backend_up{backend=\"b\"} 0",
+            "uringlb_health_checks_total{backend=\"a\",result=\"success\"} 2",
+            "uringlb_health_checks_total{backend=\"a\",result=\"failure\"} 1",
+            "uringlb_health_checks_total{backend=\"b\",result=\"success\"} 0",
+            "uringlb_bytes_total{direction=\"client_to_backend\"} 123",
+            "uringlb_bytes_total{direction=\"backend_to_client\"} 7",
+            "uringlb_accepted_total{worker=\"0\"} 3",
+            "uringlb_accepted_total{worker=\"1\"} 4",
+            "uringlb_rejected_total{reason=\"no_backend\"} 0",
+            "uringlb_rejected_total{reason=\"no_slot\"} 2",
+            "uringlb_config_reloads_total{result=\"ok\"} 0",
+            "uringlb_config_reloads_total{result=\"error\"} 1",
+            "# TYPE uringlb_connect_duration_seconds histogram",
+            "uringlb_connect_duration_seconds_count 3",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.00005\"} 0",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.0001\"} 1",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.005\"} 2",
+            "uringlb_connect_duration_seconds_bucket{le=\"10.0\"} 2",
+            "uringlb_connect_duration_seconds_bucket{le=\"+Inf\"} 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("uringlb_connect_duration_seconds_sum "))
+            .and_then(|v| v.parse().ok())
+            .expect("sum");
+        assert!((sum - 20.00308).abs() < 20.0 * 0.002, "{sum}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn check_counts_forget_removed_backends() {
+        let mut c = Counts::default();
+        c.on_check("a", true);
+        c.on_check("b", false);
+        c.retain_backends(&HashSet::from(["b"]));
+        assert_eq!(c.checks.len(), 1);
+        assert_eq!(c.checks["b"], [0, 1]);
+    }
+}

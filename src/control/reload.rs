@@ -1,0 +1,185 @@
+//! Configuration reload (SIGHUP, `POST /reload`): re-reads `--config` with
+//! [`config::reload`] (the command-line flags are laid over the file again) and says what
+//! the control loop must do with the result. All or nothing: an invalid file changes
+//! nothing.
+//!
+//! What a reload changes without touching an open connection: the backends (removed ones
+//! drain), weights, the algorithm and hashing settings, timeouts, retries, the PROXY
+//! header, health checks and ejection, slow start, `--grace`. Those travel in the next
+//! snapshot or live on the control thread. Listeners, workers, the admin endpoint and the
+//! discovery task are set up once at start; a change to them is logged and needs a
+//! restart.
+//!
+//! Backends added, re-weighted or removed through the admin API are runtime state: the
+//! file wins on reload (as HAProxy's runtime API changes are lost on reload). An
+//! operator's drain or maintenance of a backend that stays in the file is kept.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{self, BackendSpec, Config, ConfigError};
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("nothing to reload: uringlb was started without --config")]
+    NoConfigFile,
+    /// The file cannot be read or is invalid; its Display has file:line:column.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// What a successful reload did (logged, and `POST /reload`'s answer).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub file: PathBuf,
+    /// Backends in the configuration now.
+    pub backends: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Address, weight or max-conns changed.
+    pub changed: Vec<String>,
+    /// Settings that differ from the running ones but only apply after a restart (flags).
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Reads the configuration again. `running` is what the balancer runs with now.
+pub fn read(running: &Config) -> Result<Config, ReloadError> {
+    if running.config_file.is_none() {
+        return Err(ReloadError::NoConfigFile);
+    }
+    Ok(config::reload(running)?)
+}
+
+/// The settings fixed at start whose value differs in `new`, by flag name.
+pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |differs: bool, flag: &'static str| {
+        if differs {
+            out.push(flag);
+        }
+    };
+    check(running.listen != new.listen, "--listen");
+    check(running.workers != new.workers, "--workers");
+    check(running.pin != new.pin, "--pin");
+    check(running.forward != new.forward, "--forward");
+    check(running.max_conns != new.max_conns, "--max-conns");
+    check(running.admin != new.admin, "--admin");
+    check(running.admin_token != new.admin_token, "--admin-token");
+    check(running.log_level != new.log_level, "--log-level");
+    // The discovery task is started once, from the configuration at start.
+    check(running.discovery != new.discovery, "--discovery");
+    check(
+        running.discovery_interval != new.discovery_interval,
+        "--discovery-interval",
+    );
+    out
+}
+
+/// `new` with the start-only settings of `running`, so the loop's configuration stays
+/// what is really in effect (and a later reload warns again about the same difference).
+pub fn in_effect(running: &Config, new: Config) -> Config {
+    Config {
+        listen: running.listen.clone(),
+        workers: running.workers,
+        pin: running.pin,
+        forward: running.forward,
+        max_conns: running.max_conns,
+        admin: running.admin,
+        admin_token: running.admin_token.clone(),
+        log_level: running.log_level.clone(),
+        discovery: running.discovery.clone(),
+        discovery_interval: running.discovery_interval,
+        ..new
+    }
+}
+
+/// The active checks must be rescheduled: their kind, interval or timeout changed.
+pub fn checks_changed(running: &Config, new: &Config) -> bool {
+    running.health != new.health
+        || running.health_interval != new.health_interval
+        || running.health_timeout != new.health_timeout
+}
+
+/// Names added, removed and changed going from `before` to `after`.
+pub fn diff(
+    before: &[BackendSpec],
+    after: &[BackendSpec],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let find = |list: &[BackendSpec], name: &str| list.iter().position(|b| b.name == name);
+    let added = after
+        .iter()
+        .filter(|b| find(before, &b.name).is_none())
+        .map(|b| b.name.clone())
+        .collect();
+    let removed = before
+        .iter()
+        .filter(|b| find(after, &b.name).is_none())
+        .map(|b| b.name.clone())
+        .collect();
+    let changed = after
+        .iter()
+        .filter(|b| find(before, &b.name).is_some_and(|i| before[i] != **b))
+        .map(|b| b.name.clone())
+        .collect();
+    (added, removed, changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_backend, ForwardMode, HealthCheck, Workers};
+    use std::time::Duration;
+
+    #[test]
+    fn without_a_file_there_is_nothing_to_reload() {
+        let c = Config {
+            backends: vec![parse_backend("127.0.0.1:1").expect("b")],
+            ..Config::default()
+        };
+        assert!(matches!(read(&c), Err(ReloadError::NoConfigFile)));
+    }
+
+    #[test]
+    fn start_only_settings_are_named_and_kept() {
+        let running = Config::default();
+        let new = Config {
+            listen: vec!["127.0.0.1:1".parse().expect("addr")],
+            workers: Workers::Count(3),
+            forward: ForwardMode::Copy,
+            retries: 9,
+            health: HealthCheck::None,
+            ..Config::default()
+        };
+        assert_eq!(
+            restart_needed(&running, &new),
+            vec!["--listen", "--workers", "--forward"]
+        );
+        let eff = in_effect(&running, new.clone());
+        assert_eq!(eff.listen, running.listen);
+        assert_eq!(eff.workers, Workers::Auto);
+        assert_eq!(eff.retries, 9, "reloadable settings come from the file");
+        assert!(restart_needed(&running, &eff).is_empty());
+        assert!(checks_changed(&running, &new));
+        let slower = Config {
+            health_interval: Duration::from_secs(9),
+            ..Config::default()
+        };
+        assert!(checks_changed(&running, &slower));
+        assert!(!checks_changed(&running, &running.clone()));
+    }
+
+    #[test]
+    fn backend_diff() {
+        let a = parse_backend("127.0.0.1:1,name=a").expect("b");
+        let b = parse_backend("127.0.0.1:2,name=b").expect("b");
+        let b2 = parse_backend("127.0.0.1:2,name=b,weight=5").expect("b");
+        let c = parse_backend("127.0.0.1:3,name=c").expect("b");
+        let (added, removed, changed) = diff(&[a.clone(), b], &[b2, c]);
+        assert_eq!(
+            (added, removed, changed),
+            (vec!["c".into()], vec!["a".into()], vec!["b".into()])
+        );
+    }
+}

@@ -1,0 +1,495 @@
+//! DNS SRV discovery end to end (issue #5): the real binary resolves SRV records served by a
+//! real DNS server, dnsmasq, on a loopback port, and follows its changes: additions,
+//! removals (drained), weight changes, priority classes (a lower class only while the first
+//! one is all down), a resolver that stops answering (the last set stays, one warning), and
+//! two instances fed by the same records sending 256 client addresses to the same backends.
+//!
+//! dnsmasq comes from Debian's `dnsmasq-base` package; `./scripts/install-test-deps.sh`
+//! installs it (`./scripts/test.sh` and CI run that first). Without it these tests fail,
+//! saying so, rather than skip: a skipped discovery test would hide a broken feature.
+//!
+//! To change records the test rewrites dnsmasq's configuration and restarts it on the same
+//! port (`srv-host` and `host-record` lines are read only at start; SIGHUP re-reads hosts
+//! files, not these). Each backend is a `NameServer` on its own loopback port that greets
+//! with its name, so a connection tells which backend it reached.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use uringlb_bench::NameServer;
+use util::*;
+
+const SRV_NAME: &str = "_web._tcp.svc.test";
+
+// ---- dnsmasq --------------------------------------------------------------------------
+
+/// One SRV record: target host (resolving to 127.0.0.1), port, priority, weight.
+#[derive(Clone)]
+struct Srv {
+    target: String,
+    port: u16,
+    priority: u16,
+    weight: u16,
+}
+
+fn srv(target: &str, server: &NameServer, priority: u16, weight: u16) -> Srv {
+    Srv {
+        target: target.to_string(),
+        port: server.addr().port(),
+        priority,
+        weight,
+    }
+}
+
+/// dnsmasq serving `SRV_NAME` on 127.0.0.1:port, restarted on the same port for changes.
+struct Dns {
+    bin: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn dnsmasq_bin() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
+        let p = Path::new(dir).join("dnsmasq");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "dnsmasq is not installed: the discovery tests need a real DNS server. \
+         Run ./scripts/install-test-deps.sh (apt-get install dnsmasq-base)"
+    );
+}
+
+/// A loopback port free for both UDP and TCP (DNS uses both), outside the kernel's
+/// ephemeral range: dnsmasq is restarted on the same port, and in between, one of the
+/// thousands of client connections the tests make could take an ephemeral port.
+fn free_dns_port() -> u16 {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = range
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
+    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for i in 0..2000u32 {
+        let port = 10_000 + (seed.wrapping_add(i.wrapping_mul(7919))) % 50_000;
+        if (lo..=hi).contains(&port) {
+            continue;
+        }
+        let port = port as u16;
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port outside the ephemeral range for dnsmasq");
+}
+
+impl Dns {
+    fn start(records: &[Srv]) -> Dns {
+        let port = free_dns_port();
+        let dir = std::env::temp_dir().join(format!("uringlb-dns-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut dns = Dns {
+            bin: dnsmasq_bin(),
+            port,
+            dir,
+            child: None,
+        };
+        dns.set(records);
+        dns
+    }
+
+    fn resolver(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `--discovery` for this server.
+    fn discovery(&self) -> String {
+        format!("dns-srv:{SRV_NAME}@{}", self.resolver())
+    }
+
+    /// Serves exactly `records` from now on (restarts dnsmasq).
+    fn set(&mut self, records: &[Srv]) {
+        let mut conf = String::from("local-ttl=1\n");
+        let mut hosts: Vec<&str> = Vec::new();
+        for r in records {
+            conf += &format!(
+                "srv-host={SRV_NAME},{},{},{},{}\n",
+                r.target, r.port, r.priority, r.weight
+            );
+            if !hosts.contains(&r.target.as_str()) {
+                hosts.push(&r.target);
+                conf += &format!("host-record={},127.0.0.1\n", r.target);
+            }
+        }
+        let path = self.dir.join("dnsmasq.conf");
+        std::fs::write(&path, conf).expect("write dnsmasq.conf");
+        self.stop();
+        // A port taken meanwhile is retried for a while rather than failing at once.
+        for attempt in 0.. {
+            match self.spawn(&path) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) if e.contains("Address already in use") && attempt < 30 => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Starts dnsmasq on `self.port` and waits until it answers TCP connections, or says
+    /// why it exited.
+    fn spawn(&self, conf: &Path) -> Result<Child, String> {
+        let log_path = self.dir.join("dnsmasq.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let mut child = Command::new(&self.bin)
+            .arg("--no-daemon")
+            .arg(format!("--port={}", self.port))
+            .arg("--listen-address=127.0.0.1")
+            .arg("--bind-interfaces")
+            .arg("--no-resolv")
+            .arg("--no-hosts")
+            .arg(format!("--conf-file={}", conf.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!(
+                    "dnsmasq exited ({st}): {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("dnsmasq did not start within 10 s".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---- clients ----------------------------------------------------------------------------
+
+fn servers(names: &[&str]) -> Vec<NameServer> {
+    names
+        .iter()
+        .map(|n| NameServer::start("127.0.0.1:0", n).expect("start name server"))
+        .collect()
+}
+
+/// Starts the binary with discovery from `dns` and the extra flags.
+fn start_lb(dns: &Dns, extra: &[&str]) -> Lb {
+    let d = dns.discovery();
+    let mut args = vec!["--discovery", &d, "--discovery-interval", "300ms"];
+    args.extend(extra);
+    Lb::start(&args)
+}
+
+/// Closes with a reset, so thousands of short connections leave no TIME_WAIT behind.
+fn close_reset(s: TcpStream) {
+    let _ = Socket::from(s).set_linger(Some(Duration::ZERO));
+}
+
+/// The backend one connection from `src` reaches; "" if it was closed without a greeting
+/// (no backend, or a dead one).
+fn greet_from(src: Ipv4Addr, dst: SocketAddr) -> String {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    s.bind(&SocketAddr::from((src, 0)).into())
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    if s.connect(&dst.into()).is_err() {
+        return String::new();
+    }
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = read_line(&mut s);
+    close_reset(s);
+    name
+}
+
+/// `n` connections from 127.0.0.1: backend -> count ("" for none).
+fn spread(lb: &Lb, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        *m.entry(greet_from(Ipv4Addr::LOCALHOST, lb.addr))
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+fn keys(m: &BTreeMap<String, usize>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
+/// Waits (at most 10 s) until `n` connections in a row reach exactly the backends `want`.
+fn wait_for_set(lb: &Lb, want: &[&str], n: usize) -> BTreeMap<String, usize> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = spread(lb, n);
+        if keys(&got) == want {
+            return got;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "connections never reached exactly {want:?}; last: {got:?}\nlog:\n{}",
+                lb.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (at most 10 s) until the log has `needle`.
+fn wait_for_log(lb: &Lb, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lb.log_text().contains(needle) {
+        if Instant::now() > deadline {
+            panic!("log never said {needle:?}:\n{}", lb.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- tests ------------------------------------------------------------------------------
+
+/// Additions and removals (removed backends drain) and weight changes, observed through
+/// where connections go; weights through weighted round robin's exact ratios (one worker).
+#[test]
+fn follows_additions_removals_and_weight_changes() {
+    let s = servers(&["a", "b", "c"]);
+    let mut dns = Dns::start(&[
+        srv("a.svc.test", &s[0], 0, 0),
+        srv("b.svc.test", &s[1], 0, 0),
+    ]);
+    let lb = start_lb(
+        &dns,
+        &[
+            "--workers",
+            "1",
+            "--health",
+            "none",
+            "--algorithm",
+            "weighted-round-robin",
+        ],
+    );
+    let got = wait_for_set(&lb, &["a", "b"], 20);
+    assert_eq!(
+        got["a"], got["b"],
+        "weight 0 maps to equal weights: {got:?}"
+    );
+    let names = lb.log_text();
+    assert!(
+        names.contains(&format!("a.svc.test:{}=", s[0].addr().port())),
+        "backends are named TARGET:PORT: {names}"
+    );
+
+    dns.set(&[
+        srv("a.svc.test", &s[0], 0, 0),
+        srv("b.svc.test", &s[1], 0, 0),
+        srv("c.svc.test", &s[2], 0, 0),
+    ]);
+    wait_for_set(&lb, &["a", "b", "c"], 30);
+
+    dns.set(&[
+        srv("b.svc.test", &s[1], 0, 0),
+        srv("c.svc.test", &s[2], 0, 0),
+    ]);
+    wait_for_set(&lb, &["b", "c"], 30);
+    wait_for_log(
+        &lb,
+        &format!("backend a.svc.test:{}: up -> draining", s[0].addr().port()),
+    );
+
+    // Weights 3:1. Once the change is published, 40 picks are exactly 30:10.
+    dns.set(&[
+        srv("b.svc.test", &s[1], 0, 3),
+        srv("c.svc.test", &s[2], 0, 1),
+    ]);
+    wait_for_log(&lb, "weight=3");
+    std::thread::sleep(Duration::from_millis(200));
+    let got = spread(&lb, 40);
+    eprintln!("weights 3:1 over 40 connections: {got:?}");
+    let b = got.get("b").copied().unwrap_or(0);
+    assert!((28..=32).contains(&b), "expected ~30 of 40 on b: {got:?}");
+    assert_eq!(
+        got.values().sum::<usize>(),
+        b + got.get("c").copied().unwrap_or(0)
+    );
+}
+
+/// Priority 10 records are ignored while a priority-0 backend is up; when all of class 0
+/// is down (health checks), class 10 takes over; when one is back, it takes over again.
+#[test]
+fn lower_priority_class_only_while_the_first_is_down() {
+    let s = servers(&["primary", "backup"]);
+    let primary_addr = s[0].addr();
+    let dns = Dns::start(&[
+        srv("primary.svc.test", &s[0], 0, 10),
+        srv("backup.svc.test", &s[1], 10, 10),
+    ]);
+    let lb = start_lb(
+        &dns,
+        &[
+            "--workers",
+            "1",
+            "--health",
+            "tcp",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "200ms",
+            "--fall",
+            "1",
+            "--rise",
+            "1",
+        ],
+    );
+    wait_for_set(&lb, &["primary"], 20);
+    // A few resolutions later, still only the priority-0 backend.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(keys(&spread(&lb, 20)), ["primary"]);
+
+    s[0].stop();
+    wait_for_set(&lb, &["backup"], 20);
+    wait_for_log(
+        &lb,
+        &format!(
+            "backend primary.svc.test:{}: up -> down",
+            primary_addr.port()
+        ),
+    );
+
+    let _primary = NameServer::start(primary_addr, "primary").expect("restart primary");
+    wait_for_set(&lb, &["primary"], 20);
+    wait_for_log(
+        &lb,
+        &format!(
+            "backend backup.svc.test:{}: up -> draining",
+            s[1].addr().port()
+        ),
+    );
+}
+
+/// The DNS server stops: connections are still served by the last known set, one warning
+/// is logged for the whole outage, and its return is logged.
+#[test]
+fn resolver_failure_keeps_the_last_set() {
+    let s = servers(&["a", "b"]);
+    let mut dns = Dns::start(&[
+        srv("a.svc.test", &s[0], 0, 0),
+        srv("b.svc.test", &s[1], 0, 0),
+    ]);
+    let lb = start_lb(&dns, &["--workers", "1", "--health", "none"]);
+    wait_for_set(&lb, &["a", "b"], 20);
+
+    dns.stop();
+    wait_for_log(&lb, &format!("discovery: resolving SRV {SRV_NAME} failed"));
+    // Several failed rounds (300 ms apart, plus the resolver's timeout) later...
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = spread(&lb, 20);
+    assert_eq!(keys(&got), ["a", "b"], "the last set serves: {got:?}");
+    let log = lb.log_text();
+    let warnings = log
+        .matches(&format!("discovery: resolving SRV {SRV_NAME} failed"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per outage:\n{log}");
+    assert!(
+        log.contains("keeping the last 2 discovered backend(s)"),
+        "{log}"
+    );
+
+    dns.set(&[srv("a.svc.test", &s[0], 0, 0)]);
+    wait_for_log(&lb, "resolves again after");
+    wait_for_set(&lb, &["a"], 20);
+}
+
+/// DESIGN.md section 8: two instances fed by the same discovery build identical Maglev
+/// tables and send each of 256 client addresses to the same backend.
+#[test]
+fn two_instances_fed_by_the_same_dns_agree_on_256_clients() {
+    let s = servers(&["web-1", "web-2", "web-3", "web-4"]);
+    let records: Vec<Srv> = s
+        .iter()
+        .enumerate()
+        .map(|(i, srv_)| srv(&format!("web-{}.svc.test", i + 1), srv_, 0, 0))
+        .collect();
+    let dns = Dns::start(&records);
+    let flags = [
+        "--workers",
+        "2",
+        "--health",
+        "none",
+        "--algorithm",
+        "maglev",
+    ];
+    let lb1 = start_lb(&dns, &flags);
+    let lb2 = start_lb(&dns, &flags);
+    let all = ["web-1", "web-2", "web-3", "web-4"];
+    // Maglev sends one client to one backend: wait for the published set instead.
+    for lb in [&lb1, &lb2] {
+        wait_for_log(lb, "4 backend(s) in use, 4 of them from DNS");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let ips: Vec<Ipv4Addr> = (1..=255u8)
+        .map(|x| Ipv4Addr::new(127, 0, 0, x))
+        .chain([Ipv4Addr::new(127, 0, 1, 1)])
+        .collect();
+    let one: Vec<String> = ips.iter().map(|&ip| greet_from(ip, lb1.addr)).collect();
+    let two: Vec<String> = ips.iter().map(|&ip| greet_from(ip, lb2.addr)).collect();
+    let differ: Vec<_> = ips
+        .iter()
+        .zip(one.iter().zip(&two))
+        .filter(|(_, (a, b))| a != b)
+        .collect();
+    assert!(differ.is_empty(), "instances disagree: {differ:?}");
+    let mut h: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in &one {
+        *h.entry(n.as_str()).or_insert(0) += 1;
+    }
+    eprintln!("maglev, two instances fed by DNS: 256 clients {h:?}, identical");
+    assert_eq!(keys_of(&h), all, "every backend gets clients: {h:?}");
+}
+
+fn keys_of<'a>(h: &BTreeMap<&'a str, usize>) -> Vec<&'a str> {
+    h.keys().copied().collect()
+}

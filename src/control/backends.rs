@@ -614,7 +614,7 @@ impl Table {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{parse_backend, Algorithm, HealthCheck};
 
@@ -634,7 +634,9 @@ mod tests {
         }
     }
 
-    fn ids() -> impl FnMut(&str) -> Option<BackendId> {
+    /// Backend ids handed out in order of first sight, as the server does (for tests of
+    /// anything built on a `Table`).
+    pub(crate) fn ids() -> impl FnMut(&str) -> Option<BackendId> {
         let mut names: Vec<String> = Vec::new();
         move |name: &str| {
             let i = names.iter().position(|n| n == name).unwrap_or_else(|| {

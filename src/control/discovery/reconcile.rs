@@ -149,6 +149,7 @@ mod tests {
     use super::*;
     use crate::backend::BackendState;
     use crate::config::{parse_backend, Config, HealthCheck};
+    use crate::control::backends::tests::ids;
     use crate::control::backends::ProbeTarget;
 
     fn spec(name: &str, port: u16, weight: u32) -> BackendSpec {
@@ -170,17 +171,6 @@ mod tests {
             fall: 1,
             discovery: Some("dns-srv:_x._tcp.test".into()),
             ..Config::default()
-        }
-    }
-
-    fn ids() -> impl FnMut(&str) -> Option<BackendId> {
-        let mut names: Vec<String> = Vec::new();
-        move |name: &str| {
-            let i = names.iter().position(|n| n == name).unwrap_or_else(|| {
-                names.push(name.to_string());
-                names.len() - 1
-            });
-            Some(BackendId(i as u32))
         }
     }
 

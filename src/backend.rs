@@ -52,6 +52,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub weight: u32,
     pub max_conns: Option<u32>,
+    /// Send this backend a PROXY header even when `--proxy-protocol` is off.
+    pub proxy_protocol: Option<crate::config::ProxyProtocol>,
     pub state: BackendState,
     /// For a draining backend: when its remaining connections are closed (`--grace`).
     pub drain_deadline: Option<std::time::Instant>,
@@ -78,6 +80,13 @@ pub struct Snapshot {
     pub retries: u32,
     /// Send a PROXY protocol header to backends.
     pub proxy_protocol: Option<crate::config::ProxyProtocol>,
+    /// Sources whose PROXY header is read and believed (`--accept-proxy`).
+    pub accept_proxy: Vec<ipnet::IpNet>,
+    /// Per-source limits.
+    pub limits: crate::limits::Limits,
+    /// Whether a worker needs the client's address at accept (hashing, PROXY headers,
+    /// per-source limits): one `getpeername` saved per connection when nothing does.
+    pub needs_peer_addr: bool,
     /// The algorithm's shared, prebuilt part (e.g. the Maglev table), built once here on
     /// the control thread; each worker makes its own selector from it.
     pub balance: Arc<Prepared>,
@@ -100,6 +109,14 @@ impl Snapshot {
             seed: process_seed(),
         };
         let balance = Arc::new(Prepared::new(cfg.algorithm, &members, &opts));
+        let needs_peer_addr = matches!(
+            cfg.algorithm,
+            Algorithm::SourceHash | Algorithm::Maglev | Algorithm::RingHash
+        ) || cfg.proxy_protocol.is_some()
+            || backends.iter().any(|b| b.proxy_protocol.is_some())
+            || !cfg.accept_proxy.is_empty()
+            || cfg.max_conns_per_source.is_some()
+            || cfg.max_conn_rate_per_source.is_some();
         Snapshot {
             version,
             backends,
@@ -111,8 +128,26 @@ impl Snapshot {
             idle_timeout: cfg.idle_timeout,
             retries: cfg.retries,
             proxy_protocol: cfg.proxy_protocol,
+            needs_peer_addr,
+            accept_proxy: cfg.accept_proxy.clone(),
+            limits: crate::limits::Limits {
+                max_open: cfg.max_conns_per_source,
+                max_rate: cfg.max_conn_rate_per_source,
+            },
             balance,
         }
+    }
+
+    /// Whether a PROXY header from `addr` is to be read and believed.
+    pub fn trusts_proxy(&self, addr: &SocketAddr) -> bool {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(std::net::IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.accept_proxy.iter().any(|net| net.contains(&ip))
     }
 
     /// True when no backend is up: the balancer is in panic mode and balances over all.

@@ -190,6 +190,24 @@ struct Args {
     /// Maglev lookup table size, a prime [default: 65537]
     #[arg(long, value_name = "N", value_parser = config::parse_maglev_table_size)]
     maglev_table_size: Option<u64>,
+
+    /// Read a PROXY protocol header (v1 or v2) from clients in these networks and use the
+    /// address it carries; from anywhere else a header is data [default: none]
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_parser = config::parse_accept_proxy)]
+    accept_proxy: Option<Vec<ipnet::IpNet>>,
+
+    /// Open connections per client IP, across workers; more are refused [default: unlimited]
+    #[arg(long, value_name = "N", value_parser = config::parse_max_conns_per_source)]
+    max_conns_per_source: Option<u32>,
+
+    /// New connections per second per client IP; more are refused [default: unlimited]
+    #[arg(long, value_name = "N", value_parser = config::parse_max_conn_rate_per_source)]
+    max_conn_rate_per_source: Option<u32>,
+
+    /// Splice pipes per worker; when all are busy a chunk is copied; 0 = never splice
+    /// [default: 256]
+    #[arg(long, value_name = "N", value_parser = config::parse_splice_pipes)]
+    splice_pipes: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,6 +254,10 @@ impl Args {
             grace: self.grace,
             log_level: self.log_level,
             maglev_table_size: self.maglev_table_size,
+            accept_proxy: self.accept_proxy,
+            max_conns_per_source: self.max_conns_per_source,
+            max_conn_rate_per_source: self.max_conn_rate_per_source,
+            splice_pipes: self.splice_pipes,
         }
     }
 }

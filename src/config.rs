@@ -50,6 +50,14 @@ pub struct Config {
     pub config_file: Option<std::path::PathBuf>,
     /// Maglev lookup table size; a prime so every backend's permutation covers the table.
     pub maglev_table_size: u64,
+    /// Sources trusted to send a PROXY protocol header (`--accept-proxy`); empty = none.
+    pub accept_proxy: Vec<ipnet::IpNet>,
+    /// Open client connections per source IP, across workers; `None` = unlimited.
+    pub max_conns_per_source: Option<u32>,
+    /// New connections per second per source IP; `None` = unlimited.
+    pub max_conn_rate_per_source: Option<u32>,
+    /// Splice pipes per worker (two descriptors each); 0 = always copy.
+    pub splice_pipes: usize,
     /// The values given as command-line flags: a reload re-reads the file and lays these
     /// over it again, so a flag keeps overriding the file after SIGHUP.
     pub overrides: PartialConfig,
@@ -64,6 +72,8 @@ pub struct BackendSpec {
     /// Unique; defaults to the address as text. The stable key for hashing.
     pub name: String,
     pub max_conns: Option<u32>,
+    /// Send a PROXY header to this backend even when `--proxy-protocol` is off.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +186,10 @@ impl Default for Config {
             log_level: "info".to_string(),
             config_file: None,
             maglev_table_size: 65537,
+            accept_proxy: Vec::new(),
+            max_conns_per_source: None,
+            max_conn_rate_per_source: None,
+            splice_pipes: DEFAULT_SPLICE_PIPES,
             overrides: PartialConfig::default(),
         }
     }
@@ -215,6 +229,12 @@ pub const MAX_MAGLEV_TABLE_SIZE: u64 = 16_777_216;
 /// Longest accepted duration. Deadlines are `Instant + Duration`, which panics on overflow;
 /// a year is far beyond any sensible timeout and far from that overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default `--splice-pipes`.
+pub const DEFAULT_SPLICE_PIPES: usize = 256;
+/// Highest `--splice-pipes`: each pipe holds two descriptors of the 20 000 a process may have.
+pub const MAX_SPLICE_PIPES: usize = 4096;
+/// Longest `--accept-proxy` list.
+pub const MAX_ACCEPT_PROXY: usize = 256;
 /// The `--log-level` values.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
@@ -284,6 +304,10 @@ pub struct PartialConfig {
     pub grace: Option<Duration>,
     pub log_level: Option<String>,
     pub maglev_table_size: Option<u64>,
+    pub accept_proxy: Option<Vec<ipnet::IpNet>>,
+    pub max_conns_per_source: Option<u32>,
+    pub max_conn_rate_per_source: Option<u32>,
+    pub splice_pipes: Option<usize>,
 }
 
 impl PartialConfig {
@@ -320,6 +344,12 @@ impl PartialConfig {
             grace: top.grace.or(self.grace),
             log_level: top.log_level.or(self.log_level),
             maglev_table_size: top.maglev_table_size.or(self.maglev_table_size),
+            accept_proxy: top.accept_proxy.or(self.accept_proxy),
+            max_conns_per_source: top.max_conns_per_source.or(self.max_conns_per_source),
+            max_conn_rate_per_source: top
+                .max_conn_rate_per_source
+                .or(self.max_conn_rate_per_source),
+            splice_pipes: top.splice_pipes.or(self.splice_pipes),
         }
     }
 
@@ -355,6 +385,12 @@ impl PartialConfig {
             grace: self.grace.unwrap_or(base.grace),
             log_level: self.log_level.unwrap_or(base.log_level),
             maglev_table_size: self.maglev_table_size.unwrap_or(base.maglev_table_size),
+            accept_proxy: self.accept_proxy.unwrap_or(base.accept_proxy),
+            max_conns_per_source: self.max_conns_per_source.or(base.max_conns_per_source),
+            max_conn_rate_per_source: self
+                .max_conn_rate_per_source
+                .or(base.max_conn_rate_per_source),
+            splice_pipes: self.splice_pipes.unwrap_or(base.splice_pipes),
             config_file: base.config_file,
             overrides: base.overrides,
         }
@@ -653,7 +689,7 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 /// `ADDR[,weight=N][,name=S][,max-conns=N]`; ADDR as in [`parse_listen`] but with a host
 /// and a non-zero port. The name defaults to ADDR as written.
 pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
-    const FORM: &str = "ADDR[,weight=N][,name=S][,max-conns=N]";
+    const FORM: &str = "ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2]";
     let mut parts = s.split(',');
     let addr_text = parts.next().unwrap_or("").trim();
     if addr_text.is_empty() {
@@ -664,6 +700,7 @@ pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
         weight: 1,
         name: addr_text.to_string(),
         max_conns: None,
+        proxy_protocol: None,
     };
     let mut seen: Vec<&str> = Vec::new();
     for part in parts {
@@ -686,9 +723,13 @@ pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
                 spec.max_conns = Some(parse_backend_max_conns(value)?);
                 "max-conns"
             }
+            "proxy-protocol" | "proxy_protocol" => {
+                spec.proxy_protocol = Some(parse_proxy_protocol(value)?);
+                "proxy-protocol"
+            }
             other => {
                 return Err(format!(
-                    "unknown key '{other}' in backend spec; expected weight, name or max-conns"
+                    "unknown key '{other}' in backend spec; expected weight, name, max-conns or proxy-protocol"
                 ))
             }
         };
@@ -941,6 +982,51 @@ pub fn parse_proxy_protocol(s: &str) -> Result<ProxyProtocol, String> {
     }
 }
 
+/// `--accept-proxy`: `CIDR[,CIDR...]`; a bare IP is one address (`/32` or `/128`).
+pub fn parse_accept_proxy(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let t = part.trim();
+        if t.is_empty() {
+            return Err(format!(
+                "empty entry in '{}'; expected CIDR[,CIDR...] such as 10.0.0.0/8,127.0.0.1",
+                s.trim()
+            ));
+        }
+        let net = match t.parse::<ipnet::IpNet>() {
+            Ok(n) => n.trunc(),
+            Err(_) => match t.parse::<IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => {
+                    return Err(format!(
+                        "'{t}' is not an address or CIDR such as 10.0.0.0/8 or ::1/128"
+                    ))
+                }
+            },
+        };
+        out.push(net);
+    }
+    if out.len() > MAX_ACCEPT_PROXY {
+        return Err(format!("{} entries; at most {MAX_ACCEPT_PROXY}", out.len()));
+    }
+    Ok(out)
+}
+
+/// `--max-conns-per-source`.
+pub fn parse_max_conns_per_source(s: &str) -> Result<u32, String> {
+    parse_uint(s, 1, u64::from(u32::MAX)).map(|n| n as u32)
+}
+
+/// `--max-conn-rate-per-source`: new connections per second.
+pub fn parse_max_conn_rate_per_source(s: &str) -> Result<u32, String> {
+    parse_uint(s, 1, 1_000_000).map(|n| n as u32)
+}
+
+/// `--splice-pipes`: per worker; 0 turns splicing off (everything is copied).
+pub fn parse_splice_pipes(s: &str) -> Result<usize, String> {
+    parse_uint(s, 0, MAX_SPLICE_PIPES as u64).map(|n| n as usize)
+}
+
 /// `dns-srv:NAME[@RESOLVER]`; RESOLVER is `IP` or `IP:PORT` (a host name would need a
 /// resolver to find the resolver). Returned unchanged once it is known to be well formed.
 pub fn parse_discovery(s: &str) -> Result<String, String> {
@@ -1115,6 +1201,14 @@ struct FileConfig {
     log_level: Option<String>,
     #[serde(default, deserialize_with = "de_maglev_table_size")]
     maglev_table_size: Option<u64>,
+    #[serde(default, deserialize_with = "de_accept_proxy")]
+    accept_proxy: Option<Vec<ipnet::IpNet>>,
+    #[serde(default, deserialize_with = "de_max_conns_per_source")]
+    max_conns_per_source: Option<u32>,
+    #[serde(default, deserialize_with = "de_max_conn_rate_per_source")]
+    max_conn_rate_per_source: Option<u32>,
+    #[serde(default, deserialize_with = "de_splice_pipes")]
+    splice_pipes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -1127,6 +1221,8 @@ struct FileBackend {
     name: Option<String>,
     #[serde(default, deserialize_with = "de_backend_max_conns")]
     max_conns: Option<u32>,
+    #[serde(default, deserialize_with = "de_proxy_protocol")]
+    proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// The address as written (the default name) and as resolved.
@@ -1183,6 +1279,7 @@ impl FileConfig {
                         weight: b.weight.unwrap_or(1),
                         name: b.name.unwrap_or(b.addr.0),
                         max_conns: b.max_conns,
+                        proxy_protocol: b.proxy_protocol,
                     };
                     if out.iter().any(|o| o.name == spec.name) {
                         let msg = ConfigError::DuplicateBackendName(spec.name).to_string();
@@ -1238,6 +1335,10 @@ impl FileConfig {
             grace: self.grace,
             log_level: self.log_level,
             maglev_table_size: self.maglev_table_size,
+            accept_proxy: self.accept_proxy,
+            max_conns_per_source: self.max_conns_per_source,
+            max_conn_rate_per_source: self.max_conn_rate_per_source,
+            splice_pipes: self.splice_pipes,
         })
     }
 }
@@ -1321,6 +1422,18 @@ de_scalar! {
     de_weight: "weight", u32, parse_weight;
     de_name: "name", String, parse_backend_name;
     de_backend_max_conns: "max_conns", u32, parse_backend_max_conns;
+    de_max_conns_per_source: "max_conns_per_source", u32, parse_max_conns_per_source;
+    de_max_conn_rate_per_source: "max_conn_rate_per_source", u32, parse_max_conn_rate_per_source;
+    de_splice_pipes: "splice_pipes", usize, parse_splice_pipes;
+}
+
+/// `accept_proxy = "10.0.0.0/8,127.0.0.1"` or `accept_proxy = ["10.0.0.0/8", "127.0.0.1"]`.
+fn de_accept_proxy<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<ipnet::IpNet>>, D::Error> {
+    let list = ListenList::deserialize(d)?;
+    let joined: Vec<String> = list.0.into_iter().map(|(_, t)| t).collect();
+    parse_accept_proxy(&joined.join(","))
+        .map(Some)
+        .map_err(|m| de::Error::custom(format!("`accept_proxy`: {m}")))
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ pub fn run() -> anyhow::Result<()> {
                 weight: 1,
                 name: b.name().to_string(),
                 max_conns: None,
+                proxy_protocol: None,
             })
             .collect(),
         // The backends are in-process and cannot go away, so health checks would only add

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod health;
+pub mod limits;
 pub mod proxy_protocol;
 pub mod server;
 pub mod uring;

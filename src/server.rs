@@ -45,8 +45,7 @@ pub enum StartError {
 pub const BUF_SIZE: usize = 32 * 1024;
 /// File descriptors kept back from RLIMIT_NOFILE for listeners, rings, eventfds, logs.
 const FD_RESERVE: usize = 128;
-/// Splice pipes per worker at most (two descriptors each), and their size.
-pub const PIPES_PER_WORKER: usize = 256;
+/// Splice pipe size (`--splice-pipes` sets how many per worker).
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// A running balancer.
@@ -95,7 +94,7 @@ impl Server {
         };
         let max_conns = config
             .max_conns
-            .unwrap_or_else(|| default_max_conns(n_workers));
+            .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
         let (listeners, local_addrs) = bind_all(&config.listen, n_workers)?;
 
         let shared = Arc::new(Shared {
@@ -103,6 +102,7 @@ impl Server {
             epoch: std::time::Instant::now(),
             open_clients: AtomicUsize::new(0),
             max_conns,
+            sources: crate::limits::SourceTable::default(),
             stats: (0..n_workers)
                 .map(|_| CachePadded::new(WorkerStats::default()))
                 .collect(),
@@ -116,7 +116,7 @@ impl Server {
         let worker_config = WorkerConfig {
             forward: config.forward,
             buf_size: BUF_SIZE,
-            pipes_max: PIPES_PER_WORKER,
+            pipes_max: config.splice_pipes,
             pipe_size: PIPE_SIZE,
         };
 
@@ -280,6 +280,7 @@ fn build_snapshot(
             addr: e.spec.addr,
             weight: e.weight.max(1),
             max_conns: e.spec.max_conns,
+            proxy_protocol: e.spec.proxy_protocol,
             state: e.state,
             drain_deadline: e.drain_deadline,
         });
@@ -424,11 +425,11 @@ fn raise_nofile_limit() {
 }
 
 /// Two descriptors per proxied connection, minus a reserve.
-pub fn default_max_conns(workers: usize) -> usize {
+pub fn default_max_conns(workers: usize, pipes_per_worker: usize) -> usize {
     use nix::sys::resource::{getrlimit, Resource};
     let soft = getrlimit(Resource::RLIMIT_NOFILE)
         .map(|(s, _)| s)
         .unwrap_or(1024) as usize;
-    let reserve = FD_RESERVE + (8 + 2 * PIPES_PER_WORKER) * workers;
+    let reserve = FD_RESERVE + (8 + 2 * pipes_per_worker) * workers;
     (soft.saturating_sub(reserve) / 2).max(1)
 }

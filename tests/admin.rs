@@ -576,6 +576,7 @@ fn the_in_process_controller_serves_the_api_too() {
             weight: 1,
             name: "b0".into(),
             max_conns: None,
+            proxy_protocol: None,
         }],
         workers: Workers::Count(1),
         health: HealthCheck::None,

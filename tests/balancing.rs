@@ -146,6 +146,7 @@ fn spec(s: &NameServer) -> BackendSpec {
         weight: 1,
         name: s.name().to_string(),
         max_conns: None,
+        proxy_protocol: None,
     }
 }
 

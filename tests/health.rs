@@ -666,6 +666,7 @@ fn spec(b: &NameServer) -> BackendSpec {
         weight: 1,
         name: b.name().to_string(),
         max_conns: None,
+        proxy_protocol: None,
     }
 }
 

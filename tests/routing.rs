@@ -165,6 +165,7 @@ fn new_snapshot_moves_new_connections_open_ones_continue() {
         weight: 1,
         name: s.name().to_string() + "-" + &s.addr().port().to_string(),
         max_conns: None,
+        proxy_protocol: None,
     };
     let cfg = uringlb::config::Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],

@@ -196,9 +196,23 @@ pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> S
     rejected
         .get_or_create(&label("reason", "no_slot"))
         .inc_by(sum(|s| s.no_slot.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "max_conns_per_source"))
+        .inc_by(sum(|s| s.rejected_source_conns.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "max_conn_rate_per_source"))
+        .inc_by(sum(|s| s.rejected_source_rate.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "bad_proxy_header"))
+        .inc_by(sum(|s| s.rejected_proxy_header.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "backends_full"))
+        .inc_by(sum(|s| s.rejected_backends_full.load(Ordering::Relaxed)));
     reg.register(
         "uringlb_rejected",
-        "Client connections closed unserved: no backend reachable, or no connection slot free",
+        "Client connections closed unserved, by reason: no backend reachable, no connection \
+         slot free, a per-source limit, a bad PROXY header, every backend at max-conns \
+         for the whole connect timeout",
         rejected,
     );
 
@@ -302,6 +316,7 @@ mod tests {
             epoch: std::time::Instant::now(),
             open_clients: AtomicUsize::new(0),
             max_conns: 10,
+            sources: crate::limits::SourceTable::default(),
             stats: (0..workers)
                 .map(|_| CachePadded::new(crate::worker::WorkerStats::default()))
                 .collect(),

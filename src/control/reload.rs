@@ -65,6 +65,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     check(running.pin != new.pin, "--pin");
     check(running.forward != new.forward, "--forward");
     check(running.max_conns != new.max_conns, "--max-conns");
+    check(running.splice_pipes != new.splice_pipes, "--splice-pipes");
     check(running.admin != new.admin, "--admin");
     check(running.admin_token != new.admin_token, "--admin-token");
     check(running.log_level != new.log_level, "--log-level");
@@ -86,6 +87,7 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
         pin: running.pin,
         forward: running.forward,
         max_conns: running.max_conns,
+        splice_pipes: running.splice_pipes,
         admin: running.admin,
         admin_token: running.admin_token.clone(),
         log_level: running.log_level.clone(),

@@ -126,6 +126,11 @@ impl Ring {
     }
 
     /// Number of connection slots this ring has memory for.
+    /// Size of each forwarding buffer.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
     pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
@@ -280,6 +285,30 @@ impl Ring {
     pub fn recv(&mut self, slot: usize, dir: usize, fd: RawFd, user_data: u64) {
         let ptr = self.buf_ptr(slot, dir);
         let e = opcode::Recv::new(Fd(fd), ptr, self.buf_size as u32)
+            .build()
+            .user_data(user_data);
+        self.push(e);
+    }
+
+    /// Receives into `buf[from..to]` of the slot's buffer for `dir` (a PROXY header that
+    /// arrived in pieces is read after the piece already there).
+    pub fn recv_range(
+        &mut self,
+        slot: usize,
+        dir: usize,
+        fd: RawFd,
+        from: usize,
+        to: usize,
+        user_data: u64,
+    ) {
+        assert!(
+            from < to && to <= self.buf_size,
+            "recv range within the buffer"
+        );
+        let ptr = self.buf_ptr(slot, dir);
+        // `from < buf_size`, so the offset stays inside the allocation.
+        let ptr = ptr.wrapping_add(from);
+        let e = opcode::Recv::new(Fd(fd), ptr, (to - from) as u32)
             .build()
             .user_data(user_data);
         self.push(e);

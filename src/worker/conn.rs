@@ -76,6 +76,9 @@ pub enum Action {
     Shutdown(usize),
     /// Cancel every operation in flight on both sockets and on these pipes.
     CancelAll([Option<PipeId>; 2]),
+    /// Receive more of a PROXY protocol header from the client into the client -> backend
+    /// buffer, after the `offset` bytes already there.
+    RecvHeader { offset: usize },
 }
 
 impl Action {
@@ -86,6 +89,7 @@ impl Action {
                 1 + u32::from(poll_first)
             }
             Action::CancelAll(_) => 0,
+            Action::RecvHeader { .. } => 1,
             _ => 1,
         }
     }
@@ -156,6 +160,8 @@ pub struct Forwarding {
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Reading the PROXY protocol header of a trusted client (`--accept-proxy`).
+    Handshake,
     /// Waiting for a backend connect (possibly a retry).
     Connecting,
     Forwarding,
@@ -195,8 +201,18 @@ pub struct Conn {
     up_chunks: u32,
     /// Any byte received from the backend.
     answered: bool,
-    /// Bytes of the client's first chunk to send again to the next backend.
-    replay: usize,
+    /// Client bytes at the start of the client -> backend buffer to send before reading
+    /// more: the rest of the first read after a PROXY header, or the first chunk being
+    /// sent again to the next backend (replay).
+    early: usize,
+    /// The PROXY protocol version to send the backend being connected to.
+    pub send_proxy: Option<crate::config::ProxyProtocol>,
+    /// The address the client connected to, when a PROXY header told it.
+    pub orig_dst: Option<SocketAddr>,
+    /// The source IP counted in the per-source limits table (released at close).
+    pub source: Option<std::net::IpAddr>,
+    /// Waiting since then for a backend below its max-conns.
+    pub queued_ns: Option<u64>,
 }
 
 impl Conn {
@@ -222,7 +238,11 @@ impl Conn {
             header: 0,
             up_chunks: 0,
             answered: false,
-            replay: 0,
+            early: 0,
+            send_proxy: None,
+            orig_dst: None,
+            source: None,
+            queued_ns: None,
         }
     }
 
@@ -250,7 +270,63 @@ impl Conn {
         self.header = 0;
         self.up_chunks = 0;
         self.answered = false;
-        self.replay = 0;
+        self.early = 0;
+        self.send_proxy = None;
+        self.orig_dst = None;
+        self.source = None;
+        self.queued_ns = None;
+    }
+
+    /// A trusted client: read its PROXY header before connecting anywhere.
+    pub fn open_handshake(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Handshake;
+        self.flows[UP].len = 0;
+        self.emit(Action::RecvHeader { offset: 0 }, out);
+    }
+
+    /// A header read completed with `res`: the bytes now in the buffer, or `None` when the
+    /// client closed or failed (the connection is then aborted).
+    pub fn header_bytes(&mut self, res: i32, out: &mut Vec<Action>) -> Option<usize> {
+        if self.phase != Phase::Handshake {
+            return None;
+        }
+        if res <= 0 {
+            self.abort(res < 0, out);
+            return None;
+        }
+        self.flows[UP].len += res as usize;
+        Some(self.flows[UP].len)
+    }
+
+    /// Header bytes read so far (while reading it).
+    pub fn header_received(&self) -> usize {
+        if self.phase == Phase::Handshake {
+            self.flows[UP].len
+        } else {
+            0
+        }
+    }
+
+    /// The header is not complete yet: read more after what is there.
+    pub fn read_more_header(&mut self, out: &mut Vec<Action>) {
+        let offset = self.flows[UP].len;
+        self.emit(Action::RecvHeader { offset }, out);
+    }
+
+    /// The header is read; the worker moved the `early` client bytes that followed it to
+    /// the start of the buffer. Next: connect.
+    pub fn header_done(&mut self, early: usize) {
+        self.phase = Phase::Connecting;
+        self.flows[UP].len = 0;
+        self.early = early;
+        if early > 0 {
+            self.up_chunks = 1;
+        }
+    }
+
+    /// Client bytes waiting at the start of the client -> backend buffer.
+    pub fn early(&self) -> usize {
+        self.early
     }
 
     pub fn phase(&self) -> Phase {
@@ -298,8 +374,8 @@ impl Conn {
     }
 
     /// The backend connect succeeded: start both directions. With `header > 0` the worker
-    /// has put that many bytes (a PROXY protocol header) in the client -> backend buffer;
-    /// they are sent before anything the client sends.
+    /// has put that many bytes (a PROXY protocol header) in the client -> backend buffer,
+    /// ahead of the [`Conn::early`] client bytes; both are sent before anything else.
     pub fn connected(&mut self, now_ns: u64, header: usize, out: &mut Vec<Action>) {
         if self.phase != Phase::Connecting {
             return;
@@ -307,9 +383,7 @@ impl Conn {
         self.phase = Phase::Forwarding;
         self.last_active_ns = now_ns;
         self.header = header;
-        // After a replay the buffer still holds the client's first chunk: it goes first
-        // (a replay never has a header).
-        let prefill = if header > 0 { header } else { self.replay };
+        let prefill = header + self.early;
         let splice = self.fwd.mode == ForwardMode::Splice;
         for dir in [UP, DOWN] {
             self.flows[dir].splice = splice;
@@ -626,7 +700,7 @@ impl Conn {
     }
 
     fn begin_replay(&mut self, out: &mut Vec<Action>) {
-        self.replay = self.flows[UP].len;
+        self.early = self.flows[UP].len;
         self.phase = Phase::Replaying;
         if self.inflight > 0 {
             out.push(Action::CancelAll([

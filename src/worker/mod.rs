@@ -30,6 +30,7 @@ use crate::balance::{self, Balance, PeakEwma, Pool, Request};
 use crate::uring::{self, Completion, Ring};
 
 use crate::config::ForwardMode;
+use crate::proxy_protocol::Decoded;
 use conn::{Action, Conn, Forwarding, Phase};
 use pipes::PipePool;
 use token::{next_gen, OpKind, Token};
@@ -69,6 +70,14 @@ pub struct WorkerStats {
     pub no_slot: AtomicU64,
     /// Requests sent again to another backend because theirs closed before answering.
     pub replays: AtomicU64,
+    /// Client connections refused by `--max-conns-per-source`.
+    pub rejected_source_conns: AtomicU64,
+    /// Client connections refused by `--max-conn-rate-per-source`.
+    pub rejected_source_rate: AtomicU64,
+    /// Trusted clients closed for a missing, malformed or truncated PROXY header.
+    pub rejected_proxy_header: AtomicU64,
+    /// Clients that waited the whole connect timeout for a backend below its max-conns.
+    pub rejected_backends_full: AtomicU64,
     /// Connect times in microseconds. The lock is taken once per established connection
     /// by this worker and once per scrape by the control thread: uncontended.
     pub connect_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
@@ -84,6 +93,10 @@ impl Default for WorkerStats {
             no_backend: AtomicU64::new(0),
             no_slot: AtomicU64::new(0),
             replays: AtomicU64::new(0),
+            rejected_source_conns: AtomicU64::new(0),
+            rejected_source_rate: AtomicU64::new(0),
+            rejected_proxy_header: AtomicU64::new(0),
+            rejected_backends_full: AtomicU64::new(0),
             // 1 us .. 1 h at 3 significant digits; new_with_bounds only fails on bad bounds.
             connect_us: std::sync::Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(
@@ -110,6 +123,8 @@ pub struct Shared {
     /// Client connections open in the whole balancer.
     pub open_clients: AtomicUsize,
     pub max_conns: usize,
+    /// Open connections and connection rates per client IP (`--max-conns-per-source`).
+    pub sources: crate::limits::SourceTable,
     pub stats: Box<[CachePadded<WorkerStats>]>,
 }
 
@@ -171,6 +186,9 @@ pub struct Worker {
     tick_multishot: bool,
     actions: Vec<Action>,
     due: Vec<timer::Entry>,
+    /// Connections waiting for a backend below its max-conns (slot, generation).
+    queue: Vec<(u32, u32)>,
+    next_prune_ns: u64,
 }
 
 impl Worker {
@@ -231,6 +249,8 @@ impl Worker {
             tick_multishot: true,
             actions: Vec::with_capacity(8),
             due: Vec::new(),
+            queue: Vec::new(),
+            next_prune_ns: 0,
         })
     }
 
@@ -386,16 +406,104 @@ impl Worker {
             self.pause_accepts();
         }
         self.open += 1;
-        let client_addr =
-            if needs_client_addr(&self.snapshot) || self.snapshot.proxy_protocol.is_some() {
-                uring::peer_addr(fd)
-            } else {
-                None
-            };
+        let client_addr = if self.snapshot.needs_peer_addr {
+            uring::peer_addr(fd)
+        } else {
+            None
+        };
         self.slots[slot]
             .conn
             .open(fd, client_addr, self.fwd, self.now_ns);
-        self.connect_next(slot);
+        if client_addr.is_some_and(|a| self.snapshot.trusts_proxy(&a)) {
+            // The upstream balancer's header comes first; it may change the client address
+            // that limits and hashing see, so both wait for it.
+            self.arm_idle_timer(slot);
+            self.slots[slot].conn.open_handshake(&mut self.actions);
+            return self.perform(slot);
+        }
+        if self.admit(slot) {
+            self.connect_next(slot);
+        }
+    }
+
+    /// Applies the per-source limits to the connection's client address; a refused client
+    /// is closed at once and counted. Returns whether it may go on.
+    fn admit(&mut self, slot: usize) -> bool {
+        let limits = self.snapshot.limits;
+        let Some(addr) = self.slots[slot].conn.client_addr else {
+            return true;
+        };
+        if !limits.any() {
+            return true;
+        }
+        match self.shared.sources.admit(addr.ip(), self.now_ns, limits) {
+            Ok(()) => {
+                self.slots[slot].conn.source = Some(addr.ip());
+                true
+            }
+            Err(refusal) => {
+                let stats = &self.shared.stats[self.index];
+                let counter = match refusal {
+                    crate::limits::Refusal::TooManyConns => &stats.rejected_source_conns,
+                    crate::limits::Refusal::TooFast => &stats.rejected_source_rate,
+                };
+                WorkerStats::add(counter, 1);
+                tracing::debug!(worker = self.index, client = %addr, "refused: {refusal:?}");
+                self.abort(slot, false);
+                false
+            }
+        }
+    }
+
+    /// Puts the connection's (one) idle deadline in the timer wheel.
+    fn arm_idle_timer(&mut self, slot: usize) {
+        if !std::mem::replace(&mut self.slots[slot].timer_armed, true) {
+            let deadline = self.now_ns + self.snapshot.idle_timeout.as_nanos() as u64;
+            let gen = self.slots[slot].gen;
+            self.wheel.insert(deadline, (slot as u32, gen));
+        }
+    }
+
+    /// A read of a trusted client's PROXY header completed.
+    fn on_header(&mut self, slot: usize, res: i32) {
+        let had = self.slots[slot].conn.header_received();
+        let Some(total) = self.slots[slot].conn.header_bytes(res, &mut self.actions) else {
+            if had > 0 || res < 0 {
+                // Truncated: the client went away in the middle of its header.
+                WorkerStats::add(&self.shared.stats[self.index].rejected_proxy_header, 1);
+            }
+            return self.perform(slot);
+        };
+        // Room kept for the header we may send ourselves ahead of the client's bytes.
+        let limit = self.ring.buf_size() - crate::proxy_protocol::MAX_HEADER;
+        let decoded = crate::proxy_protocol::decode(&self.ring.buf(slot, conn::UP)[..total]);
+        match decoded {
+            Ok(Decoded::Incomplete) if total < limit => {
+                self.slots[slot].conn.read_more_header(&mut self.actions);
+                self.perform(slot);
+            }
+            Ok(Decoded::Incomplete) => self.bad_header(slot, "header too long"),
+            Err(e) => self.bad_header(slot, &e.to_string()),
+            Ok(Decoded::Header { len, addrs }) => {
+                self.ring.buf_mut(slot, conn::UP).copy_within(len..total, 0);
+                let conn = &mut self.slots[slot].conn;
+                if let Some((src, dst)) = addrs {
+                    conn.client_addr = Some(src);
+                    conn.orig_dst = Some(dst);
+                }
+                conn.header_done(total - len);
+                if self.admit(slot) {
+                    self.connect_next(slot);
+                }
+            }
+        }
+    }
+
+    /// A trusted client sent something that is not a valid PROXY header: close it (only it).
+    fn bad_header(&mut self, slot: usize, why: &str) {
+        WorkerStats::add(&self.shared.stats[self.index].rejected_proxy_header, 1);
+        tracing::debug!(worker = self.index, slot, "bad PROXY header: {why}");
+        self.abort(slot, false);
     }
 
     fn alloc_slot(&mut self) -> Option<usize> {
@@ -429,11 +537,23 @@ impl Worker {
             self.pick(slot)
         };
         let Some(i) = pick else {
+            if attempts <= self.snapshot.retries && self.all_eligible_full(slot) {
+                // Every backend it could go to is at its max-conns: wait in line (HAProxy's
+                // server queue) for at most the connect timeout.
+                let conn = &mut self.slots[slot].conn;
+                if conn.queued_ns.is_none() {
+                    conn.queued_ns = Some(self.now_ns);
+                }
+                let gen = self.slots[slot].gen;
+                self.queue.push((slot as u32, gen));
+                return;
+            }
             WorkerStats::add(&self.stats().no_backend, 1);
             return self.abort(slot, false);
         };
         let backend = &self.snapshot.backends[i];
         let (id, addr) = (backend.id, backend.addr);
+        let send_proxy = backend.proxy_protocol.or(self.snapshot.proxy_protocol);
         let fd = match uring::tcp_socket(&addr) {
             Ok(fd) => fd,
             Err(e) => {
@@ -446,6 +566,8 @@ impl Worker {
         let conn = &mut self.slots[slot].conn;
         conn.backend_fd = fd;
         conn.backend = Some(id);
+        conn.send_proxy = send_proxy;
+        conn.queued_ns = None;
         conn.tried.push(id);
         conn.connect_started_ns = self.now_ns;
         conn.submitted(2);
@@ -457,6 +579,44 @@ impl Worker {
             Token::new(slot, gen, OpKind::Connect).encode(),
             Token::new(slot, gen, OpKind::ConnectTimeout).encode(),
         );
+    }
+
+    /// No backend was eligible for the slot, and some were left out only for being at
+    /// their max-conns.
+    fn all_eligible_full(&self, slot: usize) -> bool {
+        let pool = Candidates {
+            snapshot: &self.snapshot,
+            counters: &self.shared.counters,
+            tried: &self.slots[slot].conn.tried,
+            panic: self.snapshot.none_up(),
+        };
+        (0..pool.len()).any(|i| pool.eligible_ignoring_limit(i) && pool.full(i))
+    }
+
+    /// Connections waiting for a backend below its max-conns try again; those that waited
+    /// the whole connect timeout are closed.
+    fn retry_queue(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.queue);
+        let timeout = self.snapshot.connect_timeout.as_nanos() as u64;
+        for &(slot, gen) in &waiting {
+            let slot = slot as usize;
+            let s = &self.slots[slot];
+            if !s.in_use || s.gen != gen || s.conn.phase() != Phase::Connecting {
+                continue;
+            }
+            let Some(since) = s.conn.queued_ns else {
+                continue;
+            };
+            if self.now_ns.saturating_sub(since) >= timeout {
+                WorkerStats::add(&self.shared.stats[self.index].rejected_backends_full, 1);
+                self.abort(slot, false);
+            } else {
+                self.connect_next(slot);
+            }
+        }
     }
 
     fn pick(&mut self, slot: usize) -> Option<usize> {
@@ -497,14 +657,10 @@ impl Worker {
                 h.saturating_record((took / 1000).max(1));
             }
             conn.counted = true;
-            let idle_deadline = now + self.snapshot.idle_timeout.as_nanos() as u64;
             let header = self.proxy_header(slot);
             let conn = &mut self.slots[slot].conn;
             conn.connected(now, header, &mut self.actions);
-            if !std::mem::replace(&mut self.slots[slot].timer_armed, true) {
-                let gen = self.slots[slot].gen;
-                self.wheel.insert(idle_deadline, (slot as u32, gen));
-            }
+            self.arm_idle_timer(slot);
             self.perform(slot);
         } else {
             counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -529,14 +685,23 @@ impl Worker {
     /// Writes the PROXY protocol header (if configured) into the slot's client -> backend
     /// buffer; returns its length (0 = none).
     fn proxy_header(&mut self, slot: usize) -> usize {
-        let Some(version) = self.snapshot.proxy_protocol else {
-            return 0;
-        };
         let conn = &self.slots[slot].conn;
-        let (Some(src), Some(dst)) = (conn.client_addr, uring::local_addr(conn.client_fd)) else {
+        let Some(version) = conn.send_proxy else {
             return 0;
         };
-        crate::proxy_protocol::encode(version, src, dst, self.ring.buf_mut(slot, conn::UP))
+        let dst = conn.orig_dst.or_else(|| uring::local_addr(conn.client_fd));
+        let (Some(src), Some(dst)) = (conn.client_addr, dst) else {
+            return 0;
+        };
+        let early = conn.early();
+        let mut header = [0u8; crate::proxy_protocol::MAX_HEADER];
+        let n = crate::proxy_protocol::encode(version, src, dst, &mut header);
+        // The client's early bytes (after its own PROXY header) move behind ours; the
+        // handshake left room for that.
+        let buf = self.ring.buf_mut(slot, conn::UP);
+        buf.copy_within(..early, n);
+        buf[..n].copy_from_slice(&header[..n]);
+        n
     }
 
     // ---- forwarding -------------------------------------------------------------------
@@ -549,6 +714,9 @@ impl Worker {
         }
         self.slots[slot].conn.completed();
         match tok.op {
+            OpKind::Recv0 if self.slots[slot].conn.phase() == Phase::Handshake => {
+                self.on_header(slot, res)
+            }
             OpKind::Connect => self.on_connected(slot, res),
             OpKind::ConnectTimeout => {}
             op => {
@@ -579,6 +747,11 @@ impl Worker {
                 Action::Recv(dir) => {
                     let ud = Token::new(slot, gen, OpKind::recv(dir)).encode();
                     self.ring.recv(slot, dir, src[dir], ud);
+                }
+                Action::RecvHeader { offset } => {
+                    let ud = Token::new(slot, gen, OpKind::recv(conn::UP)).encode();
+                    let to = self.ring.buf_size() - crate::proxy_protocol::MAX_HEADER;
+                    self.ring.recv_range(slot, conn::UP, cfd, offset, to, ud);
                 }
                 Action::Send { dir, from, to } => {
                     let ud = Token::new(slot, gen, OpKind::send(dir)).encode();
@@ -664,6 +837,7 @@ impl Worker {
         for pipe in conn.take_pipes().into_iter().flatten() {
             self.pipes.discard(pipe);
         }
+        let freed_backend = conn.counted;
         if conn.counted {
             if let Some(id) = conn.backend {
                 self.shared
@@ -674,12 +848,18 @@ impl Worker {
             }
             conn.counted = false;
         }
+        if let Some(ip) = conn.source.take() {
+            self.shared.sources.release(ip, self.now_ns);
+        }
         let s = &mut self.slots[slot];
         s.in_use = false;
         s.gen = next_gen(s.gen);
         self.free.push(slot as u32);
         self.open -= 1;
         self.shared.open_clients.fetch_sub(1, Ordering::Relaxed);
+        if freed_backend {
+            self.retry_queue();
+        }
         if self.accept_allowed() {
             self.arm_accepts();
         }
@@ -780,7 +960,7 @@ impl Worker {
             if !s.in_use || s.gen != gen {
                 continue;
             }
-            if s.conn.phase() != Phase::Forwarding {
+            if !matches!(s.conn.phase(), Phase::Forwarding | Phase::Handshake) {
                 // Reconnecting after a replay: keep the entry for when it forwards again.
                 self.wheel.insert(self.now_ns + idle, (slot as u32, gen));
                 continue;
@@ -795,6 +975,15 @@ impl Worker {
         }
         self.due = due;
         self.close_drained();
+        self.retry_queue();
+        if self.index == 0 && self.snapshot.limits.max_rate.is_some() {
+            // Rate windows of sources that closed everything end without a close to
+            // forget them: sweep once a second.
+            if self.now_ns >= self.next_prune_ns {
+                self.shared.sources.prune(self.now_ns);
+                self.next_prune_ns = self.now_ns + crate::limits::RATE_WINDOW_NS;
+            }
+        }
         if self.accept_allowed() {
             self.arm_accepts();
         }
@@ -840,6 +1029,21 @@ struct Candidates<'a> {
     panic: bool,
 }
 
+impl Candidates<'_> {
+    fn eligible_ignoring_limit(&self, i: usize) -> bool {
+        let b = &self.snapshot.backends[i];
+        let state_ok = b.state.accepts_new() || (self.panic && b.state == BackendState::Down);
+        state_ok && !self.tried.contains(&b.id)
+    }
+
+    /// At its max-conns (open connections across all workers).
+    fn full(&self, i: usize) -> bool {
+        let b = &self.snapshot.backends[i];
+        b.max_conns
+            .is_some_and(|m| self.counters.get(b.id).active() >= u64::from(m))
+    }
+}
+
 impl Pool for Candidates<'_> {
     fn len(&self) -> usize {
         self.snapshot.backends.len()
@@ -848,9 +1052,7 @@ impl Pool for Candidates<'_> {
         self.snapshot.backends[i].weight
     }
     fn eligible(&self, i: usize) -> bool {
-        let b = &self.snapshot.backends[i];
-        let state_ok = b.state.accepts_new() || (self.panic && b.state == BackendState::Down);
-        state_ok && !self.tried.contains(&b.id)
+        self.eligible_ignoring_limit(i) && !self.full(i)
     }
     fn active(&self, i: usize) -> u64 {
         self.counters.get(self.snapshot.backends[i].id).active()
@@ -867,12 +1069,6 @@ impl Pool for Candidates<'_> {
 
 fn build_balancer(snapshot: &Snapshot, worker: usize) -> Box<dyn Balance> {
     snapshot.balance.selector(worker)
-}
-
-/// Whether picking needs the client's address (hashing algorithms).
-fn needs_client_addr(snapshot: &Snapshot) -> bool {
-    use crate::config::Algorithm::*;
-    matches!(snapshot.algorithm, SourceHash | Maglev | RingHash)
 }
 
 /// The hashing algorithms' key for a client address.

@@ -312,5 +312,6 @@ async fn validate_new(req: NewBackend) -> Result<BackendSpec, ApiError> {
         weight,
         name,
         max_conns,
+        proxy_protocol: None,
     })
 }

@@ -121,6 +121,7 @@ pub fn candidates(
                     weight: map_weight(weight),
                     name,
                     max_conns: None,
+                    proxy_protocol: None,
                 },
                 priority,
             });
@@ -345,6 +346,7 @@ mod tests {
                 weight: 1,
                 name: name.to_string(),
                 max_conns: None,
+                proxy_protocol: None,
             },
             priority,
         }
@@ -382,6 +384,7 @@ mod tests {
             weight: 1,
             name: name.to_string(),
             max_conns: None,
+            proxy_protocol: None,
         }
     }
 

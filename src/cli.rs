@@ -193,8 +193,13 @@ struct Args {
 
     /// Read a PROXY protocol header (v1 or v2) from clients in these networks and use the
     /// address it carries; from anywhere else a header is data [default: none]
-    #[arg(long, value_name = "CIDR[,CIDR...]", value_parser = config::parse_accept_proxy)]
-    accept_proxy: Option<Vec<ipnet::IpNet>>,
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ',',
+        value_parser = config::parse_cidr
+    )]
+    accept_proxy: Vec<ipnet::IpNet>,
 
     /// Open connections per client IP, across workers; more are refused [default: unlimited]
     #[arg(long, value_name = "N", value_parser = config::parse_max_conns_per_source)]
@@ -254,7 +259,7 @@ impl Args {
             grace: self.grace,
             log_level: self.log_level,
             maglev_table_size: self.maglev_table_size,
-            accept_proxy: self.accept_proxy,
+            accept_proxy: non_empty(self.accept_proxy),
             max_conns_per_source: self.max_conns_per_source,
             max_conn_rate_per_source: self.max_conn_rate_per_source,
             splice_pipes: self.splice_pipes,

@@ -558,6 +558,14 @@ impl Config {
             parse_discovery(d).map_err(|m| invalid("--discovery", m))?;
         }
         parse_log_level(&self.log_level).map_err(|m| invalid("--log-level", m))?;
+        check_accept_proxy_len(self.accept_proxy.len())
+            .map_err(|m| invalid("--accept-proxy", m))?;
+        if self.splice_pipes > MAX_SPLICE_PIPES {
+            return Err(invalid(
+                "--splice-pipes",
+                format!("at most {MAX_SPLICE_PIPES}, got {}", self.splice_pipes),
+            ));
+        }
         check_maglev_table_size(self.maglev_table_size)
             .map_err(|m| invalid("--maglev-table-size", m))?;
         if self.algorithm == Algorithm::Maglev {
@@ -993,23 +1001,29 @@ pub fn parse_accept_proxy(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
                 s.trim()
             ));
         }
-        let net = match t.parse::<ipnet::IpNet>() {
-            Ok(n) => n.trunc(),
-            Err(_) => match t.parse::<IpAddr>() {
-                Ok(ip) => ipnet::IpNet::from(ip),
-                Err(_) => {
-                    return Err(format!(
-                        "'{t}' is not an address or CIDR such as 10.0.0.0/8 or ::1/128"
-                    ))
-                }
-            },
-        };
-        out.push(net);
+        out.push(parse_cidr(t)?);
     }
-    if out.len() > MAX_ACCEPT_PROXY {
-        return Err(format!("{} entries; at most {MAX_ACCEPT_PROXY}", out.len()));
-    }
+    check_accept_proxy_len(out.len())?;
     Ok(out)
+}
+
+/// One network for `--accept-proxy`: `10.0.0.0/8`, `::1/128`, or an address alone.
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let t = s.trim();
+    match t.parse::<ipnet::IpNet>() {
+        Ok(n) => Ok(n.trunc()),
+        Err(_) => t
+            .parse::<IpAddr>()
+            .map(ipnet::IpNet::from)
+            .map_err(|_| format!("'{t}' is not an address or CIDR such as 10.0.0.0/8 or ::1/128")),
+    }
+}
+
+fn check_accept_proxy_len(n: usize) -> Result<(), String> {
+    if n > MAX_ACCEPT_PROXY {
+        return Err(format!("{n} networks; at most {MAX_ACCEPT_PROXY}"));
+    }
+    Ok(())
 }
 
 /// `--max-conns-per-source`.

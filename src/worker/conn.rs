@@ -383,7 +383,7 @@ impl Conn {
         self.phase = Phase::Forwarding;
         self.last_active_ns = now_ns;
         self.header = header;
-        let prefill = header + self.early;
+        let prefill = header + std::mem::take(&mut self.early);
         let splice = self.fwd.mode == ForwardMode::Splice;
         for dir in [UP, DOWN] {
             self.flows[dir].splice = splice;
@@ -1092,6 +1092,104 @@ mod tests {
         feed(&mut c, OpKind::Recv0, 10, p);
         feed(&mut c, OpKind::Recv1, 0, p);
         assert_ne!(c.phase(), Phase::Replaying);
+    }
+
+    /// Opens a connection from a trusted source and feeds its header reads.
+    fn handshake(reads: &[i32]) -> (Conn, Vec<Action>) {
+        let mut c = Conn::new();
+        c.open(5, None, COPY, 0);
+        let mut out = Vec::new();
+        c.open_handshake(&mut out);
+        for (i, &r) in reads.iter().enumerate() {
+            c.completed();
+            if c.header_bytes(r, &mut out).is_some() && i + 1 < reads.len() {
+                c.read_more_header(&mut out);
+            }
+        }
+        (c, out)
+    }
+
+    #[test]
+    fn a_header_in_pieces_is_read_after_what_is_there() {
+        let (c, out) = handshake(&[7, 5]);
+        assert_eq!(c.inflight(), 0);
+        assert_eq!(
+            out,
+            vec![
+                Action::RecvHeader { offset: 0 },
+                Action::RecvHeader { offset: 7 }
+            ]
+        );
+        assert_eq!(c.header_received(), 12);
+        assert_eq!(c.phase(), Phase::Handshake);
+    }
+
+    #[test]
+    fn a_client_gone_during_its_header_is_closed() {
+        let (c, _) = handshake(&[7, 0]);
+        assert_eq!(c.phase(), Phase::Closing);
+        assert!(c.releasable());
+        let (c, out) = handshake(&[-libc::ECONNRESET]);
+        assert!(c.releasable() && c.reset());
+        assert_eq!(out, vec![Action::RecvHeader { offset: 0 }]);
+    }
+
+    #[test]
+    fn bytes_after_the_header_go_first_behind_our_own_header() {
+        let (mut c, _) = handshake(&[60]);
+        c.header_done(25); // a 35-byte header, then 25 client bytes
+        assert_eq!(c.phase(), Phase::Connecting);
+        assert_eq!(c.early(), 25);
+        c.submitted(2);
+        c.completed();
+        c.completed();
+        let mut out = Vec::new();
+        c.connected(1, 16, &mut out); // we send a 16-byte header ahead of them
+        assert_eq!(
+            out,
+            vec![
+                Action::Send {
+                    dir: UP,
+                    from: 0,
+                    to: 41
+                },
+                Action::Recv(DOWN)
+            ]
+        );
+        let p = &mut FakePipes::new(0);
+        feed(&mut c, OpKind::Send0, 41, p);
+        assert_eq!(c.bytes(), (25, 0), "our header is not counted as forwarded");
+    }
+
+    #[test]
+    fn bytes_after_the_header_can_be_replayed() {
+        let (mut c, _) = handshake(&[60]);
+        c.header_done(25);
+        c.submitted(2);
+        c.completed();
+        c.completed();
+        let mut out = Vec::new();
+        c.connected(1, 0, &mut out);
+        let p = &mut FakePipes::new(0);
+        assert_eq!(feed(&mut c, OpKind::Send0, 25, p), vec![Action::Recv(UP)]);
+        feed(&mut c, OpKind::Recv1, 0, p); // the backend closes without answering
+        assert_eq!(c.phase(), Phase::Replaying);
+        feed(&mut c, OpKind::Recv0, -libc::ECANCELED, p);
+        assert!(c.replay_ready());
+        c.replay_connecting();
+        c.submitted(2);
+        c.completed();
+        c.completed();
+        let mut out = Vec::new();
+        c.connected(2, 0, &mut out);
+        assert_eq!(
+            out[0],
+            Action::Send {
+                dir: UP,
+                from: 0,
+                to: 25
+            }
+        );
     }
 
     #[test]

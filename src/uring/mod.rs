@@ -4,9 +4,10 @@
 //! until the matching CQE arrives. This module makes that safe to call by owning all such
 //! memory itself:
 //!
-//! - per connection slot, a [`SlotIo`]: two forwarding buffers and the backend address,
-//!   inside a boxed slice sized once and never reallocated, buffers allocated on first use
-//!   and never freed while the ring lives;
+//! - per connection slot, a [`SlotIo`]: the backend address and connect timeout, inside a
+//!   boxed slice sized once and never reallocated;
+//! - the slots' forwarding buffers, two per slot in one [`Arena`] mapping that lives as
+//!   long as the ring (memory is only used for pages written; idle ones are given back);
 //! - the eventfd read target and the tick timespec, boxed.
 //!
 //! The caller (the worker) only names slots and directions. It must not reuse a slot's
@@ -33,10 +34,8 @@ pub struct Completion {
     pub more: bool,
 }
 
-/// Memory that operations of one connection slot point at.
+/// Memory that operations of one connection slot point at (besides its buffers).
 struct SlotIo {
-    /// Index 0: client -> backend, 1: backend -> client.
-    bufs: [Option<Box<[u8]>>; 2],
     addr: libc::sockaddr_storage,
     addr_len: libc::socklen_t,
     connect_timeout: Timespec,
@@ -45,11 +44,107 @@ struct SlotIo {
 impl SlotIo {
     fn new() -> SlotIo {
         SlotIo {
-            bufs: [None, None],
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             addr: unsafe { std::mem::zeroed() },
             addr_len: 0,
             connect_timeout: Timespec::new(),
+        }
+    }
+}
+
+/// The forwarding buffers of every slot: one private anonymous mapping of
+/// `slots x 2 x buf_size` bytes of address space (`MAP_NORESERVE`). A page costs memory
+/// only once written, so untouched slots cost nothing, and [`Arena::release`] gives an idle
+/// slot's pages back. Buffers are page-aligned, so a release never touches a neighbour.
+struct Arena {
+    base: *mut u8,
+    len: usize,
+    buf_size: usize,
+    /// Operations may still point into the mapping: never unmap it.
+    leaked: bool,
+}
+
+impl Arena {
+    /// `buf_size` is a multiple of the page size.
+    fn new(slots: usize, buf_size: usize) -> io::Result<Arena> {
+        let len = slots
+            .max(1)
+            .checked_mul(2 * buf_size)
+            .ok_or_else(|| io::Error::other("buffer arena size overflows"))?;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; no
+        // existing memory is affected. The result is checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Arena {
+            base: base.cast(),
+            len,
+            buf_size,
+            leaked: false,
+        })
+    }
+
+    fn offset(&self, slot: usize, dir: usize) -> usize {
+        let off = (slot * 2 + dir) * self.buf_size;
+        assert!(off + self.buf_size <= self.len, "slot within the arena");
+        off
+    }
+
+    fn ptr(&self, slot: usize, dir: usize) -> *mut u8 {
+        // In bounds: checked by `offset`.
+        self.base.wrapping_add(self.offset(slot, dir))
+    }
+
+    fn slice(&self, slot: usize, dir: usize) -> &[u8] {
+        let p = self.ptr(slot, dir);
+        // SAFETY: `p .. p + buf_size` lies inside the mapping, which is readable and lives
+        // as long as `self`. Bytes a pending receive may write are plain `u8`s: any value
+        // is valid, and the state machine reads a buffer only between its operations.
+        unsafe { std::slice::from_raw_parts(p, self.buf_size) }
+    }
+
+    fn slice_mut(&mut self, slot: usize, dir: usize) -> &mut [u8] {
+        let p = self.ptr(slot, dir);
+        // SAFETY: as in `slice`; `&mut self` makes this the only slice of the arena the
+        // program holds.
+        unsafe { std::slice::from_raw_parts_mut(p, self.buf_size) }
+    }
+
+    /// Gives the slot's two buffers' pages back (their contents read as zeros after).
+    fn release(&mut self, slot: usize) {
+        let p = self.ptr(slot, 0);
+        // SAFETY: the slot's two buffers are adjacent, page-aligned and inside the mapping.
+        // MADV_DONTNEED on private anonymous memory only replaces its contents with zeros
+        // on next access; a later kernel write (a pending recv) faults a page in as any
+        // user copy does.
+        unsafe {
+            libc::madvise(p.cast(), 2 * self.buf_size, libc::MADV_DONTNEED);
+        }
+    }
+
+    fn leak(&mut self) {
+        self.leaked = true;
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if !self.leaked {
+            // SAFETY: `base`/`len` are the mapping made in `new`, unmapped only here; the
+            // ring that pointed operations into it was drained (or this was leaked).
+            unsafe {
+                libc::munmap(self.base.cast(), self.len);
+            }
         }
     }
 }
@@ -67,6 +162,7 @@ pub struct Ring {
     // Field order matters: the ring is dropped (and drained, see `Drop`) before the memory.
     ring: IoUring,
     slots: Box<[SlotIo]>,
+    arena: Arena,
     wake_buf: Box<u64>,
     tick: Box<Timespec>,
     buf_size: usize,
@@ -80,6 +176,9 @@ impl Ring {
     /// forwarding buffers of `buf_size` bytes. Uses single-issuer, cooperative and deferred
     /// task running where the kernel has them, falling back when it doesn't.
     pub fn new(entries: u32, slots: usize, buf_size: usize) -> io::Result<Ring> {
+        let buf_size = buf_size.next_multiple_of(page_size());
+        let arena = Arena::new(slots, buf_size)?;
+        let mut arena = Some(arena);
         let cq = entries.saturating_mul(4);
         let attempts: [(bool, bool, bool); 3] = [
             (true, true, true),
@@ -108,6 +207,7 @@ impl Ring {
                     return Ok(Ring {
                         ring,
                         slots: (0..slots).map(|_| SlotIo::new()).collect(),
+                        arena: arena.take().expect("built once"),
                         wake_buf: Box::new(0),
                         tick: Box::new(Timespec::new()),
                         buf_size,
@@ -125,12 +225,12 @@ impl Ring {
         Err(last_err.unwrap_or_else(|| io::Error::other("io_uring setup failed")))
     }
 
-    /// Number of connection slots this ring has memory for.
     /// Size of each forwarding buffer.
     pub fn buf_size(&self) -> usize {
         self.buf_size
     }
 
+    /// Number of connection slots this ring has memory for.
     pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
@@ -275,10 +375,7 @@ impl Ring {
     }
 
     fn buf_ptr(&mut self, slot: usize, dir: usize) -> *mut u8 {
-        let size = self.buf_size;
-        self.slots[slot].bufs[dir]
-            .get_or_insert_with(|| vec![0u8; size].into_boxed_slice())
-            .as_mut_ptr()
+        self.arena.ptr(slot, dir)
     }
 
     /// Receives into the slot's buffer for `dir` (its whole length).
@@ -341,13 +438,29 @@ impl Ring {
     /// The slot's buffer for `dir`, to fill before a send. Only while no operation on that
     /// buffer is in flight (the connection state machine's one-step-per-direction rule).
     pub fn buf_mut(&mut self, slot: usize, dir: usize) -> &mut [u8] {
-        let size = self.buf_size;
-        self.slots[slot].bufs[dir].get_or_insert_with(|| vec![0u8; size].into_boxed_slice())
+        self.arena.slice_mut(slot, dir)
+    }
+
+    /// Gives the physical pages of the slot's buffers back to the kernel
+    /// (`MADV_DONTNEED`): the address range stays valid and the next write faults in a
+    /// zeroed page. An idle connection then costs no buffer memory. Returns whether it did.
+    ///
+    /// The caller must know that no byte the kernel wrote into these buffers is still
+    /// unprocessed. That holds when every completion has been handled and the ring runs
+    /// with deferred task-run: a pending receive then copies into the buffer only inside a
+    /// later `io_uring_enter` of this thread, after this call. Without deferred task-run a
+    /// receive may complete at any syscall, so nothing is released.
+    pub fn release_buf_pages(&mut self, slot: usize) -> bool {
+        if !self.features.defer_taskrun {
+            return false;
+        }
+        self.arena.release(slot);
+        true
     }
 
     /// The bytes of the slot's buffer for `dir` (valid up to what the last recv returned).
     pub fn buf(&self, slot: usize, dir: usize) -> &[u8] {
-        self.slots[slot].bufs[dir].as_deref().unwrap_or(&[])
+        self.arena.slice(slot, dir)
     }
 
     /// Waits until `fd` has one of `events` (`POLLIN`, `POLLOUT`).
@@ -439,6 +552,7 @@ impl Drop for Ring {
             // The kernel may still write into these buffers: never free them.
             let slots = std::mem::take(&mut self.slots);
             std::mem::forget(slots);
+            self.arena.leak();
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
             std::mem::forget(std::mem::replace(&mut self.tick, Box::new(Timespec::new())));
         }
@@ -536,6 +650,18 @@ pub fn pipe(size: usize) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::Owned
 }
 
 /// The capacity of a pipe in bytes.
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map(|n| n as usize)
+            .filter(|&n| n.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}
+
 pub fn pipe_size(fd: RawFd) -> usize {
     // SAFETY: F_GETPIPE_SZ takes no argument and only returns a number.
     let n = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };

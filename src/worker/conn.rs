@@ -213,6 +213,8 @@ pub struct Conn {
     pub source: Option<std::net::IpAddr>,
     /// Waiting since then for a backend below its max-conns.
     pub queued_ns: Option<u64>,
+    /// The copy buffers' pages were given back since the last read.
+    pages_released: bool,
 }
 
 impl Conn {
@@ -243,6 +245,7 @@ impl Conn {
             orig_dst: None,
             source: None,
             queued_ns: None,
+            pages_released: false,
         }
     }
 
@@ -275,6 +278,7 @@ impl Conn {
         self.orig_dst = None;
         self.source = None;
         self.queued_ns = None;
+        self.pages_released = false;
     }
 
     /// A trusted client: read its PROXY header before connecting anywhere.
@@ -296,6 +300,21 @@ impl Conn {
         }
         self.flows[UP].len += res as usize;
         Some(self.flows[UP].len)
+    }
+
+    /// The copy buffers hold nothing the connection still needs (no send in flight, no
+    /// first chunk kept for a replay) and it has been quiet for `quiet_ns`: their memory
+    /// can go back to the kernel until the next read. Each quiet spell releases once.
+    pub fn buffers_reclaimable(&self, now_ns: u64, quiet_ns: u64) -> bool {
+        self.phase == Phase::Forwarding
+            && !self.pages_released
+            && now_ns.saturating_sub(self.last_active_ns) >= quiet_ns
+            && self.flows.iter().all(|f| f.state != FlowState::Writing)
+            && (self.answered || self.up_chunks != 1)
+    }
+
+    pub fn pages_released(&mut self) {
+        self.pages_released = true;
     }
 
     /// Header bytes read so far (while reading it).
@@ -466,6 +485,7 @@ impl Conn {
             return self.begin_replay(out);
         }
         if res > 0 {
+            self.pages_released = false;
             if dir == UP {
                 self.up_chunks += 1;
             } else {

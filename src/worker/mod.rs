@@ -143,6 +143,8 @@ pub struct WorkerSetup {
 
 /// The timer wheel's resolution: idle deadlines fire at most this late.
 const TICK: Duration = Duration::from_millis(100);
+/// How often, and after how long a quiet spell, idle connections' buffers are reclaimed.
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// Wait after EMFILE/ENFILE before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -189,6 +191,7 @@ pub struct Worker {
     /// Connections waiting for a backend below its max-conns (slot, generation).
     queue: Vec<(u32, u32)>,
     next_prune_ns: u64,
+    next_reclaim_ns: u64,
 }
 
 impl Worker {
@@ -251,6 +254,7 @@ impl Worker {
             due: Vec::new(),
             queue: Vec::new(),
             next_prune_ns: 0,
+            next_reclaim_ns: 0,
         })
     }
 
@@ -279,11 +283,31 @@ impl Worker {
             for c in &cqes {
                 self.dispatch(*c);
             }
+            if self.now_ns >= self.next_reclaim_ns {
+                // After the whole batch: no completion of these buffers is left unhandled.
+                self.reclaim_idle_buffers();
+                self.next_reclaim_ns = self.now_ns + RECLAIM_EVERY.as_nanos() as u64;
+            }
             if self.finished() {
                 break;
             }
         }
         tracing::debug!(worker = self.index, "worker stopped");
+    }
+
+    /// Gives back the buffer memory of connections quiet for [`RECLAIM_EVERY`]: an idle
+    /// connection then costs its slot and its sockets' kernel memory, not two buffers.
+    fn reclaim_idle_buffers(&mut self) {
+        let quiet = RECLAIM_EVERY.as_nanos() as u64;
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if s.in_use && s.conn.buffers_reclaimable(self.now_ns, quiet) {
+                if !self.ring.release_buf_pages(slot) {
+                    return;
+                }
+                self.slots[slot].conn.pages_released();
+            }
+        }
     }
 
     /// Stopping, and either nothing is open or the grace period is over.

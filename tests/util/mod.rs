@@ -256,3 +256,14 @@ pub fn backend_args(addrs: &[SocketAddr]) -> Vec<String> {
         .flat_map(|a| ["--backend".to_string(), a.to_string()])
         .collect()
 }
+
+/// Resident memory of process `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,75 @@
+//! Idle connections give their buffer memory back: after a quiet second a proxied
+//! connection costs its slot and kernel socket memory, not two 32 KiB buffers, and it
+//! forwards byte-exact when it wakes up.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use uringlb_bench::EchoServer;
+use util::*;
+
+const CONNS: usize = 2000;
+
+fn echo_once(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).expect("write");
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).expect("read echo");
+    assert_eq!(got, msg, "echo differs");
+}
+
+#[test]
+fn idle_connections_release_their_buffers_and_still_forward_exactly() {
+    let echo = EchoServer::start("127.0.0.1:0").unwrap();
+    let b = echo.addr().to_string();
+    let lb = Lb::start(&[
+        "--backend",
+        &b,
+        "--workers",
+        "1",
+        "--forward",
+        "copy",
+        "--health",
+        "none",
+    ]);
+    let base = rss_kib(lb.pid());
+    let mut conns = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        let mut s = TcpStream::connect(lb.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // 40 KiB each way: more than one buffer, so every page of both is written.
+        echo_once(&mut s, &pattern(i as u64, 40 * 1024));
+        conns.push(s);
+    }
+    let busy = rss_kib(lb.pid());
+    let busy_per_conn = (busy.saturating_sub(base)) * 1024 / CONNS as u64;
+    // Buffers are reclaimed after a quiet second; poll for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut idle = busy;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        idle = rss_kib(lb.pid());
+        if idle.saturating_sub(base) * 1024 / (CONNS as u64) < 2048 {
+            break;
+        }
+    }
+    let idle_per_conn = idle.saturating_sub(base) * 1024 / CONNS as u64;
+    eprintln!(
+        "RSS per connection: {busy_per_conn} B after 40 KiB each way, {idle_per_conn} B idle"
+    );
+    // Setting up takes over a second, so the first connections may be reclaimed already.
+    assert!(
+        busy_per_conn > 16 * 1024,
+        "the buffers were in use ({busy_per_conn} B per connection)"
+    );
+    assert!(
+        idle_per_conn < 2048,
+        "idle connections keep {idle_per_conn} B each (busy: {busy_per_conn} B)"
+    );
+    // Woken up, every connection forwards byte-exact again, in both directions.
+    for (i, s) in conns.iter_mut().enumerate() {
+        echo_once(s, &pattern(1_000_000 + i as u64, 40 * 1024));
+    }
+}

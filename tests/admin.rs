@@ -615,3 +615,39 @@ fn admin_address_errors_and_warnings() {
         "{log}"
     );
 }
+
+#[test]
+fn silent_admin_connections_are_bounded_and_closed_when_idle() {
+    let a = NameServer::start("127.0.0.1:0", "a").unwrap();
+    let (lb, admin) = start(&[&a], &[]);
+    let fds_before = lb.fd_count();
+    // A slowloris: 100 connections that never send a byte.
+    let silent: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(admin.addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = lb.fd_count().saturating_sub(fds_before);
+    assert!(
+        grown <= 32 + 2,
+        "100 silent admin connections took {grown} descriptors (bound 32)"
+    );
+    // The data path is untouched meanwhile.
+    assert_eq!(greetings(&lb, 5), vec!["a"; 5]);
+    // After the 10 s idle limit the first ones are closed and the API answers again.
+    let started = Instant::now();
+    let mut first = silent.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut first, &mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(n, 0, "a silent connection gets nothing but a close");
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(15),
+        "closed after {waited:?}, expected about 10 s"
+    );
+    wait_until("the API answers again", Duration::from_secs(15), || {
+        admin.get("/health").status == 200
+    });
+}

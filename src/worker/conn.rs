@@ -481,7 +481,7 @@ impl Conn {
         pipes: &mut dyn Pipes,
         out: &mut Vec<Action>,
     ) {
-        if dir == DOWN && res <= 0 && self.replayable() {
+        if dir == DOWN && res <= 0 && self.replayable(res < 0) {
             return self.begin_replay(out);
         }
         if res > 0 {
@@ -527,7 +527,7 @@ impl Conn {
         pipes: &mut dyn Pipes,
         out: &mut Vec<Action>,
     ) {
-        if dir == UP && res < 0 && self.replayable() {
+        if dir == UP && res < 0 && self.replayable(true) {
             return self.begin_replay(out);
         }
         if res <= 0 {
@@ -709,13 +709,18 @@ impl Conn {
     /// buffer: the next read has not completed) and has not half-closed, and no PROXY
     /// header took the buffer. This is HAProxy's `retry-on empty-response` at layer 4: a
     /// backend that dies with a request inside costs the client nothing.
-    fn replayable(&self) -> bool {
+    ///
+    /// After the client half-closed, only a reset counts: a backend that reads a one-way
+    /// upload and closes cleanly has done its job, and sending it again would duplicate it.
+    fn replayable(&self, reset: bool) -> bool {
         let up = &self.flows[UP];
+        let client_done = matches!(up.state, FlowState::ShuttingDown | FlowState::Done);
         self.header == 0
             && !self.answered
             && self.up_chunks == 1
             && !up.splice
-            && matches!(up.state, FlowState::Reading | FlowState::Writing)
+            && (matches!(up.state, FlowState::Reading | FlowState::Writing)
+                || (client_done && reset))
             && self.flows[DOWN].bytes == 0
     }
 
@@ -1210,6 +1215,41 @@ mod tests {
                 to: 25
             }
         );
+    }
+
+    #[test]
+    fn a_half_closed_request_is_replayed_on_reset_only() {
+        for (backend_res, replays) in [(-libc::ECONNRESET, true), (0, false)] {
+            let (mut c, _) = forwarding(COPY);
+            let p = &mut FakePipes::new(0);
+            feed(&mut c, OpKind::Recv0, 40, p);
+            feed(&mut c, OpKind::Send0, 40, p);
+            // The client half-closes: EOF passed on as a shutdown.
+            assert_eq!(
+                feed(&mut c, OpKind::Recv0, 0, p),
+                vec![Action::Shutdown(UP)]
+            );
+            feed(&mut c, OpKind::Shutdown0, 0, p);
+            feed(&mut c, OpKind::Recv1, backend_res, p);
+            assert_eq!(c.phase() == Phase::Replaying, replays, "res {backend_res}");
+            if replays {
+                assert!(c.replay_ready());
+                c.replay_connecting();
+                c.submitted(2);
+                c.completed();
+                c.completed();
+                let mut out = Vec::new();
+                c.connected(2, 0, &mut out);
+                assert_eq!(
+                    out[0],
+                    Action::Send {
+                        dir: UP,
+                        from: 0,
+                        to: 40
+                    }
+                );
+            }
+        }
     }
 
     #[test]

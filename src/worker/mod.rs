@@ -153,6 +153,9 @@ struct Slot {
     in_use: bool,
     /// The connection has its (one) idle-timer entry.
     timer_armed: bool,
+    /// Free, and its buffers may still hold pages; freed at `freed_ns`.
+    dirty: bool,
+    freed_ns: u64,
     conn: Conn,
 }
 
@@ -295,17 +298,24 @@ impl Worker {
         tracing::debug!(worker = self.index, "worker stopped");
     }
 
-    /// Gives back the buffer memory of connections quiet for [`RECLAIM_EVERY`]: an idle
-    /// connection then costs its slot and its sockets' kernel memory, not two buffers.
+    /// Gives back the buffer memory of connections quiet for [`RECLAIM_EVERY`], and of
+    /// slots free for as long: an idle connection then costs its slot and its sockets'
+    /// kernel memory, not two buffers, and a burst of connections leaves no memory behind.
+    /// Free slots are reused last-freed first, so the ones a steady load keeps reusing are
+    /// never free that long.
     fn reclaim_idle_buffers(&mut self) {
         let quiet = RECLAIM_EVERY.as_nanos() as u64;
         for slot in 0..self.slots.len() {
             let s = &self.slots[slot];
-            if s.in_use && s.conn.buffers_reclaimable(self.now_ns, quiet) {
+            let idle_conn = s.in_use && s.conn.buffers_reclaimable(self.now_ns, quiet);
+            let cold_slot = !s.in_use && s.dirty && self.now_ns.saturating_sub(s.freed_ns) >= quiet;
+            if idle_conn || cold_slot {
                 if !self.ring.release_buf_pages(slot) {
                     return;
                 }
-                self.slots[slot].conn.pages_released();
+                let s = &mut self.slots[slot];
+                s.dirty = false;
+                s.conn.pages_released();
             }
         }
     }
@@ -538,6 +548,8 @@ impl Worker {
                 gen: 0,
                 in_use: false,
                 timer_armed: false,
+                dirty: false,
+                freed_ns: 0,
                 conn: Conn::new(),
             });
             self.slots.len() - 1
@@ -877,6 +889,8 @@ impl Worker {
         }
         let s = &mut self.slots[slot];
         s.in_use = false;
+        s.dirty = true;
+        s.freed_ns = self.now_ns;
         s.gen = next_gen(s.gen);
         self.free.push(slot as u32);
         self.open -= 1;

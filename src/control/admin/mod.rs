@@ -5,12 +5,14 @@
 //! answers.
 //!
 //! - [`api`]: the routes and their JSON;
+//! - [`guard`]: at most 32 connections at once, each closed after 10 s without progress;
 //! - here: binding, the bearer-token check, errors as `{"error": "..."}`.
 //!
 //! Off by default. Any address is allowed (the flag is the operator's explicit choice),
 //! with a warning when it is not loopback.
 
 mod api;
+mod guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,7 +81,7 @@ pub fn spawn(listener: Listener, token: Option<AdminToken>, commands: UnboundedS
     };
     let app = api::router(ctx);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(guard::Bounded::new(listener), app).await {
             tracing::error!("admin endpoint stopped: {e}");
         }
     });

@@ -4,7 +4,7 @@
 //! them with [`load`]), the balancer's integration tests (run backends in-process, or the
 //! `uringlb-bench` binary as a separate process they can kill), and benchmarking: the load
 //! modes, plus [`compare`] (aggregates `bench/compare.sh` runs) and [`plot`] (SVG latency
-//! plots).
+//! plots), and [`soak`], the fault soak of the real balancer binary.
 //!
 //! Everything runs on its own threads with its own tokio runtime, so callers need no
 //! runtime of their own and may call in from inside one.
@@ -12,9 +12,11 @@
 pub mod backends;
 pub mod compare;
 mod http1;
+pub mod idle_memory;
 pub mod load;
 pub mod pattern;
 pub mod plot;
+pub mod soak;
 pub mod units;
 
 pub use backends::{EchoServer, HttpServer, NameServer, SinkServer, SourceServer};

@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use uringlb_bench::{
-    compare, load, parse_bytes, parse_duration, plot, EchoServer, HttpServer, LoadConfig, LoadKind,
-    NameServer, Report, SinkServer, SourceServer,
+    compare, idle_memory, load, parse_bytes, parse_duration, plot, soak, soak::SoakConfig,
+    EchoServer, HttpServer, LoadConfig, LoadKind, NameServer, Report, SinkServer, SourceServer,
 };
 
 #[derive(Parser)]
@@ -132,6 +132,32 @@ enum Cmd {
         #[arg(long)]
         never_read: bool,
     },
+    /// Fault soak of the real uringlb binary: byte-checked load while backends are killed,
+    /// the config reloaded, backends drained and re-added, idle bursts hit --max-conns.
+    /// Exits 1 on any lost or corrupted byte, unexplained failure or descriptor leak.
+    Soak(SoakArgs),
+    /// The balancer's memory per idle proxied connection: RSS with N idle connections,
+    /// then after each exchanged one small message; kernel TCP memory too.
+    IdleMemory {
+        /// Connections to open (the balancer holds 2 descriptors per connection).
+        #[arg(long, default_value_t = 9000)]
+        conns: usize,
+        /// Balancer --workers values, one run each, comma-separated.
+        #[arg(long, default_value = "1,auto", value_delimiter = ',')]
+        workers: Vec<String>,
+        /// Bytes of the one message each connection echoes in the second step.
+        #[arg(long, default_value_t = 100)]
+        message: usize,
+        /// The balancer's --forward.
+        #[arg(long, default_value = "auto")]
+        forward: String,
+        /// The uringlb binary (default: $UR_BIN, else `uringlb` next to this binary).
+        #[arg(long)]
+        uringlb: Option<PathBuf>,
+        /// Print the runs as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Writes N pattern bytes per connection, then closes its write side.
     ServeSource {
         #[command(flatten)]
@@ -140,6 +166,49 @@ enum Cmd {
         #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
         bytes: u64,
     },
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// How long to soak (after a warm-up of a few seconds).
+    #[arg(long, short, default_value = "5m", value_parser = parse_duration)]
+    duration: Duration,
+    /// The uringlb binary (default: $UR_BIN, else `uringlb` next to this binary).
+    #[arg(long)]
+    uringlb: Option<PathBuf>,
+    /// Seed of the event schedule and sizes (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The balancer's --workers.
+    #[arg(long, default_value = "auto")]
+    workers: String,
+    /// Echo backends.
+    #[arg(long, default_value_t = 4)]
+    backends: usize,
+    /// The balancer's --max-conns; each idle burst opens this many connections.
+    #[arg(long, default_value_t = 1500)]
+    max_conns: usize,
+    /// Threads doing new-connection request/response exchanges.
+    #[arg(long, default_value_t = 4)]
+    exchange_threads: usize,
+    /// Threads doing long transfers.
+    #[arg(long, default_value_t = 2)]
+    long_threads: usize,
+    /// Smallest long transfer (each way).
+    #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
+    long_min: u64,
+    /// Largest long transfer (each way).
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    long_max: u64,
+    /// Load without events before the start figures are taken.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -333,11 +402,87 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             let server = SinkServer::start_with(listen.listen.as_str(), never_read)?;
             serve(server.addr())
         }
+        Cmd::Soak(args) => soak(args),
+        Cmd::IdleMemory {
+            conns,
+            workers,
+            message,
+            forward,
+            uringlb,
+            json,
+        } => {
+            let cfg = idle_memory::IdleMemoryConfig {
+                uringlb: uringlb_binary(uringlb)?,
+                bench: std::env::current_exe().context("cannot find this binary")?,
+                conns,
+                workers,
+                message,
+                forward,
+                settle: Duration::from_secs(2),
+            };
+            let runs = idle_memory::run(&cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                print!("{}", idle_memory::table(&runs));
+            }
+            Ok(0)
+        }
         Cmd::ServeSource { listen, bytes } => {
             let server = SourceServer::start(listen.listen.as_str(), bytes)?;
             serve(server.addr())
         }
     }
+}
+
+/// The `--uringlb` given, or the default; an error when there is no such file.
+fn uringlb_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let uringlb = given.unwrap_or_else(soak::balancer::default_binary);
+    if !uringlb.is_file() {
+        anyhow::bail!(
+            "no uringlb binary at {} (build it with cargo build --release, or give --uringlb)",
+            uringlb.display()
+        );
+    }
+    Ok(uringlb)
+}
+
+fn soak(args: SoakArgs) -> anyhow::Result<i32> {
+    let uringlb = uringlb_binary(args.uringlb)?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+    });
+    let cfg = SoakConfig {
+        seed,
+        workers: args.workers,
+        backends: args.backends,
+        max_conns: args.max_conns,
+        exchange_threads: args.exchange_threads,
+        long_threads: args.long_threads,
+        long_min: args.long_min,
+        long_max: args.long_max,
+        warmup: args.warmup,
+        progress: (!args.quiet).then_some(Duration::from_secs(10)),
+        ..SoakConfig::new(uringlb, args.duration)
+    };
+    if !args.quiet {
+        eprintln!(
+            "soak: {} for {:?} (seed {seed}), warm-up {:?}",
+            cfg.uringlb.display(),
+            cfg.duration,
+            cfg.warmup
+        );
+    }
+    let report = soak::run(&cfg)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.passed { 0 } else { 1 })
 }
 
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {

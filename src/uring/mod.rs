@@ -387,6 +387,14 @@ impl Ring {
         self.push(e);
     }
 
+    /// Start of `buf[from..to]` of the slot's buffer for `dir`; panics on a range outside it
+    /// (a state machine bug must never become an out-of-bounds kernel write).
+    fn range_ptr(&mut self, slot: usize, dir: usize, from: usize, to: usize) -> *mut u8 {
+        assert!(from < to && to <= self.buf_size, "range within the buffer");
+        // `from < buf_size`, so the offset stays inside the buffer.
+        self.buf_ptr(slot, dir).wrapping_add(from)
+    }
+
     /// Receives into `buf[from..to]` of the slot's buffer for `dir` (a PROXY header that
     /// arrived in pieces is read after the piece already there).
     pub fn recv_range(
@@ -398,13 +406,7 @@ impl Ring {
         to: usize,
         user_data: u64,
     ) {
-        assert!(
-            from < to && to <= self.buf_size,
-            "recv range within the buffer"
-        );
-        let ptr = self.buf_ptr(slot, dir);
-        // `from < buf_size`, so the offset stays inside the allocation.
-        let ptr = ptr.wrapping_add(from);
+        let ptr = self.range_ptr(slot, dir, from, to);
         let e = opcode::Recv::new(Fd(fd), ptr, (to - from) as u32)
             .build()
             .user_data(user_data);
@@ -421,13 +423,7 @@ impl Ring {
         to: usize,
         user_data: u64,
     ) {
-        assert!(
-            from < to && to <= self.buf_size,
-            "send range within the buffer"
-        );
-        let ptr = self.buf_ptr(slot, dir);
-        // `from < buf_size`, so the offset stays inside the allocation.
-        let ptr = ptr.wrapping_add(from);
+        let ptr = self.range_ptr(slot, dir, from, to);
         let e = opcode::Send::new(Fd(fd), ptr, (to - from) as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()

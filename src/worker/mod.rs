@@ -604,6 +604,14 @@ impl Worker {
         conn.backend = Some(id);
         conn.send_proxy = send_proxy;
         conn.queued_ns = None;
+        // Counted from the pick, not from the connect's success: connects in flight are
+        // load too (least-conn), and a burst must not run past a backend's max-conns.
+        self.shared
+            .counters
+            .get(id)
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        conn.counted = true;
         conn.tried.push(id);
         conn.connect_started_ns = self.now_ns;
         conn.submitted(2);
@@ -684,7 +692,6 @@ impl Worker {
         let Some(id) = conn.backend else { return };
         let counters = self.shared.counters.get(id);
         if res == 0 {
-            counters.active.fetch_add(1, Ordering::Relaxed);
             counters.total.fetch_add(1, Ordering::Relaxed);
             counters.consecutive_failures.store(0, Ordering::Relaxed);
             let took = now.saturating_sub(conn.connect_started_ns);
@@ -692,7 +699,6 @@ impl Worker {
             if let Ok(mut h) = self.shared.stats[self.index].connect_us.lock() {
                 h.saturating_record((took / 1000).max(1));
             }
-            conn.counted = true;
             let header = self.proxy_header(slot);
             let conn = &mut self.slots[slot].conn;
             conn.connected(now, header, &mut self.actions);
@@ -710,6 +716,9 @@ impl Worker {
                 "connect failed: {}",
                 std::io::Error::from_raw_os_error(-res)
             );
+            if std::mem::take(&mut conn.counted) {
+                counters.active.fetch_sub(1, Ordering::Relaxed);
+            }
             let fd = std::mem::replace(&mut conn.backend_fd, -1);
             conn.backend = None;
             self.ring

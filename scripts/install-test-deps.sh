@@ -6,13 +6,21 @@
 #   dnsmasq   tests/discovery.rs runs a real DNS server (SRV records) on a loopback port.
 #             dnsmasq-base is the binary alone: the `dnsmasq` package would also start a
 #             system service listening on port 53.
-# (nginx and haproxy, for the comparison tests, go here too.)
+#   nginx     tests/proxy_protocol.rs runs a real NGINX (`listen ... proxy_protocol`) and
+#   haproxy   a real HAProxy (`send-proxy`, `send-proxy-v2`) as children of the test, each
+#             with its own config, pid file and logs in a temp dir, on free loopback ports.
+#             Both packages would also start a system service from their postinst (nginx on
+#             port 80): while installing, a policy-rc.d that forbids starting services is put
+#             in place (unless one exists already), so the install works in a container or CI
+#             job without an init system, and no test ever depends on those services.
 #
 # Extra package names given as arguments are installed as well (when not installed).
 set -euo pipefail
 
 DEPS=(
   "dnsmasq:dnsmasq-base"
+  "nginx:nginx"
+  "haproxy:haproxy"
 )
 # tests/metrics.rs also checks the /metrics text with the official Python parser.
 PY_DEPS=(python3-prometheus-client)
@@ -21,7 +29,7 @@ need=()
 for dep in "${DEPS[@]}"; do
   cmd="${dep%%:*}"
   pkg="${dep#*:}"
-  # dnsmasq lives in /usr/sbin, which a non-root PATH may lack.
+  # dnsmasq, nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
     need+=("$pkg")
   fi
@@ -37,5 +45,13 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 echo "install-test-deps: installing ${need[*]}" >&2
+# Debian's policy-rc.d protocol: exit status 101 = "action forbidden", so invoke-rc.d and
+# deb-systemd-invoke do not start nginx's or haproxy's service from the postinst scripts.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# install-test-deps.sh: no service starts while installing\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -119,3 +119,111 @@ fn backend_that_never_reads_keeps_memory_bounded() {
         assert!(sink.active() >= 1);
     }
 }
+
+/// Runs `n` concurrent echo transfers of `len` bytes each through `lb` (client writes a
+/// pattern and half-closes; the echo comes back to EOF) while sampling the balancer's open
+/// descriptors every 2 ms; checks every byte and returns the most descriptors seen.
+fn concurrent_echo_transfers(lb: &Lb, n: usize, len: usize) -> usize {
+    use std::net::Shutdown;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pid = lb.pid();
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| d.count())
+                    .unwrap_or(0);
+                max = max.max(fds);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            max
+        })
+    };
+    let transfers: Vec<_> = (0..n)
+        .map(|i| {
+            let mut s = lb.connect();
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let reader = std::thread::spawn(move || read_stream(&mut r));
+                let sent = write_stream(&mut s, 1000 + i as u64, len);
+                s.shutdown(Shutdown::Write).unwrap();
+                let (got, hash) = reader.join().unwrap();
+                assert_eq!(got, len, "transfer {i}: {got} of {len} bytes back");
+                assert_eq!(hash, sent, "transfer {i}: bytes differ");
+            })
+        })
+        .collect();
+    let mut failed = None;
+    for t in transfers {
+        if let Err(e) = t.join() {
+            failed = Some(e);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max = sampler.join().unwrap();
+    if let Some(e) = failed {
+        std::panic::resume_unwind(e);
+    }
+    max
+}
+
+#[test]
+fn exhausted_pipe_pool_copies_byte_exact_and_stays_bounded() {
+    let echo = EchoServer::start("127.0.0.1:0").unwrap();
+    let b = echo.addr().to_string();
+    for pipes in [2usize, 0] {
+        let lb = Lb::start(&[
+            "--backend",
+            &b,
+            "--workers",
+            "1",
+            "--forward",
+            "splice",
+            "--splice-pipes",
+            &pipes.to_string(),
+            "--health",
+            "none",
+        ]);
+        // Idle: no connection, no pipe yet (pipes are made on first use).
+        let base = lb.fd_count();
+        let (n, len) = (16usize, 8usize << 20);
+        let max = concurrent_echo_transfers(&lb, n, len);
+        // Each connection holds its client and backend sockets; beyond that only the
+        // pool's pipes (two descriptors each).
+        let bound = base + 2 * n + 2 * pipes;
+        println!(
+            "--splice-pipes {pipes}: {n} x {} MiB echoed byte-exact; fds idle {base}, \
+             busy max {max} (bound {bound})",
+            len >> 20
+        );
+        assert!(
+            max <= bound,
+            "--splice-pipes {pipes}: {max} descriptors open (idle {base}, bound {bound})"
+        );
+        assert!(max >= base + n, "the sampler saw the transfers ({max})");
+    }
+    // Control: with the default pool (256) the same load holds more pipes than two at
+    // once, so the bound above is the pool's doing, not the load's.
+    let lb = Lb::start(&[
+        "--backend",
+        &b,
+        "--workers",
+        "1",
+        "--forward",
+        "splice",
+        "--health",
+        "none",
+    ]);
+    let base = lb.fd_count();
+    let max = concurrent_echo_transfers(&lb, 16, 8 << 20);
+    println!("default pool: fds idle {base}, busy max {max}");
+    assert!(
+        max > base + 2 * 16 + 2 * 2,
+        "with 256 pipes the load never held more than 2 ({max} fds, idle {base})"
+    );
+}

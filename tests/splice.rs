@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 use uringlb_bench::{EchoServer, SinkServer};
 use util::*;
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn iou_wrk_threads_bounded_with_5000_spliced_connections() {
     let echo = EchoServer::start("127.0.0.1:0").unwrap();

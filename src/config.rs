@@ -441,17 +441,28 @@ pub fn parse_toml(text: &str, file: &str) -> Result<PartialConfig, ConfigError> 
 /// `file:line:column: message` for a byte offset into `text`.
 fn parse_error(text: &str, file: &str, offset: usize, message: &str) -> ConfigError {
     let (line, column) = line_column(text, offset);
-    // toml says "field"; in a config file they are keys. Keep the message on one line.
-    let message = message
+    // toml says "field"; in a config file they are keys. Keep the message on one line:
+    // toml's own line breaks become "; ", and any other control character (a quoted
+    // value's "\r", say, which would garble a log line) is escaped.
+    let mut one_line = String::with_capacity(message.len());
+    for c in message
         .trim()
         .replace("unknown field", "unknown key")
         .replace("missing field", "missing key")
-        .replace('\n', "; ");
+        .replace('\n', "; ")
+        .chars()
+    {
+        if c.is_control() {
+            one_line.extend(c.escape_default());
+        } else {
+            one_line.push(c);
+        }
+    }
     ConfigError::Parse {
         file: file.to_string(),
         line,
         column,
-        message,
+        message: one_line,
     }
 }
 
@@ -659,7 +670,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let frac = &frac[..frac.len().min(18)];
     if !frac.is_empty() {
         let digits: u128 = frac.parse().map_err(|_| too_long())?;
-        nanos += digits * unit_nanos / 10u128.pow(frac.len() as u32);
+        // Checked: an integer part just below u128::MAX nanoseconds plus a fraction would
+        // wrap (in release) to a short, accepted duration.
+        nanos = nanos
+            .checked_add(digits * unit_nanos / 10u128.pow(frac.len() as u32))
+            .ok_or_else(too_long)?;
     }
     let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
     let d = Duration::new(secs, (nanos % 1_000_000_000) as u32);
@@ -802,12 +817,28 @@ fn parse_socket_addr(s: &str, listen: bool) -> Result<SocketAddr, String> {
     {
         return Err(format!("invalid host name '{host}' in '{s}'; {expected}"));
     }
-    let addr = (host, port)
-        .to_socket_addrs()
+    let addr = RESOLVER
+        .with(|r| r.get()(host, port))
         .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-        .next()
         .ok_or_else(|| format!("'{host}' resolved to no address"))?;
     port_ok(addr)
+}
+
+/// Turns a host name and port into the first address it resolves to.
+pub type Resolver = fn(&str, u16) -> std::io::Result<Option<SocketAddr>>;
+
+thread_local! {
+    static RESOLVER: std::cell::Cell<Resolver> = const { std::cell::Cell::new(system_resolver) };
+}
+
+fn system_resolver(host: &str, port: u16) -> std::io::Result<Option<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.next())
+}
+
+/// Makes host names in addresses parsed on this thread resolve with `r` instead of the
+/// system resolver. For fuzzing: a DNS lookup per input would be slow and need a network.
+pub fn set_resolver(r: Resolver) {
+    RESOLVER.with(|c| c.set(r));
 }
 
 /// An integer from 1 to [`MAX_WEIGHT`].
@@ -1736,6 +1767,31 @@ addr = "127.0.0.1:9002"
 
         let (l, c, m) = toml_error("listen = [\"127.0.0.1:1\", \"127.0.0.1:2\",\n  \"nope\"]\n");
         assert_eq!((l, c), (2, 3), "{m}");
+    }
+
+    /// The integer part times the unit fits in u128 but the fraction pushed it over: this
+    /// wrapped to about 36 minutes in release builds instead of being refused.
+    #[test]
+    fn duration_fraction_overflow_is_refused() {
+        let s = "94522879700260684295381835.999999999999999999h";
+        assert_eq!(
+            parse_duration(s),
+            Err(format!("duration '{s}' is too long; at most 8760h"))
+        );
+    }
+
+    /// Found by fuzzing: a quoted value's "\r" (or any control character) was echoed raw.
+    #[test]
+    fn toml_error_escapes_control_characters() {
+        for text in [
+            "connect_timeout = \"5\\r\"\n",
+            "connect_timeout = \"\\u0001\\u0007s\"\n",
+            "algorithm = \"mag\\rlev\"\n",
+        ] {
+            let msg = parse_toml(text, "f.toml").unwrap_err().to_string();
+            assert!(!msg.chars().any(char::is_control), "{msg:?}");
+            assert!(msg.contains("\\r") || msg.contains("\\u{1}"), "{msg:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+/// The shared entry points of the fuzz targets and of the corpus replay test.
+pub mod fuzzing;
 pub mod health;
 pub mod limits;
 pub mod proxy_protocol;

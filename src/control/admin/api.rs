@@ -129,6 +129,20 @@ async fn change_backend(
 ) -> Result<Json<BackendJson>, ApiError> {
     let name = path_name(name)?;
     let req: Change = read_json(&headers, body).await?;
+    let (weight, state) = check_change(req)?;
+    ctx.ask(|reply| Command::Update {
+        name: name.clone(),
+        weight,
+        state,
+        reply,
+    })
+    .await?
+    .map_err(table_error)?;
+    Ok(Json(backend_json(&ctx, &name).await?))
+}
+
+/// A `PATCH` body's weight and state, checked; at least one is given.
+fn check_change(req: Change) -> Result<(Option<u32>, Option<AdminState>), ApiError> {
     let weight = req.weight.map(check_weight).transpose()?;
     let state = match req.state.as_deref() {
         None => None,
@@ -144,15 +158,7 @@ async fn change_backend(
             "nothing to change: give \"weight\" and/or \"state\"",
         ));
     }
-    ctx.ask(|reply| Command::Update {
-        name: name.clone(),
-        weight,
-        state,
-        reply,
-    })
-    .await?
-    .map_err(table_error)?;
-    Ok(Json(backend_json(&ctx, &name).await?))
+    Ok((weight, state))
 }
 
 async fn remove_backend(
@@ -265,7 +271,11 @@ async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
             format!("request body too large or cut short (at most {BODY_LIMIT} bytes)"),
         )
     })?;
-    serde_json::from_slice(&bytes)
+    parse_body(&bytes)
+}
+
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
@@ -277,16 +287,35 @@ fn check_weight(w: u64) -> Result<u32, ApiError> {
 /// so that the control loop (health checks, other requests) never waits for DNS.
 async fn validate_new(req: NewBackend) -> Result<BackendSpec, ApiError> {
     let text = req.addr.trim().to_string();
-    let addr = match text.parse::<SocketAddr>() {
-        Ok(a) if a.port() != 0 => a,
-        _ => {
+    let addr = match literal_addr(&text) {
+        Some(a) => Ok(a),
+        None => {
             let t = text.clone();
             tokio::task::spawn_blocking(move || config::parse_backend_addr(&t))
                 .await
-                .map_err(|_| ApiError::bad_request("cannot resolve the address"))?
-                .map_err(|m| ApiError::bad_request(format!("invalid addr: {m}")))?
+                .map_err(|_| ApiError::bad_request("cannot resolve the address"))
+                .and_then(|r| r.map_err(invalid_addr))
         }
     };
+    check_new(req, text, addr)
+}
+
+/// An address that needs no resolving.
+fn literal_addr(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
+}
+
+fn invalid_addr(m: String) -> ApiError {
+    ApiError::bad_request(format!("invalid addr: {m}"))
+}
+
+/// The rest of [`validate_new`] once `addr` (the trimmed `text`) is resolved or refused.
+fn check_new(
+    req: NewBackend,
+    text: String,
+    addr: Result<SocketAddr, ApiError>,
+) -> Result<BackendSpec, ApiError> {
+    let addr = addr?;
     let weight = match req.weight {
         Some(w) => check_weight(w)?,
         None => 1,
@@ -314,4 +343,22 @@ async fn validate_new(req: NewBackend) -> Result<BackendSpec, ApiError> {
         max_conns,
         proxy_protocol: None,
     })
+}
+
+/// `POST /backends`'s body to the backend it adds, or the 400 answer's message. As the
+/// handler, but resolving a host name on this thread: for fuzzing.
+pub fn parse_add_backend(body: &[u8]) -> Result<BackendSpec, String> {
+    let req: NewBackend = parse_body(body).map_err(|e| e.message)?;
+    let text = req.addr.trim().to_string();
+    let addr = match literal_addr(&text) {
+        Some(a) => Ok(a),
+        None => config::parse_backend_addr(&text).map_err(invalid_addr),
+    };
+    check_new(req, text, addr).map_err(|e| e.message)
+}
+
+/// `PATCH /backends/{name}`'s body to its (weight, state), or the 400 answer's message.
+pub fn parse_patch(body: &[u8]) -> Result<(Option<u32>, Option<AdminState>), String> {
+    let req: Change = parse_body(body).map_err(|e| e.message)?;
+    check_change(req).map_err(|e| e.message)
 }

@@ -14,6 +14,8 @@
 mod api;
 mod guard;
 
+pub use api::{parse_add_backend, parse_patch};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

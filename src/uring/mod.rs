@@ -171,6 +171,8 @@ pub struct Ring {
     pub features: RingFeatures,
 }
 
+/// `IORING_RECVSEND_POLL_FIRST` (the crate keeps its `sys` constants private).
+const RECVSEND_POLL_FIRST: u16 = 1;
 impl Ring {
     /// Builds a ring with room for `entries` submissions, `slots` connection slots and
     /// forwarding buffers of `buf_size` bytes. Uses single-issuer, cooperative and deferred
@@ -378,10 +380,14 @@ impl Ring {
         self.arena.ptr(slot, dir)
     }
 
-    /// Receives into the slot's buffer for `dir` (its whole length).
-    pub fn recv(&mut self, slot: usize, dir: usize, fd: RawFd, user_data: u64) {
+    /// Receives into the slot's buffer for `dir` (its whole length). `poll_first`: wait
+    /// for data before the first attempt (`IORING_RECVSEND_POLL_FIRST`), for a socket that
+    /// was just drained.
+    pub fn recv(&mut self, slot: usize, dir: usize, fd: RawFd, poll_first: bool, user_data: u64) {
         let ptr = self.buf_ptr(slot, dir);
+        let ioprio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
         let e = opcode::Recv::new(Fd(fd), ptr, self.buf_size as u32)
+            .ioprio(ioprio)
             .build()
             .user_data(user_data);
         self.push(e);
@@ -496,14 +502,6 @@ impl Ring {
         }
     }
 
-    /// `shutdown(fd, how)`.
-    pub fn shutdown(&mut self, fd: RawFd, how: i32, user_data: u64) {
-        let e = opcode::Shutdown::new(Fd(fd), how)
-            .build()
-            .user_data(user_data);
-        self.push(e);
-    }
-
     /// `close(fd)` in the ring (no syscall of its own).
     pub fn close(&mut self, fd: RawFd, user_data: u64) {
         let e = opcode::Close::new(Fd(fd)).build().user_data(user_data);
@@ -552,6 +550,19 @@ impl Drop for Ring {
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
             std::mem::forget(std::mem::replace(&mut self.tick, Box::new(Timespec::new())));
         }
+    }
+}
+
+/// `shutdown(fd, SHUT_WR)`: 0 or the negated errno, as a completion would carry it.
+pub fn shutdown_write(fd: RawFd) -> i32 {
+    // SAFETY: plain syscall on a descriptor number; an invalid one only makes it fail.
+    let r = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    if r == 0 {
+        0
+    } else {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
     }
 }
 

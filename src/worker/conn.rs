@@ -378,6 +378,14 @@ impl Conn {
     }
 
     /// The worker pushed `n` operations for this connection outside [`Action`]s.
+    /// The last read of `dir` drained its socket (it came back short), so the next one is
+    /// likely to find nothing yet: the ring should wait for data before trying (request and
+    /// response traffic), rather than try, fail and then wait.
+    pub fn expects_wait(&self, dir: usize) -> bool {
+        let flow = &self.flows[dir];
+        flow.bytes > 0 && flow.streak == 0
+    }
+
     pub fn submitted(&mut self, n: u32) {
         self.inflight += n;
     }
@@ -865,6 +873,22 @@ mod tests {
         assert_eq!(feed(&mut c, OpKind::Send0, 60, p), vec![Action::Recv(UP)]);
         assert_eq!(c.bytes(), (100, 0));
         assert_eq!(c.last_active_ns, 10);
+    }
+
+    #[test]
+    fn a_drained_socket_is_waited_for_a_streaming_one_is_not() {
+        let (mut c, _) = forwarding(COPY);
+        let p = &mut FakePipes::new(0);
+        // Nothing forwarded yet: the client's first bytes may already be there.
+        assert!(!c.expects_wait(UP));
+        feed(&mut c, OpKind::Recv0, 100, p);
+        feed(&mut c, OpKind::Send0, 100, p);
+        assert!(c.expects_wait(UP), "a short read drained the socket");
+        let full = c.fwd.buf_size as i32;
+        feed(&mut c, OpKind::Recv0, full, p);
+        feed(&mut c, OpKind::Send0, full, p);
+        assert!(!c.expects_wait(UP), "a full read: more is probably queued");
+        assert!(!c.expects_wait(DOWN));
     }
 
     #[test]

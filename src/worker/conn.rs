@@ -881,8 +881,8 @@ mod tests {
         let p = &mut FakePipes::new(0);
         // Nothing forwarded yet: the client's first bytes may already be there.
         assert!(!c.expects_wait(UP));
-        feed(&mut c, OpKind::Recv0, 100, p);
-        feed(&mut c, OpKind::Send0, 100, p);
+        feed(&mut c, OpKind::Recv0, 60, p);
+        feed(&mut c, OpKind::Send0, 60, p);
         assert!(c.expects_wait(UP), "a short read drained the socket");
         let full = c.fwd.buf_size as i32;
         feed(&mut c, OpKind::Recv0, full, p);

@@ -11,7 +11,12 @@
 #
 # Environment (all optional):
 #   WORKLOADS   "keepalive close" (default): 64 keep-alive connections; 32 connections
-#               with Connection: close (a new connection per request)
+#               with Connection: close (a new connection per request); "download": one
+#               GET of the 1 GiB /big.bin with curl (rate in GB/s, CPU in s per GiB; needs
+#               $WWW_DIR/big.bin, which bench/compare.sh makes)
+#               "mid": 16 keep-alive connections GETting a $MID_KIB KiB file (default
+#               1024), made in $WWW_DIR if missing: where a direction streams for a while
+#   WWW_DIR     where big.bin is (default /tmp/uringlb-bench-www)
 #   ARGS        uringlb arguments for both (default: --workers 1 --health none --no-pin
 #               --forward copy)
 #   A_ARGS, B_ARGS  extra arguments for one side
@@ -31,7 +36,7 @@ rounds=${3:-6}
 secs=${4:-5}
 for v in "$rounds" "$secs"; do [[ $v =~ ^[1-9][0-9]*$ ]] || die "expected a positive whole number, got '$v'"; done
 for b in "${bins[@]}"; do [[ -x $b ]] || die "$b is not an executable"; done
-command -v nginx >/dev/null && command -v wrk >/dev/null || die "needs nginx and wrk"
+for c in nginx wrk curl; do command -v "$c" >/dev/null || die "needs $c"; done
 read -r -a workloads <<<"${WORKLOADS:-keepalive close}"
 read -r -a common <<<"${ARGS:---workers 1 --health none --no-pin --forward copy}"
 read -r -a a_args <<<"${A_ARGS:-}"
@@ -50,7 +55,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-sed -e "s|@WORK@|$work|g" -e "s|@WWW@|$work|g" -e "s|@B1@|${backends[0]}|g" \
+www=${WWW_DIR:-/tmp/uringlb-bench-www}
+[[ " ${workloads[*]} " != *" download "* || -r $www/big.bin ]] || die "no $www/big.bin (run bench/compare.sh --quick once)"
+mid_kib=${MID_KIB:-1024}
+[[ $mid_kib =~ ^[1-9][0-9]*$ ]] || die "MID_KIB: expected a positive whole number"
+if [[ " ${workloads[*]} " == *" mid "* && ! -r $www/mid-$mid_kib.bin ]]; then
+	mkdir -p "$www" && head -c $((mid_kib * 1024)) /dev/urandom >"$www/mid-$mid_kib.bin"
+fi
+sed -e "s|@WORK@|$work|g" -e "s|@WWW@|$www|g" -e "s|@B1@|${backends[0]}|g" \
 	-e "s|@B2@|${backends[1]}|g" -e "s|@B3@|${backends[2]}|g" \
 	"$here/lab/backend-nginx.conf" >"$work/backends.conf"
 nginx -e "$work/nginx.err" -c "$work/backends.conf" >"$work/nginx.log" 2>&1 &
@@ -84,17 +96,33 @@ ticks() {
 	echo $((v[11] + v[12]))
 }
 hz=$(getconf CLK_TCK)
-# measure SIDE WORKLOAD: prints "req/s cpu_us_per_req"
+# measure SIDE WORKLOAD: prints "req/s cpu_us_per_req" ("GB/s cpu_s_per_GiB" for download)
 measure() {
 	local side=$1 wl=$2 before after out reqs rps conns=64 hdr=()
+	if [[ $wl == download ]]; then
+		before=$(ticks "${lb[side]}")
+		out=$(curl -sS -o /dev/null -w '%{size_download} %{time_total}' "http://127.0.0.1:${ports[side]}/big.bin")
+		after=$(ticks "${lb[side]}")
+		read -r size took <<<"$out"
+		awk -v s="$size" -v d="$took" -v t=$((after - before)) -v hz="$hz" \
+			'BEGIN{printf "%.3f %.3f\n", s / d / 1e9, t / hz / (s / 2^30)}'
+		return
+	fi
+	local path=/
 	[[ $wl == close ]] && conns=32 hdr=(-H "Connection: close")
+	[[ $wl == mid ]] && conns=16 path=/mid-$mid_kib.bin
 	before=$(ticks "${lb[side]}")
-	out=$(wrk -t1 -c"$conns" -d"${secs}s" "${hdr[@]}" "http://127.0.0.1:${ports[side]}/")
+	out=$(wrk -t1 -c"$conns" -d"${secs}s" "${hdr[@]}" "http://127.0.0.1:${ports[side]}$path")
 	after=$(ticks "${lb[side]}")
 	reqs=$(awk '/requests in/{print $1}' <<<"$out")
 	rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
 	awk -v r="$reqs" -v t=$((after - before)) -v hz="$hz" -v rps="$rps" \
 		'BEGIN{printf "%.0f %.2f\n", rps, t * 1e6 / hz / r}'
+}
+unit() { # unit WORKLOAD 0|1: what the rate and CPU columns hold
+	local u=("req/s" "us CPU/req")
+	[[ $1 == download ]] && u=("GB/s" "CPU s/GiB")
+	echo "${u[$2]}"
 }
 median() { sort -g | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 
@@ -109,15 +137,18 @@ for wl in "${workloads[@]}"; do
 		for side in "${order[@]}"; do
 			m=$(measure "$side" "$wl")
 			echo "$m" >>"$work/$wl.$side"
-			printf '%-9s round %d %s: %s req/s, %s us CPU/req\n' "$wl" $((r + 1)) "$(tr 01 AB <<<"$side")" ${m}
+			printf '%-9s round %d %s: %s %s, %s %s\n' "$wl" $((r + 1)) "$(tr 01 AB <<<"$side")" \
+				"${m% *}" "$(unit "$wl" 0)" "${m#* }" "$(unit "$wl" 1)"
 		done
 	done
 done
 echo
-printf '%-9s %10s %10s %12s %12s %8s %8s\n' workload "A req/s" "B req/s" "A us/req" "B us/req" "B/A req" "B/A CPU"
+echo "medians; rate = req/s (GB/s for download), CPU = us per request (s per GiB for download)"
+printf '%-9s %10s %10s %12s %12s %8s %8s\n' workload "A rate" "B rate" "A CPU" "B CPU" "B/A rate" "B/A CPU"
 for wl in "${workloads[@]}"; do
 	ra=$(cut -d' ' -f1 "$work/$wl.0" | median) rb=$(cut -d' ' -f1 "$work/$wl.1" | median)
 	ca=$(cut -d' ' -f2 "$work/$wl.0" | median) cb=$(cut -d' ' -f2 "$work/$wl.1" | median)
 	awk -v w="$wl" -v ra="$ra" -v rb="$rb" -v ca="$ca" -v cb="$cb" \
-		'BEGIN{printf "%-9s %10.0f %10.0f %12.2f %12.2f %8.3f %8.3f\n", w, ra, rb, ca, cb, rb/ra, cb/ca}'
+		'function f(x) { return x >= 100 ? sprintf("%.0f", x) : sprintf("%.3f", x) }
+		BEGIN{printf "%-9s %10s %10s %12s %12s %8.3f %8.3f\n", w, f(ra), f(rb), f(ca), f(cb), rb/ra, cb/ca}'
 done

@@ -858,15 +858,15 @@ impl Worker {
                 }
                 Action::CancelAll(pipes) => {
                     let ud = Token::new(0, 0, OpKind::Ignore).encode();
-                    let pipe_fds = pipes.iter().flatten().flat_map(|&p| {
-                        let (r, w) = self.pipes.fds(p);
-                        [r, w]
-                    });
-                    let fds: Vec<RawFd> = [cfd, bfd].into_iter().chain(pipe_fds).collect();
-                    for fd in fds {
-                        if fd >= 0 {
-                            self.ring.cancel_fd(fd, ud);
+                    // Both sockets and both ends of up to two pipes; no allocation.
+                    let mut fds = [cfd, bfd, -1, -1, -1, -1];
+                    for (i, p) in pipes.iter().enumerate() {
+                        if let Some(p) = p {
+                            (fds[2 + 2 * i], fds[3 + 2 * i]) = self.pipes.fds(*p);
                         }
+                    }
+                    for fd in fds.into_iter().filter(|&fd| fd >= 0) {
+                        self.ring.cancel_fd(fd, ud);
                     }
                 }
             }
@@ -1035,7 +1035,10 @@ impl Worker {
                 continue;
             }
             let deadline = s.conn.last_active_ns + idle;
-            if deadline <= self.now_ns {
+            if deadline <= self.now_ns && s.conn.phase() == Phase::Handshake {
+                // A trusted peer that never finished its PROXY header: a bad header too.
+                self.bad_header(slot, "none within the idle timeout");
+            } else if deadline <= self.now_ns {
                 tracing::debug!(worker = self.index, slot, "idle timeout");
                 self.abort(slot, false);
             } else {

@@ -141,6 +141,52 @@ fn per_backend_header_only_to_the_backend_that_asked() {
     assert_eq!((with, plain), (2, 2));
 }
 
+#[test]
+fn backend_added_by_the_admin_api_gets_its_header() {
+    let (plain_addr, plain_rx) = recorder();
+    let (with_addr, with_rx) = recorder();
+    let (lb, admin) = start_with_admin(&[
+        "--backend",
+        &format!("{plain_addr},name=plain"),
+        "--workers",
+        "1",
+        "--health",
+        "none",
+    ]);
+    let bad = admin.req(
+        "POST",
+        "/backends",
+        Some(&format!(
+            r#"{{"addr": "{with_addr}", "name": "with", "proxy_protocol": "v3"}}"#
+        )),
+    );
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.body.contains("v1 or v2"), "{bad:?}");
+    let added = admin.req(
+        "POST",
+        "/backends",
+        Some(&format!(
+            r#"{{"addr": "{with_addr}", "name": "with", "proxy_protocol": "v2"}}"#
+        )),
+    );
+    assert!(added.status / 100 == 2, "{added:?}");
+    let maint = admin.req("PATCH", "/backends/plain", Some(r#"{"state": "maint"}"#));
+    assert_eq!(maint.status, 200, "{maint:?}");
+    let s = connect_from("127.0.0.1", lb.addr);
+    let client = s.local_addr().unwrap();
+    send_and_finish(s, b"after the header");
+    let rec = next_record(&with_rx);
+    let (src, dst, rest) = parse_v2(&rec);
+    assert_eq!(
+        (src, dst, rest),
+        (client, lb.addr, &b"after the header"[..])
+    );
+    assert!(
+        plain_rx.try_recv().is_err(),
+        "nothing went to the backend in maint"
+    );
+}
+
 // ---- c. HAProxy -> uringlb -> NGINX ---------------------------------------------------------
 
 #[test]

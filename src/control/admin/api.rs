@@ -84,6 +84,9 @@ struct NewBackend {
     name: Option<String>,
     #[serde(default)]
     max_conns: Option<u64>,
+    /// `"v1"` or `"v2"`: send this backend a PROXY protocol header.
+    #[serde(default)]
+    proxy_protocol: Option<String>,
 }
 
 /// `PATCH /backends/{name}`: either field or both.
@@ -336,12 +339,19 @@ fn check_new(
             }
         },
     };
+    let proxy_protocol = match req.proxy_protocol {
+        None => None,
+        Some(v) => Some(
+            config::parse_proxy_protocol(&v)
+                .map_err(|e| ApiError::bad_request(format!("proxy_protocol: {e}")))?,
+        ),
+    };
     Ok(BackendSpec {
         addr,
         weight,
         name,
         max_conns,
-        proxy_protocol: None,
+        proxy_protocol,
     })
 }
 

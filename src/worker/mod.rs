@@ -152,7 +152,6 @@ struct Slot {
     gen: u32,
     in_use: bool,
     /// The connection has its (one) idle-timer entry.
-    timer_armed: bool,
     /// Free, and its buffers may still hold pages; freed at `freed_ns`.
     dirty: bool,
     freed_ns: u64,
@@ -180,7 +179,7 @@ pub struct Worker {
     pipes: PipePool,
     fwd: Forwarding,
     open: usize,
-    wheel: timer::Wheel,
+    timers: timer::IdleTimers,
     epoch: Instant,
     now_ns: u64,
     accept_paused_until: u64,
@@ -193,7 +192,7 @@ pub struct Worker {
     /// Completions of operations done at once rather than through the ring (shutdown),
     /// handled after the ring's batch exactly like the ring's own.
     local: Vec<Completion>,
-    due: Vec<timer::Entry>,
+    due: Vec<usize>,
     /// Connections waiting for a backend below its max-conns (slot, generation).
     queue: Vec<(u32, u32)>,
     next_prune_ns: u64,
@@ -248,7 +247,7 @@ impl Worker {
             pipes,
             fwd,
             open: 0,
-            wheel: timer::Wheel::new(TICK.as_nanos() as u64, 1024, 0),
+            timers: timer::IdleTimers::new(TICK.as_nanos() as u64, 1024, 0),
             epoch,
             now_ns: 0,
             accept_paused_until: 0,
@@ -502,13 +501,11 @@ impl Worker {
         }
     }
 
-    /// Puts the connection's (one) idle deadline in the timer wheel.
+    /// Makes sure the slot's idle deadline is looked at in time (its entry may be one a
+    /// previous connection of the slot armed, firing earlier).
     fn arm_idle_timer(&mut self, slot: usize) {
-        if !std::mem::replace(&mut self.slots[slot].timer_armed, true) {
-            let deadline = self.now_ns + self.snapshot.idle_timeout.as_nanos() as u64;
-            let gen = self.slots[slot].gen;
-            self.wheel.insert(deadline, (slot as u32, gen));
-        }
+        let deadline = self.now_ns + self.snapshot.idle_timeout.as_nanos() as u64;
+        self.timers.arm(slot, deadline);
     }
 
     /// A read of a trusted client's PROXY header completed.
@@ -560,7 +557,6 @@ impl Worker {
             self.slots.push(Slot {
                 gen: 0,
                 in_use: false,
-                timer_armed: false,
                 dirty: false,
                 freed_ns: 0,
                 conn: Conn::new(),
@@ -570,7 +566,6 @@ impl Worker {
             return None;
         };
         self.slots[slot].in_use = true;
-        self.slots[slot].timer_armed = false;
         Some(slot)
     }
 
@@ -1021,17 +1016,16 @@ impl Worker {
             }
         }
         let mut due = std::mem::take(&mut self.due);
-        self.wheel.expire(self.now_ns, &mut due);
+        self.timers.expire(self.now_ns, &mut due);
         let idle = self.snapshot.idle_timeout.as_nanos() as u64;
-        for (slot, gen) in due.drain(..) {
-            let slot = slot as usize;
+        for slot in due.drain(..) {
             let s = &self.slots[slot];
-            if !s.in_use || s.gen != gen {
-                continue;
+            if !s.in_use {
+                continue; // armed by a connection that is gone; the next one arms again
             }
             if !matches!(s.conn.phase(), Phase::Forwarding | Phase::Handshake) {
-                // Reconnecting after a replay: keep the entry for when it forwards again.
-                self.wheel.insert(self.now_ns + idle, (slot as u32, gen));
+                // Connecting (a new connection of the slot, or a replay): look again later.
+                self.timers.arm(slot, self.now_ns + idle);
                 continue;
             }
             let deadline = s.conn.last_active_ns + idle;
@@ -1042,7 +1036,7 @@ impl Worker {
                 tracing::debug!(worker = self.index, slot, "idle timeout");
                 self.abort(slot, false);
             } else {
-                self.wheel.insert(deadline, (slot as u32, gen));
+                self.timers.arm(slot, deadline);
             }
         }
         self.due = due;

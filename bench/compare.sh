@@ -10,7 +10,9 @@
 # Systems: uringlb --forward copy, splice and auto (three processes), HAProxy mode tcp with
 # and without `option splice-auto` (two processes), NGINX stream (one worker).
 # Workloads: keep-alive requests (wrk, 64 connections), a new connection per request (wrk,
-# 32 connections, Connection: close), the 1 GiB download /big.bin (curl).
+# 32 connections, Connection: close), the 1 GiB download /big.bin (curl), and keep-alive
+# requests at a fixed offered rate (uringlb-bench http --rate, 64 connections): the same
+# load for every system, so that latencies compare.
 # Prints a table of medians and ratios to HAProxy; writes bench/results/compare-TIME.json,
 # latest.json, runs-TIME.jsonl, compare-TIME.log and the plot latency.svg.
 #
@@ -19,6 +21,7 @@
 #   WWW_DIR       where the 1 GiB big.bin is made and served from (default /tmp/uringlb-bench-www)
 #   SYSTEMS       subset to run, e.g. "uringlb-auto haproxy" (default: all six)
 #   DOWNLOADS     downloads per download run (default 2; 1 with --quick)
+#   RATE          offered requests per second of the fixed-rate workload (default 20000)
 #   PAUSE         seconds of rest between systems (default 2; 1 with --quick)
 #   UR_PIN=1      let uringlb pin its worker (its default); otherwise --no-pin, as nothing
 #                 else here is pinned
@@ -58,6 +61,7 @@ done
 rounds=${pos[0]:-2}
 secs=${pos[1]:-6}
 downloads=${DOWNLOADS:-2}
+rate=${RATE:-20000}
 pause=${PAUSE:-2}
 if ((quick)); then
 	rounds=${pos[0]:-1}
@@ -65,7 +69,7 @@ if ((quick)); then
 	downloads=${DOWNLOADS:-1}
 	pause=${PAUSE:-1}
 fi
-for v in "$rounds" "$secs" "$downloads" "$pause"; do
+for v in "$rounds" "$secs" "$downloads" "$pause" "$rate"; do
 	[[ $v =~ ^[0-9]+$ ]] || die "expected a whole number, got '$v'"
 done
 ((rounds >= 1 && secs >= 1 && downloads >= 1)) || die "ROUNDS, SECONDS and DOWNLOADS must be at least 1"
@@ -295,6 +299,32 @@ wrk_run() {
 			(reqs > 0 ? ticks / hz * 1e6 / reqs : 0), err }' <<<"$out"
 }
 
+# rate_run ROUND SYSTEM: keep-alive requests at $rate req/s with uringlb-bench's open loop;
+# recorded like a wrk run (the tool prints the same WRKJSON line as stats.lua)
+rate_run() {
+	local round=$1 sys=$2 c0 t0 c1 t1 out rc=0 json ticks
+	read -r c0 t0 < <(cpu_ticks "${lbpids[$sys]}")
+	out=$("$bench" http -t "127.0.0.1:${port[$sys]}" -c "$keepalive_conns" -d "${secs}s" \
+		--rate "$rate" --wrk-json --quiet 2>&1) || rc=$?
+	read -r c1 t1 < <(cpu_ticks "${lbpids[$sys]}")
+	ticks=$((c1 - c0))
+	printf '### round %s %s rate\n%s\n' "$round" "$sys" "$out" >>"$log"
+	json=$(sed -n 's/^WRKJSON //p' <<<"$out")
+	if ((rc != 0)) || [[ -z $json ]]; then
+		printf '{"round":%d,"system":"%s","workload":"rate","ok":false,"error":"uringlb-bench exited %d without results"}\n' \
+			"$round" "$sys" "$rc" >>"$runs"
+		printf '%-9s %-15s FAILED (uringlb-bench exit %d; see %s)\n' rate "$sys" "$rc" "$log"
+		return 0
+	fi
+	printf '{"round":%d,"system":"%s","workload":"rate","ok":true,"connections":%d,"offered_rate":%s,"cpu_ticks":%d,"cpu_ticks_tasks":%d,"clk_tck":%d,"wrk":%s}\n' \
+		"$round" "$sys" "$keepalive_conns" "$rate" "$ticks" "$((t1 - t0))" "$hz" "$json" >>"$runs"
+	sed -E 's/.*"requests":([0-9]+),"duration_us":([0-9]+).*"percentile":99,"us":([0-9]+).*/\1 \2 \3/' <<<"$json" |
+		awk -v sys="$sys" -v ticks="$ticks" -v hz="$hz" -v rate="$rate" '{
+			printf "%-9s %-15s %9.0f req/s  p99 %-8s  %7.2f us CPU/req%s\n", "rate", sys, $1 / ($2 / 1e6),
+				sprintf("%.2fms", $3 / 1000), ($1 > 0 ? ticks / hz * 1e6 / $1 : 0),
+				($1 / ($2 / 1e6) < 0.95 * rate ? "  (short of the offered rate)" : "") }'
+}
+
 # download_run ROUND SYSTEM: DOWNLOADS GETs of /big.bin through the system, with curl
 download_run() {
 	local round=$1 sys=$2 c0 t0 c1 t1 out bytes=0 total=0 ok=1 size secs code i
@@ -324,7 +354,7 @@ download_run() {
 		printf "%-9s %-15s %9.2f GB/s   %.3f CPU s/GiB\n", "download", sys, b / t / 1e9, c / hz / (b / 1073741824) }'
 }
 
-echo "systems: ${systems[*]}; $rounds round(s), wrk ${secs}s, $downloads download(s) of 1 GiB per run; nothing pinned"
+echo "systems: ${systems[*]}; $rounds round(s), wrk ${secs}s, $downloads download(s) of 1 GiB per run, fixed rate $rate req/s; nothing pinned"
 # Warm-up, not measured: the first 1 GiB download after the backends start is several times
 # slower whichever system carries it (page cache, nginx), and each system's first requests
 # allocate its buffers.
@@ -342,6 +372,7 @@ for ((r = 1; r <= rounds; r++)); do
 		wrk_run "$r" "$s" keepalive "$keepalive_conns"
 		wrk_run "$r" "$s" close "$close_conns" -H "Connection: close"
 		download_run "$r" "$s"
+		rate_run "$r" "$s"
 		sleep "$pause"
 	done
 done
@@ -360,12 +391,14 @@ meta=(
 	--meta "rounds=$rounds"
 	--meta "seconds=$secs"
 	--meta "downloads_per_run=$downloads"
+	--meta "offered_rate=$rate"
 	--meta "uringlb_commit=$commit"
 	--meta "uringlb_args=$(echo --workers 1 --health none --grace 1s "${pin_arg[@]}" "${ur_extra[@]}")"
 	--meta "haproxy=$(first_line haproxy -v)"
 	--meta "nginx=$(first_line nginx -v)"
 	--meta "wrk=$(first_line wrk -v)"
 	--meta "pinning=none: load generator, balancers and backends share all CPUs, as in the lab"
+	--meta "latency_rate=uringlb-bench http --rate (open loop, 64 connections paced evenly; a request held back by a late response counts from its scheduled time, one sent late by the generator's own timer from its send)"
 	--meta "latency=wrk -t1 --latency; p50/p99/p99.9 and the plot from wrk's histogram via bench/lab/stats.lua (done callback), max = latency.max; wrk times from request write to response end, so close-mode latency excludes the connect"
 	--meta "cpu=user+sys ticks of the balancer's pids from /proc/PID/stat (thread group, exited threads included; the sum over /proc/PID/task/*/stat is kept as cpu_ticks_tasks), delta over the run (nginx: its worker)"
 )
@@ -375,5 +408,8 @@ echo
 "$bench" plot --input "$results/latest.json" --output "$results/latency-$ts.svg" \
 	--workload keepalive --title "keep-alive, $keepalive_conns connections: latency by percentile (medians of $rounds round(s), $ts)"
 cp "$results/latency-$ts.svg" "$results/latency.svg"
+"$bench" plot --input "$results/latest.json" --output "$results/latency-rate-$ts.svg" \
+	--workload rate --title "keep-alive at $rate req/s offered, $keepalive_conns connections: latency by percentile (medians of $rounds round(s), $ts)"
+cp "$results/latency-rate-$ts.svg" "$results/latency-rate.svg"
 echo
-echo "results: $results/compare-$ts.json (also latest.json), plot: $results/latency.svg, wrk output: $log"
+echo "results: $results/compare-$ts.json (also latest.json), plots: $results/latency.svg, $results/latency-rate.svg, load output: $log"

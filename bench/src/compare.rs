@@ -24,8 +24,11 @@ pub const SCHEMA: &str = "uringlb-bench/compare/v1";
 pub struct Run {
     pub round: u32,
     pub system: String,
-    /// `keepalive`, `close` or `download`.
+    /// `keepalive`, `close`, `download` or `rate` (keep-alive at a fixed offered rate).
     pub workload: String,
+    /// The requests per second offered (`rate` workload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_rate: Option<f64>,
     /// False when the load tool failed; the run then only counts as failed.
     #[serde(default)]
     pub ok: bool,
@@ -254,7 +257,7 @@ pub fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     })
 }
 
-const WORKLOAD_ORDER: [&str; 3] = ["keepalive", "close", "download"];
+const WORKLOAD_ORDER: [&str; 4] = ["keepalive", "close", "download", "rate"];
 
 /// Whether a system counts as a baseline candidate for `prefix` (e.g. `haproxy` matches
 /// `haproxy` and `haproxy-splice`).
@@ -407,9 +410,13 @@ fn median_distribution(runs: &[&Run]) -> Vec<PercentilePoint> {
         .collect()
 }
 
-fn title(workload: &str, connections: Option<u64>) -> String {
+fn title(workload: &str, connections: Option<u64>, offered: Option<&String>) -> String {
     let conns = connections.map_or(String::new(), |c| format!(", {c} connections"));
     match workload {
+        "rate" => format!(
+            "keep-alive at a fixed {} req/s offered{conns} (uringlb-bench http --rate)",
+            offered.map_or("?", String::as_str)
+        ),
         "keepalive" => format!("keep-alive requests{conns} (wrk)"),
         "close" => format!("new connection per request{conns} (wrk, Connection: close)"),
         "download" => "download of /big.bin, 1 GiB (curl)".to_string(),
@@ -447,7 +454,11 @@ impl Results {
             let _ = writeln!(
                 out,
                 "\n{}: medians of {rounds} round(s); x = ratio to {base}",
-                title(w, rows.iter().find_map(|r| r.connections))
+                title(
+                    w,
+                    rows.iter().find_map(|r| r.connections),
+                    self.meta.get("offered_rate")
+                )
             );
             if w == "download" {
                 let _ = writeln!(

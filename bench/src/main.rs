@@ -42,6 +42,14 @@ enum Cmd {
         /// A new connection per request (`Connection: close`); latency includes the connect.
         #[arg(long)]
         close: bool,
+        /// Open loop: this many requests per second in all, paced per connection, latency
+        /// corrected for coordinated omission (see README). Default: closed loop.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// Print one `WRKJSON {...}` line in the form of bench/lab/stats.lua (for
+        /// compare.sh) instead of the table.
+        #[arg(long, conflicts_with = "json")]
+        wrk_json: bool,
     },
     /// Bulk transfer through a TCP echo: each connection streams --bytes each way, every
     /// byte checked; GB/s up and down. Exits 1 on any failed or corrupted transfer.
@@ -319,16 +327,24 @@ fn main() {
 /// Runs a subcommand; the exit code is 1 when a load completed no request at all.
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Http { load, path, close } => {
+        Cmd::Http {
+            load,
+            path,
+            close,
+            rate,
+            wrk_json,
+        } => {
             let cfg = LoadConfig {
                 path,
                 close,
+                rate,
                 ..load_config(&load)
             };
-            finish_load(
-                &load,
-                load::http_keepalive_with(resolve(&load.target)?, &cfg)?,
-            )
+            let report = load::http_keepalive_with(resolve(&load.target)?, &cfg)?;
+            if wrk_json {
+                println!("{}", report.wrk_json());
+            }
+            finish_load(&load, report, !wrk_json)
         }
         Cmd::Bulk { transfer, bytes } => {
             let load = transfer.as_load();
@@ -336,7 +352,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 bulk_bytes: bytes,
                 ..load_config(&load)
             };
-            finish_load(&load, load::bulk_with(resolve(&load.target)?, &cfg)?)
+            finish_load(&load, load::bulk_with(resolve(&load.target)?, &cfg)?, true)
         }
         Cmd::Download {
             transfer,
@@ -347,7 +363,11 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 path: download_path,
                 ..load_config(&load)
             };
-            finish_load(&load, load::download_with(resolve(&load.target)?, &cfg)?)
+            finish_load(
+                &load,
+                load::download_with(resolve(&load.target)?, &cfg)?,
+                true,
+            )
         }
         Cmd::CompareReport {
             runs,
@@ -384,7 +404,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 msg_size: usize::try_from(size).context("--size too large")?,
                 ..load_config(&load)
             };
-            finish_load(&load, load::echo_with(resolve(&load.target)?, &cfg)?)
+            finish_load(&load, load::echo_with(resolve(&load.target)?, &cfg)?, true)
         }
         Cmd::ServeHttp { listen, name } => {
             let server = HttpServer::start(listen.listen.as_str(), &name)?;
@@ -493,6 +513,16 @@ fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{target:?} resolved to no address"))
 }
 
+/// `--rate`: a positive number of requests per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000_000.0 => Ok(r),
+        _ => Err(format!(
+            "expected requests per second, a number above 0 and at most 10000000, got '{s}'"
+        )),
+    }
+}
+
 fn load_config(args: &LoadArgs) -> LoadConfig {
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_ctrl_c(stop.clone());
@@ -530,10 +560,10 @@ fn stop_on_ctrl_c(stop: Arc<AtomicBool>) {
     }
 }
 
-fn finish_load(args: &LoadArgs, report: Report) -> anyhow::Result<i32> {
-    if args.json {
+fn finish_load(args: &LoadArgs, report: Report, print: bool) -> anyhow::Result<i32> {
+    if print && args.json {
         println!("{}", report.to_json());
-    } else {
+    } else if print {
         report.print_table();
     }
     // A transfer that failed or came back corrupted fails the run: those modes exist to

@@ -119,3 +119,39 @@ fn bad_duration_is_rejected() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `http --rate` paces the requests: the achieved rate is the offered one, not what the
+/// server could take (a closed loop against this server does tens of thousands per second),
+/// and the JSON says so.
+#[test]
+fn http_rate_paces_requests_open_loop() {
+    let (_server, addr) = spawn_server(&["serve-http", "--listen", "127.0.0.1:0"]);
+    let out = Command::new(BIN)
+        .args(["http", "-t", &addr.to_string(), "--rate", "2000", "-c", "8"])
+        .args(["-d", "2s", "--json", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rate = v["requests_per_sec"].as_f64().unwrap();
+    assert!((1800.0..=2200.0).contains(&rate), "achieved {rate} req/s");
+    assert_eq!(v["offered_rate"].as_f64(), Some(2000.0));
+    assert_eq!(v["rate_shortfall"].as_bool(), Some(false));
+    assert_eq!(v["errors"].as_u64(), Some(0));
+
+    // The wrk-shaped line compare.sh reads.
+    let out = Command::new(BIN)
+        .args(["http", "-t", &addr.to_string(), "--rate", "1000", "-c", "4"])
+        .args(["-d", "1s", "--wrk-json", "--quiet"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let json = text.strip_prefix("WRKJSON ").expect("a WRKJSON line");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let requests = v["requests"].as_u64().unwrap();
+    assert!(
+        (900..=1100).contains(&requests),
+        "{requests} requests in 1 s at 1000/s"
+    );
+    assert!(v["percentiles"].as_array().unwrap().len() >= 9);
+}

@@ -17,6 +17,7 @@ mod http;
 mod progress;
 mod report;
 mod runner;
+mod schedule;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -66,6 +67,9 @@ pub struct LoadConfig {
     pub bulk_bytes: u64,
     /// Echo message size in bytes.
     pub msg_size: usize,
+    /// Open loop: requests per second in all, paced per connection (`None`: closed loop,
+    /// each connection sends as soon as its previous answer is in).
+    pub rate: Option<f64>,
     /// Called about once a second with running totals, e.g. to print a progress line.
     pub progress: Option<ProgressFn>,
     /// Set to true to end the run early (e.g. on Ctrl-C).
@@ -85,6 +89,7 @@ impl Default for LoadConfig {
             close: false,
             bulk_bytes: 64 << 20,
             msg_size: 64,
+            rate: None,
             progress: None,
             stop: None,
         }
@@ -104,6 +109,7 @@ impl std::fmt::Debug for LoadConfig {
             .field("close", &self.close)
             .field("bulk_bytes", &self.bulk_bytes)
             .field("msg_size", &self.msg_size)
+            .field("rate", &self.rate)
             .field("progress", &self.progress.is_some())
             .field("stop", &self.stop)
             .finish()

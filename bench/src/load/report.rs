@@ -21,6 +21,8 @@ pub struct Report {
     pub connections: usize,
     /// HTTP with `Connection: close`: a new connection per request.
     pub close: bool,
+    /// The paced rate asked for (`--rate`), requests per second.
+    pub offered_rate: Option<f64>,
     /// Completed requests (HTTP responses, echo round trips, bulk transfers, downloads).
     pub requests: u64,
     /// Failed attempts: refused or failed connects, resets, timeouts, bad responses,
@@ -77,6 +79,12 @@ pub struct Summary {
     pub gbytes_per_sec_up: f64,
     /// Latency at each of [`PERCENTILES`], microseconds.
     pub percentiles_us: Vec<PercentilePoint>,
+    /// `--rate`: the requests per second asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_rate: Option<f64>,
+    /// `--rate`: the achieved rate fell more than 5% short of it (the target, or the
+    /// generator, could not keep up: the latencies then describe an overload).
+    pub rate_shortfall: bool,
 }
 
 /// Latency percentiles in microseconds (all 0 when nothing completed).
@@ -112,6 +120,11 @@ impl Report {
         } else {
             0.0
         }
+    }
+
+    /// With `--rate`: the achieved rate is more than 5% below the offered one.
+    pub fn rate_shortfall(&self) -> bool {
+        self.offered_rate.is_some_and(|r| self.rate() < 0.95 * r)
     }
 
     /// `keepalive`, `close`, `echo`, `bulk` or `download`.
@@ -184,7 +197,45 @@ impl Report {
                     us: at(p),
                 })
                 .collect(),
+            offered_rate: self.offered_rate,
+            rate_shortfall: self.rate_shortfall(),
         }
+    }
+
+    /// One line `WRKJSON {...}` in the form `bench/lab/stats.lua` prints from wrk, so that
+    /// `bench/compare.sh` and `compare-report` take this tool's runs like wrk's.
+    pub fn wrk_json(&self) -> String {
+        let s = self.summary();
+        let l = &s.latency_us;
+        let errors = self.errors - self.mismatches;
+        let bad_status: u64 = s
+            .status
+            .iter()
+            .filter(|(code, _)| !(200..400).contains(*code))
+            .map(|(_, n)| n)
+            .sum();
+        let pct: Vec<String> = s
+            .percentiles_us
+            .iter()
+            .map(|p| format!(r#"{{"percentile":{},"us":{}}}"#, p.percentile, p.us))
+            .collect();
+        format!(
+            concat!(
+                r#"WRKJSON {{"requests":{},"duration_us":{},"bytes":{},"#,
+                r#""errors":{{"connect":0,"read":{},"write":0,"status":{},"timeout":0}},"#,
+                r#""latency_us":{{"min":{},"mean":{:.2},"stdev":{:.2},"max":{}}},"percentiles":[{}]}}"#
+            ),
+            s.requests,
+            self.elapsed.as_micros(),
+            s.bytes,
+            errors + self.mismatches,
+            bad_status,
+            l.min,
+            l.mean,
+            l.stdev,
+            l.max,
+            pct.join(",")
+        )
     }
 
     /// The [`Summary`] as pretty-printed JSON.
@@ -214,6 +265,14 @@ impl Report {
             "  requests  {:>12}  {:>12.1} req/s  errors {}",
             s.requests, s.requests_per_sec, s.errors
         );
+        if let Some(rate) = s.offered_rate {
+            let verdict = if s.rate_shortfall {
+                "  could not keep up: more than 5% short"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  offered   {:>12.1} req/s{verdict}", rate);
+        }
         if self.kind == LoadKind::Bulk {
             let _ = writeln!(
                 out,

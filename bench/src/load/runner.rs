@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use super::bulk::BulkProto;
 use super::echo::EchoProto;
 use super::http::HttpProto;
+use super::schedule::{latency_origin, Schedule};
 use super::{LoadConfig, LoadKind, Progress, ProgressFn, Report};
 
 /// Highest latency the histogram resolves (60 s, in microseconds); larger values saturate.
@@ -54,7 +55,7 @@ pub(super) async fn run(kind: LoadKind, target: SocketAddr, cfg: LoadConfig) -> 
         .clone()
         .map(|cb| tokio::spawn(ticker(shared.clone(), cb)));
     let mut set = JoinSet::new();
-    for _ in 0..shared.cfg.connections {
+    for index in 0..shared.cfg.connections {
         let cfg = &shared.cfg;
         let proto = match kind {
             LoadKind::Http => Proto::Http(HttpProto::new(&cfg.path, target, cfg.close)),
@@ -62,7 +63,7 @@ pub(super) async fn run(kind: LoadKind, target: SocketAddr, cfg: LoadConfig) -> 
             LoadKind::Echo => Proto::Echo(EchoProto::new(cfg.msg_size)),
             LoadKind::Bulk => Proto::Bulk(BulkProto::new(cfg.bulk_bytes)),
         };
-        set.spawn(drive(shared.clone(), proto));
+        set.spawn(drive(shared.clone(), proto, index));
     }
     while let Some(res) = set.join_next().await {
         if let Err(e) = res {
@@ -144,11 +145,17 @@ impl Proto {
     }
 }
 
-/// One connection's closed loop: (re)connect, exchange, record, repeat. The latency runs
-/// from before the connect (when there is one) to the end of the answer.
-async fn drive(shared: Arc<Shared>, mut proto: Proto) {
+/// One connection's loop: (re)connect, exchange, record, repeat; closed, or paced by the
+/// schedule with `--rate` (see [`super::schedule`]). The latency runs from before the
+/// connect (when there is one), or from the scheduled time, to the end of the answer.
+async fn drive(shared: Arc<Shared>, mut proto: Proto, index: usize) {
     let mut stream: Option<TcpStream> = None;
     let mut failures: u32 = 0;
+    let mut schedule = shared
+        .cfg
+        .rate
+        .map(|r| Schedule::new(r, shared.cfg.connections, index));
+    let mut previous_done = Duration::ZERO;
     while shared.take_ticket() {
         if failures >= 2 {
             // Back off while the target keeps failing, instead of spinning on refusals.
@@ -157,7 +164,22 @@ async fn drive(shared: Arc<Shared>, mut proto: Proto) {
                 break;
             }
         }
-        let t0 = Instant::now();
+        let t0 = match schedule.as_mut() {
+            None => Instant::now(),
+            Some(s) => {
+                let due = s.next_due();
+                let at = shared.start + due;
+                if shared
+                    .until_done(tokio::time::sleep_until(at.into()))
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
+                let sent = shared.start.elapsed();
+                shared.start + latency_origin(due, sent, previous_done)
+            }
+        };
         let attempt = async {
             let mut s = match stream.take() {
                 Some(s) => s,
@@ -169,7 +191,9 @@ async fn drive(shared: Arc<Shared>, mut proto: Proto) {
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))??;
             Ok::<_, io::Error>((s, outcome))
         };
-        match shared.until_done(attempt).await {
+        let result = shared.until_done(attempt).await;
+        previous_done = shared.start.elapsed();
+        match result {
             None => break,
             Some(Err(e)) => {
                 if is_mismatch(&e) {
@@ -349,6 +373,7 @@ impl Shared {
             target: self.target,
             connections: self.cfg.connections,
             close: kind == LoadKind::Http && self.cfg.close,
+            offered_rate: self.cfg.rate,
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             mismatches: self.mismatches.load(Ordering::Relaxed),

@@ -406,10 +406,10 @@ echo
 "$bench" compare-report --runs "$runs" --output "$results/compare-$ts.json" \
 	--latest "$results/latest.json" "${meta[@]}"
 "$bench" plot --input "$results/latest.json" --output "$results/latency-$ts.svg" \
-	--workload keepalive --title "keep-alive, $keepalive_conns connections: latency by percentile (medians of $rounds round(s), $ts)"
+	--workload keepalive --title "keep-alive, $keepalive_conns conns, closed loop: latency (medians of $rounds)"
 cp "$results/latency-$ts.svg" "$results/latency.svg"
 "$bench" plot --input "$results/latest.json" --output "$results/latency-rate-$ts.svg" \
-	--workload rate --title "keep-alive at $rate req/s offered, $keepalive_conns connections: latency by percentile (medians of $rounds round(s), $ts)"
+	--workload rate --title "keep-alive at $rate req/s, $keepalive_conns conns: latency (medians of $rounds)"
 cp "$results/latency-rate-$ts.svg" "$results/latency-rate.svg"
 echo
 echo "results: $results/compare-$ts.json (also latest.json), plots: $results/latency.svg, $results/latency-rate.svg, load output: $log"

@@ -12,18 +12,7 @@ use util::*;
 
 #[test]
 fn idle_timeout_closes_an_idle_connection() {
-    let echo = EchoServer::start("127.0.0.1:0").unwrap();
-    let b = echo.addr().to_string();
-    let lb = Lb::start(&[
-        "--backend",
-        &b,
-        "--workers",
-        "1",
-        "--health",
-        "none",
-        "--idle-timeout",
-        "1s",
-    ]);
+    let (_echo, lb) = echo_behind_lb(&["--workers", "1", "--idle-timeout", "1s"]);
     let mut s = lb.connect();
     s.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -182,18 +171,7 @@ fn fd_count_returns_to_start_after_10000_connections() {
 
 #[test]
 fn max_conns_pauses_accept_without_failing() {
-    let echo = EchoServer::start("127.0.0.1:0").unwrap();
-    let b = echo.addr().to_string();
-    let lb = Lb::start(&[
-        "--backend",
-        &b,
-        "--workers",
-        "1",
-        "--health",
-        "none",
-        "--max-conns",
-        "4",
-    ]);
+    let (_echo, lb) = echo_behind_lb(&["--workers", "1", "--max-conns", "4"]);
     let mut held: Vec<TcpStream> = (0..4).map(|_| lb.connect()).collect();
     for s in &mut held {
         s.write_all(b"a").unwrap();

@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use uringlb_bench::EchoServer;
 use util::*;
 
 const CONNS: usize = 2000;
@@ -22,18 +21,7 @@ fn echo_once(s: &mut TcpStream, msg: &[u8]) {
 
 #[test]
 fn idle_connections_release_their_buffers_and_still_forward_exactly() {
-    let echo = EchoServer::start("127.0.0.1:0").unwrap();
-    let b = echo.addr().to_string();
-    let lb = Lb::start(&[
-        "--backend",
-        &b,
-        "--workers",
-        "1",
-        "--forward",
-        "copy",
-        "--health",
-        "none",
-    ]);
+    let (_echo, lb) = echo_behind_lb(&["--workers", "1", "--forward", "copy"]);
     let base = rss_kib(lb.pid());
     let mut conns = Vec::with_capacity(CONNS);
     for i in 0..CONNS {
@@ -80,18 +68,7 @@ fn idle_connections_release_their_buffers_and_still_forward_exactly() {
 /// connection rate times the timeout).
 #[test]
 fn short_connections_leave_no_memory_behind() {
-    let echo = EchoServer::start("127.0.0.1:0").unwrap();
-    let b = echo.addr().to_string();
-    let lb = Lb::start(&[
-        "--backend",
-        &b,
-        "--workers",
-        "1",
-        "--health",
-        "none",
-        "--idle-timeout",
-        "10m",
-    ]);
+    let (_echo, lb) = echo_behind_lb(&["--workers", "1", "--idle-timeout", "10m"]);
     let addr = lb.addr;
     let run = |total: usize| {
         let threads: Vec<_> = (0..4)

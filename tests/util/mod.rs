@@ -267,3 +267,14 @@ pub fn rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// An echo backend and a balancer in front of it (`--health none`, plus `extra`); the echo
+/// is returned so that it lives as long as the test needs it.
+pub fn echo_behind_lb(extra: &[&str]) -> (uringlb_bench::EchoServer, Lb) {
+    let echo = uringlb_bench::EchoServer::start("127.0.0.1:0").expect("echo backend");
+    let backend = echo.addr().to_string();
+    let mut args = vec!["--backend", backend.as_str(), "--health", "none"];
+    args.extend_from_slice(extra);
+    let lb = Lb::start(&args);
+    (echo, lb)
+}

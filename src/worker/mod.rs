@@ -151,7 +151,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 struct Slot {
     gen: u32,
     in_use: bool,
-    /// The connection has its (one) idle-timer entry.
     /// Free, and its buffers may still hold pages; freed at `freed_ns`.
     dirty: bool,
     freed_ns: u64,

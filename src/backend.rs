@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::balance::{BuildOptions, Member, Prepared};
-use crate::config::{Algorithm, Config, HashKey};
+use crate::balance::{Algorithm, BuildOptions, HashKey, Member, Prepared};
+use crate::proxy_protocol::ProxyProtocol;
 
 /// Index into [`SharedCounters`]; the same backend keeps its id in every snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,10 +53,30 @@ pub struct Backend {
     pub weight: u32,
     pub max_conns: Option<u32>,
     /// Send this backend a PROXY header even when `--proxy-protocol` is off.
-    pub proxy_protocol: Option<crate::config::ProxyProtocol>,
+    pub proxy_protocol: Option<ProxyProtocol>,
     pub state: BackendState,
     /// For a draining backend: when its remaining connections are closed (`--grace`).
     pub drain_deadline: Option<std::time::Instant>,
+}
+
+/// How new connections are routed, besides the backends: the settings a snapshot carries
+/// (a reload changes them the same way a health change changes the backends).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub algorithm: Algorithm,
+    pub hash_key: HashKey,
+    pub hash_balance_factor: Option<u32>,
+    pub maglev_table_size: u64,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Other backends tried after a failed connect.
+    pub retries: u32,
+    /// Send a PROXY protocol header to backends.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Sources whose PROXY header is read and believed (`--accept-proxy`).
+    pub accept_proxy: Vec<ipnet::IpNet>,
+    /// Per-source limits.
+    pub limits: crate::limits::Limits,
 }
 
 /// The backend table a worker routes with. Immutable: a change is a new snapshot.
@@ -79,7 +99,7 @@ pub struct Snapshot {
     /// Other backends tried after a failed connect.
     pub retries: u32,
     /// Send a PROXY protocol header to backends.
-    pub proxy_protocol: Option<crate::config::ProxyProtocol>,
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Sources whose PROXY header is read and believed (`--accept-proxy`).
     pub accept_proxy: Vec<ipnet::IpNet>,
     /// Per-source limits.
@@ -94,7 +114,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot; `backends` is sorted by name here.
-    pub fn new(version: u64, mut backends: Vec<Backend>, cfg: &Config) -> Snapshot {
+    pub fn new(version: u64, mut backends: Vec<Backend>, policy: &Policy) -> Snapshot {
         backends.sort_by(|a, b| a.name.cmp(&b.name));
         let members: Vec<Member<'_>> = backends
             .iter()
@@ -104,36 +124,32 @@ impl Snapshot {
             })
             .collect();
         let opts = BuildOptions {
-            maglev_table_size: cfg.maglev_table_size,
-            hash_balance_factor: cfg.hash_balance_factor,
+            maglev_table_size: policy.maglev_table_size,
+            hash_balance_factor: policy.hash_balance_factor,
             seed: process_seed(),
         };
-        let balance = Arc::new(Prepared::new(cfg.algorithm, &members, &opts));
+        let balance = Arc::new(Prepared::new(policy.algorithm, &members, &opts));
         let needs_peer_addr = matches!(
-            cfg.algorithm,
+            policy.algorithm,
             Algorithm::SourceHash | Algorithm::Maglev | Algorithm::RingHash
-        ) || cfg.proxy_protocol.is_some()
+        ) || policy.proxy_protocol.is_some()
             || backends.iter().any(|b| b.proxy_protocol.is_some())
-            || !cfg.accept_proxy.is_empty()
-            || cfg.max_conns_per_source.is_some()
-            || cfg.max_conn_rate_per_source.is_some();
+            || !policy.accept_proxy.is_empty()
+            || policy.limits.any();
         Snapshot {
             version,
             backends,
-            algorithm: cfg.algorithm,
-            hash_key: cfg.hash_key,
-            hash_balance_factor: cfg.hash_balance_factor,
-            maglev_table_size: cfg.maglev_table_size,
-            connect_timeout: cfg.connect_timeout,
-            idle_timeout: cfg.idle_timeout,
-            retries: cfg.retries,
-            proxy_protocol: cfg.proxy_protocol,
+            algorithm: policy.algorithm,
+            hash_key: policy.hash_key,
+            hash_balance_factor: policy.hash_balance_factor,
+            maglev_table_size: policy.maglev_table_size,
+            connect_timeout: policy.connect_timeout,
+            idle_timeout: policy.idle_timeout,
+            retries: policy.retries,
+            proxy_protocol: policy.proxy_protocol,
             needs_peer_addr,
-            accept_proxy: cfg.accept_proxy.clone(),
-            limits: crate::limits::Limits {
-                max_open: cfg.max_conns_per_source,
-                max_rate: cfg.max_conn_rate_per_source,
-            },
+            accept_proxy: policy.accept_proxy.clone(),
+            limits: policy.limits,
             balance,
         }
     }
@@ -153,6 +169,29 @@ impl Snapshot {
     /// True when no backend is up: the balancer is in panic mode and balances over all.
     pub fn none_up(&self) -> bool {
         !self.backends.iter().any(|b| b.state == BackendState::Up)
+    }
+}
+
+/// A backend as the control thread publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub spec: crate::config::BackendSpec,
+    pub state: BackendState,
+    /// Effective weight (slow start applied), at least 1.
+    pub weight: u32,
+    /// Draining: open connections are closed at this time.
+    pub drain_deadline: Option<std::time::Instant>,
+}
+
+impl BackendEntry {
+    /// Up, at its configured weight.
+    pub fn up(spec: &crate::config::BackendSpec) -> BackendEntry {
+        BackendEntry {
+            spec: spec.clone(),
+            state: BackendState::Up,
+            weight: spec.weight,
+            drain_deadline: None,
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::balance::{Algorithm, HashKey};
+pub use crate::health::HealthCheck;
+pub use crate::proxy_protocol::ProxyProtocol;
+pub use crate::worker::ForwardMode;
+
 /// Everything a running balancer needs. Built by [`load`], never by hand outside tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -77,79 +82,10 @@ pub struct BackendSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    RoundRobin,
-    WeightedRoundRobin,
-    Random,
-    WeightedRandom,
-    LeastConn,
-    P2c,
-    LeastTime,
-    SourceHash,
-    Maglev,
-    RingHash,
-}
-
-impl Algorithm {
-    /// Every algorithm with its `--algorithm` name.
-    pub const ALL: [(&'static str, Algorithm); 10] = [
-        ("round-robin", Algorithm::RoundRobin),
-        ("weighted-round-robin", Algorithm::WeightedRoundRobin),
-        ("random", Algorithm::Random),
-        ("weighted-random", Algorithm::WeightedRandom),
-        ("least-conn", Algorithm::LeastConn),
-        ("p2c", Algorithm::P2c),
-        ("least-time", Algorithm::LeastTime),
-        ("source-hash", Algorithm::SourceHash),
-        ("maglev", Algorithm::Maglev),
-        ("ring-hash", Algorithm::RingHash),
-    ];
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, a)| *a == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
-    }
-
-    pub fn from_name(s: &str) -> Option<Algorithm> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, a)| *a)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workers {
     /// One per CPU of this process's affinity mask.
     Auto,
     Count(usize),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardMode {
-    Copy,
-    Splice,
-    Auto,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HealthCheck {
-    Tcp,
-    /// GET this path; 2xx/3xx is healthy.
-    Http(String),
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKey {
-    SourceIp,
-    SourceIpPort,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    V1,
-    V2,
 }
 
 impl Default for Config {
@@ -225,7 +161,7 @@ pub const MIN_HASH_BALANCE_FACTOR: u32 = 100;
 /// Highest `--hash-balance-factor`.
 pub const MAX_HASH_BALANCE_FACTOR: u32 = 100_000;
 /// Highest `--maglev-table-size`: one table per worker, 4 bytes an entry.
-pub const MAX_MAGLEV_TABLE_SIZE: u64 = 16_777_216;
+pub use crate::balance::MAX_MAGLEV_TABLE_SIZE;
 /// Longest accepted duration. Deadlines are `Instant + Duration`, which panics on overflow;
 /// a year is far beyond any sensible timeout and far from that overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -587,6 +523,39 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The routing settings a snapshot carries.
+    pub fn policy(&self) -> crate::backend::Policy {
+        crate::backend::Policy {
+            algorithm: self.algorithm,
+            hash_key: self.hash_key,
+            hash_balance_factor: self.hash_balance_factor,
+            maglev_table_size: self.maglev_table_size,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            retries: self.retries,
+            proxy_protocol: self.proxy_protocol,
+            accept_proxy: self.accept_proxy.clone(),
+            limits: crate::limits::Limits {
+                max_open: self.max_conns_per_source,
+                max_rate: self.max_conn_rate_per_source,
+            },
+        }
+    }
+
+    /// The health state machine's settings.
+    pub fn health_params(&self) -> crate::health::Params {
+        crate::health::Params {
+            rise: self.rise.max(1),
+            fall: self.fall.max(1),
+            active: self.health != HealthCheck::None,
+            eject_after: self.eject_after,
+            eject_base: self.eject_base,
+            eject_max: self.eject_max.max(self.eject_base),
+        }
+    }
+}
+
 /// One line for `--check`: what the merged configuration amounts to.
 pub fn summary(cfg: &Config) -> String {
     let workers = match cfg.workers {
@@ -606,27 +575,6 @@ pub fn summary(cfg: &Config) -> String {
         s.push_str(&format!(", discovery {d}"));
     }
     s
-}
-
-impl ForwardMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            ForwardMode::Copy => "copy",
-            ForwardMode::Splice => "splice",
-            ForwardMode::Auto => "auto",
-        }
-    }
-}
-
-impl fmt::Display for HealthCheck {
-    /// The `--health` spelling.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HealthCheck::Tcp => f.write_str("tcp"),
-            HealthCheck::Http(path) => write!(f, "http:{path}"),
-            HealthCheck::None => f.write_str("none"),
-        }
-    }
 }
 
 // --- value parsers (shared by clap and the TOML file) ----------------------------------

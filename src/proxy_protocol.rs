@@ -6,7 +6,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::config::ProxyProtocol;
+/// Which PROXY protocol header to send (`--proxy-protocol`, `proxy-protocol=` of a backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+}
 
 /// The v2 signature: `\r\n\r\n\0\r\nQUIT\n`.
 pub const V2_SIGNATURE: [u8; 12] = [

@@ -17,7 +17,8 @@ use crossbeam_channel::Sender;
 use crossbeam_utils::CachePadded;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::backend::{Backend, BackendId, BackendState, SharedCounters, Snapshot, MAX_BACKENDS};
+pub use crate::backend::BackendEntry;
+use crate::backend::{Backend, BackendId, Policy, SharedCounters, Snapshot, MAX_BACKENDS};
 use crate::config::{BackendSpec, Config, Workers};
 use crate::uring;
 use crate::worker::{Command, Shared, Worker, WorkerConfig, WorkerSetup, WorkerStats};
@@ -112,7 +113,7 @@ impl Server {
             ids: Vec::new(),
         };
         let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
-        let snapshot = Arc::new(build_snapshot(&mut state, &entries, config)?);
+        let snapshot = Arc::new(build_snapshot(&mut state, &entries, &config.policy())?);
         let worker_config = WorkerConfig {
             forward: config.forward,
             buf_size: BUF_SIZE,
@@ -192,7 +193,7 @@ impl Server {
         settings: &Config,
     ) -> Result<u64, StartError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = Arc::new(build_snapshot(&mut state, entries, settings)?);
+        let snapshot = Arc::new(build_snapshot(&mut state, entries, &settings.policy())?);
         let version = snapshot.version;
         for w in &self.workers {
             if w.commands.send(Command::Snapshot(snapshot.clone())).is_ok() {
@@ -233,29 +234,6 @@ impl Server {
     }
 }
 
-/// A backend as the control thread publishes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendEntry {
-    pub spec: BackendSpec,
-    pub state: BackendState,
-    /// Effective weight (slow start applied), at least 1.
-    pub weight: u32,
-    /// Draining: open connections are closed at this time.
-    pub drain_deadline: Option<std::time::Instant>,
-}
-
-impl BackendEntry {
-    /// Up, at its configured weight.
-    pub fn up(spec: &BackendSpec) -> BackendEntry {
-        BackendEntry {
-            spec: spec.clone(),
-            state: BackendState::Up,
-            weight: spec.weight,
-            drain_deadline: None,
-        }
-    }
-}
-
 impl Server {
     /// The id a backend name has (or gets) in the shared counters.
     pub fn backend_id(&self, name: &str) -> Option<BackendId> {
@@ -267,7 +245,7 @@ impl Server {
 fn build_snapshot(
     state: &mut PublishState,
     entries: &[BackendEntry],
-    config: &Config,
+    policy: &Policy,
 ) -> Result<Snapshot, StartError> {
     let mut backends = Vec::with_capacity(entries.len());
     for e in entries {
@@ -286,7 +264,7 @@ fn build_snapshot(
         });
     }
     state.version += 1;
-    Ok(Snapshot::new(state.version, backends, config))
+    Ok(Snapshot::new(state.version, backends, policy))
 }
 
 #[allow(clippy::too_many_arguments)]

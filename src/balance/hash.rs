@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::HashKey;
+use super::HashKey;
 
 /// Seed of [`hash_client`]; distinct from the seeds the tables use for backend keys so that
 /// client keys and table positions are independent functions.

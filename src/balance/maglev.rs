@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::bounded::first_fit;
 use super::hash::{fmix64, hash_bytes, reduce};
 use super::{Balance, Member, Pool, Request};
-use crate::config::MAX_MAGLEV_TABLE_SIZE;
+use super::MAX_MAGLEV_TABLE_SIZE;
 
 /// The paper's and Envoy's default table size: prime, and > 100 x up to 655 backends.
 pub const DEFAULT_TABLE_SIZE: u64 = 65537;

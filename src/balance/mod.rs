@@ -9,6 +9,7 @@
 //! order: deterministic per key for the hashing algorithms, and `None` only when no backend
 //! is eligible.
 
+mod algorithm;
 mod bounded;
 pub mod ewma;
 mod hash;
@@ -24,6 +25,7 @@ mod source_hash;
 mod weighted;
 mod weighted_random;
 
+pub use algorithm::{Algorithm, HashKey, MAX_MAGLEV_TABLE_SIZE};
 pub use ewma::PeakEwma;
 pub use hash::{hash_bytes, hash_client};
 pub use least_conn::LeastConn;
@@ -42,7 +44,6 @@ pub use weighted_random::WeightedRandom;
 
 use std::sync::Arc;
 
-use crate::config::Algorithm;
 
 /// What an algorithm may know about the backends of the current snapshot, by index.
 pub trait Pool {

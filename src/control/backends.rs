@@ -174,7 +174,7 @@ impl Table {
     pub fn new(config: &Config, ids: &mut dyn FnMut(&str) -> Option<BackendId>) -> Table {
         let mut t = Table {
             rows: Vec::new(),
-            params: Params::from_config(config),
+            params: config.health_params(),
             grace: config.grace,
             slow_start: if slow_start::applies_to(config.algorithm) {
                 config.slow_start
@@ -562,7 +562,7 @@ impl Table {
     /// slow start); they apply from the next event on. Backends are set separately.
     pub fn reconfigure(&mut self, config: &Config, now: Instant) {
         let was_active = self.params.active;
-        self.params = Params::from_config(config);
+        self.params = config.health_params();
         self.grace = config.grace;
         if was_active && !self.params.active {
             // No check will ever pass again: forget the failed ones.

@@ -8,3 +8,27 @@ pub mod state;
 
 pub use probe::ProbeError;
 pub use state::{Event, Health, Params};
+
+use std::fmt;
+
+/// The active check (`--health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    Tcp,
+    /// GET this path; 2xx/3xx is healthy.
+    Http(String),
+    None,
+}
+
+
+impl fmt::Display for HealthCheck {
+    /// The `--health` spelling.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthCheck::Tcp => f.write_str("tcp"),
+            HealthCheck::Http(path) => write!(f, "http:{path}"),
+            HealthCheck::None => f.write_str("none"),
+        }
+    }
+}
+

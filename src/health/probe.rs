@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::HealthCheck;
+use super::HealthCheck;
 
 /// A response head larger than this is not a health check answer.
 const MAX_HEAD: usize = 16 * 1024;

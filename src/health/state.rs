@@ -8,7 +8,6 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, HealthCheck};
 
 /// The settings the state machine follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,19 +25,6 @@ pub struct Params {
     pub eject_base: Duration,
     /// The longest ejection.
     pub eject_max: Duration,
-}
-
-impl Params {
-    pub fn from_config(c: &Config) -> Params {
-        Params {
-            rise: c.rise.max(1),
-            fall: c.fall.max(1),
-            active: c.health != HealthCheck::None,
-            eject_after: c.eject_after,
-            eject_base: c.eject_base,
-            eject_max: c.eject_max.max(c.eject_base),
-        }
-    }
 }
 
 /// Why a backend's health verdict flipped; its `Display` is the "why" of the log line.

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::backend::BackendId;
-use crate::config::ForwardMode;
+use super::ForwardMode;
 
 use super::token::OpKind;
 
@@ -206,7 +206,7 @@ pub struct Conn {
     /// sent again to the next backend (replay).
     early: usize,
     /// The PROXY protocol version to send the backend being connected to.
-    pub send_proxy: Option<crate::config::ProxyProtocol>,
+    pub send_proxy: Option<crate::proxy_protocol::ProxyProtocol>,
     /// The address the client connected to, when a PROXY header told it.
     pub orig_dst: Option<SocketAddr>,
     /// The source IP counted in the per-source limits table (released at close).

@@ -29,11 +29,30 @@ use crate::backend::{BackendId, BackendState, SharedCounters, Snapshot};
 use crate::balance::{self, Balance, PeakEwma, Pool, Request};
 use crate::uring::{self, Completion, Ring};
 
-use crate::config::ForwardMode;
 use crate::proxy_protocol::Decoded;
 use conn::{Action, Conn, Forwarding, Phase};
 use pipes::PipePool;
 use token::{next_gen, OpKind, Token};
+
+/// How bytes are forwarded (`--forward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMode {
+    Copy,
+    Splice,
+    Auto,
+}
+
+
+impl ForwardMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardMode::Copy => "copy",
+            ForwardMode::Splice => "splice",
+            ForwardMode::Auto => "auto",
+        }
+    }
+}
+
 
 /// Messages from the control thread.
 #[derive(Debug)]
@@ -1137,7 +1156,7 @@ fn build_balancer(snapshot: &Snapshot, worker: usize) -> Box<dyn Balance> {
 }
 
 /// The hashing algorithms' key for a client address.
-fn client_key(addr: &SocketAddr, key: crate::config::HashKey) -> u64 {
+fn client_key(addr: &SocketAddr, key: crate::balance::HashKey) -> u64 {
     balance::hash_client(addr, key)
 }
 

@@ -43,6 +43,19 @@ impl BackendState {
     }
 }
 
+/// One `--backend ADDR[,weight=N][,name=S][,max-conns=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    /// At least 1.
+    pub weight: u32,
+    /// Unique; defaults to the address as text. The stable key for hashing.
+    pub name: String,
+    pub max_conns: Option<u32>,
+    /// Send a PROXY header to this backend even when `--proxy-protocol` is off.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
 /// One backend in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -175,7 +188,7 @@ impl Snapshot {
 /// A backend as the control thread publishes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendEntry {
-    pub spec: crate::config::BackendSpec,
+    pub spec: BackendSpec,
     pub state: BackendState,
     /// Effective weight (slow start applied), at least 1.
     pub weight: u32,
@@ -185,7 +198,7 @@ pub struct BackendEntry {
 
 impl BackendEntry {
     /// Up, at its configured weight.
-    pub fn up(spec: &crate::config::BackendSpec) -> BackendEntry {
+    pub fn up(spec: &BackendSpec) -> BackendEntry {
         BackendEntry {
             spec: spec.clone(),
             state: BackendState::Up,

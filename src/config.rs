@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::backend::BackendSpec;
 pub use crate::balance::{Algorithm, HashKey};
 pub use crate::health::HealthCheck;
 pub use crate::proxy_protocol::ProxyProtocol;
@@ -66,19 +67,6 @@ pub struct Config {
     /// The values given as command-line flags: a reload re-reads the file and lays these
     /// over it again, so a flag keeps overriding the file after SIGHUP.
     pub overrides: PartialConfig,
-}
-
-/// One `--backend ADDR[,weight=N][,name=S][,max-conns=N]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendSpec {
-    pub addr: SocketAddr,
-    /// At least 1.
-    pub weight: u32,
-    /// Unique; defaults to the address as text. The stable key for hashing.
-    pub name: String,
-    pub max_conns: Option<u32>,
-    /// Send a PROXY header to this backend even when `--proxy-protocol` is off.
-    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -94,7 +94,7 @@ impl SourceTable {
     fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, SourceEntry>> {
         let h = crate::balance::hash_client(
             &std::net::SocketAddr::new(*ip, 0),
-            crate::config::HashKey::SourceIp,
+            crate::balance::HashKey::SourceIp,
         );
         &self.shards[(h % SHARDS as u64) as usize]
     }

@@ -87,6 +87,7 @@ fn picks(c: &mut Criterion) {
                     let req = Request {
                         key,
                         now_ns: 1_000_000,
+                        retry: false,
                     };
                     black_box(sel.pick(&pool, black_box(&req)))
                 })

@@ -70,6 +70,9 @@ pub struct Backend {
     pub state: BackendState,
     /// For a draining backend: when its remaining connections are closed (`--grace`).
     pub drain_deadline: Option<std::time::Instant>,
+    /// Its address is one of this host's: its connections are watched for loops back to
+    /// the balancer ([`crate::loops`]).
+    pub local: bool,
 }
 
 /// How new connections are routed, besides the backends: the settings a snapshot carries
@@ -117,17 +120,22 @@ pub struct Snapshot {
     pub accept_proxy: Vec<ipnet::IpNet>,
     /// Per-source limits.
     pub limits: crate::limits::Limits,
-    /// Whether a worker needs the client's address at accept (hashing, PROXY headers,
-    /// per-source limits): one `getpeername` saved per connection when nothing does.
-    pub needs_peer_addr: bool,
     /// The algorithm's shared, prebuilt part (e.g. the Maglev table), built once here on
     /// the control thread; each worker makes its own selector from it.
     pub balance: Arc<Prepared>,
+    /// This host's addresses, sorted: a client from one of them may be the balancer's own
+    /// backend connection coming back.
+    pub local_ips: Arc<[std::net::IpAddr]>,
 }
 
 impl Snapshot {
     /// Builds a snapshot; `backends` is sorted by name here.
-    pub fn new(version: u64, mut backends: Vec<Backend>, policy: &Policy) -> Snapshot {
+    pub fn new(
+        version: u64,
+        mut backends: Vec<Backend>,
+        policy: &Policy,
+        local_ips: Arc<[std::net::IpAddr]>,
+    ) -> Snapshot {
         backends.sort_by(|a, b| a.name.cmp(&b.name));
         let members: Vec<Member<'_>> = backends
             .iter()
@@ -142,13 +150,6 @@ impl Snapshot {
             seed: process_seed(),
         };
         let balance = Arc::new(Prepared::new(policy.algorithm, &members, &opts));
-        let needs_peer_addr = matches!(
-            policy.algorithm,
-            Algorithm::SourceHash | Algorithm::Maglev | Algorithm::RingHash
-        ) || policy.proxy_protocol.is_some()
-            || backends.iter().any(|b| b.proxy_protocol.is_some())
-            || !policy.accept_proxy.is_empty()
-            || policy.limits.any();
         Snapshot {
             version,
             backends,
@@ -160,11 +161,17 @@ impl Snapshot {
             idle_timeout: policy.idle_timeout,
             retries: policy.retries,
             proxy_protocol: policy.proxy_protocol,
-            needs_peer_addr,
             accept_proxy: policy.accept_proxy.clone(),
             limits: policy.limits,
             balance,
+            local_ips,
         }
+    }
+
+    /// Whether `ip` is one of this host's addresses.
+    pub fn is_local(&self, ip: std::net::IpAddr) -> bool {
+        let ip = crate::loops::canonical(ip);
+        ip.is_loopback() || self.local_ips.binary_search(&ip).is_ok()
     }
 
     /// Whether a PROXY header from `addr` is to be read and believed.

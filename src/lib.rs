@@ -4,7 +4,9 @@
 //! one [`worker`] per CPU, runs the control thread) -> [`worker`] (the io_uring loop) ->
 //! [`worker::conn`] (one proxied connection as a state machine). All `unsafe` is in [`uring`].
 
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
 pub mod balance;
@@ -12,11 +14,16 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod direction;
 /// The shared entry points of the fuzz targets and of the corpus replay test.
 pub mod fuzzing;
 pub mod health;
 pub mod limits;
+pub mod loops;
+pub mod net;
 pub mod proxy_protocol;
 pub mod server;
+/// The only module allowed `unsafe`: see its documentation.
+#[allow(unsafe_code)]
 pub mod uring;
 pub mod worker;

@@ -6,22 +6,22 @@
 //! `start` is all or nothing: any error (address in use, io_uring unavailable) stops what
 //! was started and is returned; nothing is left running.
 
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use crossbeam_utils::CachePadded;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use crate::backend::BackendEntry;
-use crate::backend::{Backend, BackendId, Policy, SharedCounters, Snapshot, MAX_BACKENDS};
+use crate::backend::{Backend, BackendId, Policy, Snapshot, MAX_BACKENDS};
 use crate::config::{BackendSpec, Config, Workers};
-use crate::uring;
-use crate::worker::{Command, Shared, Worker, WorkerConfig, WorkerSetup, WorkerStats};
+use crate::net;
+use crate::uring::RingError;
+use crate::worker::{Command, Shared, Worker, WorkerConfig, WorkerSetup};
 
 /// Why a balancer could not start. Each is one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +56,17 @@ pub struct Server {
     shared: Arc<Shared>,
     state: Mutex<PublishState>,
     config: Config,
+    worker_config: WorkerConfig,
+    /// Slots per worker: any worker may hold every place of `--max-conns`.
+    slots: usize,
 }
 
 struct WorkerHandle {
+    index: usize,
+    cpu: Option<usize>,
     commands: Sender<Command>,
     wake: OwnedFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Result<(), RingError>>>,
 }
 
 /// What `publish` needs to give backends stable ids.
@@ -69,6 +74,8 @@ struct PublishState {
     version: u64,
     /// Backend name -> id, for every name ever seen (ids are never reused while named).
     ids: Vec<String>,
+    /// The snapshot published last (a restarted worker starts with it).
+    last: Option<Arc<Snapshot>>,
 }
 
 impl PublishState {
@@ -98,28 +105,25 @@ impl Server {
             .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
         let (listeners, local_addrs) = bind_all(&config.listen, n_workers)?;
 
-        let shared = Arc::new(Shared {
-            counters: SharedCounters::new(),
-            epoch: std::time::Instant::now(),
-            open_clients: AtomicUsize::new(0),
-            max_conns,
-            sources: crate::limits::SourceTable::default(),
-            stats: (0..n_workers)
-                .map(|_| CachePadded::new(WorkerStats::default()))
-                .collect(),
-        });
+        let shared = Arc::new(Shared::new(n_workers, max_conns));
         let mut state = PublishState {
             version: 0,
             ids: Vec::new(),
+            last: None,
         };
         let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
         let snapshot = Arc::new(build_snapshot(&mut state, &entries, &config.policy())?);
+        state.last = Some(snapshot.clone());
         let worker_config = WorkerConfig {
             forward: config.forward,
             buf_size: BUF_SIZE,
             pipes_max: config.splice_pipes,
             pipe_size: PIPE_SIZE,
+            fail_after: None,
         };
+        // One balancer-wide limit, and any worker may end up holding all of it; a slot
+        // costs memory only once used.
+        let slots = max_conns;
 
         let mut workers = Vec::with_capacity(n_workers);
         let mut failure = None;
@@ -129,14 +133,16 @@ impl Server {
             } else {
                 None
             };
+            let mut wc = worker_config.clone();
+            wc.fail_after = injected_failure(index);
             match spawn_worker(
                 index,
                 cpu,
                 listeners,
                 snapshot.clone(),
                 shared.clone(),
-                &worker_config,
-                max_conns,
+                &wc,
+                slots,
             ) {
                 Ok(h) => workers.push(h),
                 Err(e) => {
@@ -151,6 +157,8 @@ impl Server {
             shared,
             state: Mutex::new(state),
             config: config.clone(),
+            worker_config,
+            slots,
         };
         if let Some(e) = failure {
             server.stop(Duration::ZERO);
@@ -195,9 +203,10 @@ impl Server {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = Arc::new(build_snapshot(&mut state, entries, &settings.policy())?);
         let version = snapshot.version;
+        state.last = Some(snapshot.clone());
         for w in &self.workers {
             if w.commands.send(Command::Snapshot(snapshot.clone())).is_ok() {
-                uring::eventfd_signal(w.wake.as_raw_fd());
+                net::eventfd_signal(&w.wake);
             }
         }
         Ok(version)
@@ -207,7 +216,7 @@ impl Server {
     pub fn stop(&self, grace: Duration) {
         for w in &self.workers {
             if w.commands.send(Command::Stop { grace }).is_ok() {
-                uring::eventfd_signal(w.wake.as_raw_fd());
+                net::eventfd_signal(&w.wake);
             }
         }
     }
@@ -215,6 +224,57 @@ impl Server {
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
         self.shared.open_clients.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new worker in the place of each one whose loop failed (its connections
+    /// were reset and their counts given back); the new one binds its own listeners and
+    /// routes with the last snapshot. A worker that ended because the balancer is stopping
+    /// is left alone. Returns how many were restarted; an error if one cannot be (its
+    /// listeners cannot be bound): the balancer then goes on with fewer workers.
+    pub fn supervise(&mut self) -> Result<usize, StartError> {
+        let mut restarted = 0;
+        for i in 0..self.workers.len() {
+            let finished = self.workers[i]
+                .thread
+                .as_ref()
+                .is_some_and(|t| t.is_finished());
+            if !finished {
+                continue;
+            }
+            let outcome = self.workers[i].thread.take().map(|t| t.join());
+            let why = match outcome {
+                Some(Ok(Ok(()))) => continue, // stopped as asked
+                Some(Ok(Err(e))) => e.to_string(),
+                Some(Err(_)) => "it panicked".to_string(),
+                None => continue,
+            };
+            let (index, cpu) = (self.workers[i].index, self.workers[i].cpu);
+            tracing::error!(
+                worker = index,
+                "worker loop ended: {why}; starting a new one"
+            );
+            let (mut listeners, _) = bind_all(&self.local_addrs, 1)?;
+            let snapshot = self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last
+                .clone()
+                .expect("published at start");
+            let handle = spawn_worker(
+                index,
+                cpu,
+                listeners.pop().unwrap_or_default(),
+                snapshot,
+                self.shared.clone(),
+                &self.worker_config,
+                self.slots,
+            )?;
+            self.workers[i] = handle;
+            self.shared.worker_restarts.fetch_add(1, Ordering::Relaxed);
+            restarted += 1;
+        }
+        Ok(restarted)
     }
 
     /// Waits for every worker thread to exit.
@@ -247,6 +307,11 @@ fn build_snapshot(
     entries: &[BackendEntry],
     policy: &Policy,
 ) -> Result<Snapshot, StartError> {
+    let local_ips: Arc<[IpAddr]> = crate::loops::local_ips().into();
+    let is_local = |ip: IpAddr| {
+        let ip = crate::loops::canonical(ip);
+        ip.is_loopback() || ip.is_unspecified() || local_ips.binary_search(&ip).is_ok()
+    };
     let mut backends = Vec::with_capacity(entries.len());
     for e in entries {
         let id = state
@@ -261,24 +326,32 @@ fn build_snapshot(
             proxy_protocol: e.spec.proxy_protocol,
             state: e.state,
             drain_deadline: e.drain_deadline,
+            local: is_local(e.spec.addr.ip()),
         });
     }
     state.version += 1;
-    Ok(Snapshot::new(state.version, backends, policy))
+    Ok(Snapshot::new(state.version, backends, policy, local_ips))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The test hook `URINGLB_TEST_FAIL_WORKER=INDEX:WAITS`: worker INDEX's loop fails after
+/// WAITS waits, once, so that the tests can see a failed worker replaced.
+fn injected_failure(index: usize) -> Option<u64> {
+    let v = std::env::var("URINGLB_TEST_FAIL_WORKER").ok()?;
+    let (i, n) = v.split_once(':')?;
+    (i.parse::<usize>().ok()? == index).then_some(())?;
+    n.parse().ok()
+}
+
 fn spawn_worker(
     index: usize,
     cpu: Option<usize>,
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<(OwnedFd, SocketAddr)>,
     snapshot: Arc<Snapshot>,
     shared: Arc<Shared>,
     config: &WorkerConfig,
-    max_conns: usize,
+    slots: usize,
 ) -> Result<WorkerHandle, StartError> {
-    let wake_raw = uring::eventfd().map_err(|source| StartError::Worker { index, source })?;
-    let wake: OwnedFd = uring::own_fd(wake_raw);
+    let wake = net::eventfd().map_err(|source| StartError::Worker { index, source })?;
     let wake_for_worker = wake
         .try_clone()
         .map_err(|source| StartError::Worker { index, source })?;
@@ -292,8 +365,7 @@ fn spawn_worker(
         snapshot,
         shared,
         config: config.clone(),
-        // One balancer-wide limit, but any worker may end up holding all of it.
-        slots: max_conns + 64,
+        slots,
     };
     let thread = std::thread::Builder::new()
         .name(format!("uringlb-w{index}"))
@@ -304,16 +376,19 @@ fn spawn_worker(
             match Worker::new(setup) {
                 Ok(w) => {
                     let _ = ready_tx.send(Ok(()));
-                    w.run();
+                    w.run()
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
+                    Ok(())
                 }
             }
         })
         .map_err(|source| StartError::Worker { index, source })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(WorkerHandle {
+            index,
+            cpu,
             commands: tx,
             wake,
             thread: Some(thread),
@@ -332,13 +407,15 @@ fn spawn_worker(
     }
 }
 
-/// One SO_REUSEPORT listener per worker per address. With port 0 the first socket's
-/// kernel-chosen port is reused for the others.
+/// One SO_REUSEPORT listener per worker per address, with the address it is bound to. With
+/// port 0 the first socket's kernel-chosen port is reused for the others.
+#[allow(clippy::type_complexity)]
 fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
-) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>), StartError> {
-    let mut per_worker: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
+) -> Result<(Vec<Vec<(OwnedFd, SocketAddr)>>, Vec<SocketAddr>), StartError> {
+    let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(addrs.len());
     for &addr in addrs {
         let mut actual = addr;
@@ -350,7 +427,7 @@ fn bind_all(
                     actual = a;
                 }
             }
-            sockets.push(OwnedFd::from(sock));
+            sockets.push((OwnedFd::from(sock), actual));
         }
         bound.push(actual);
     }

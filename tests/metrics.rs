@@ -138,6 +138,7 @@ fn metrics_match_the_traffic_and_parse() {
         m.value("uringlb_rejected_total", &[("reason", "no_slot")]),
         0.0
     );
+    assert_eq!(m.value("uringlb_workers_alive", &[]), 2.0);
 
     // One connect time per established connection, in seconds.
     let count = m.value("uringlb_connect_duration_seconds_count", &[]);
@@ -167,13 +168,21 @@ fn metrics_match_the_traffic_and_parse() {
             "uringlb_accepted",
             "uringlb_backend_up",
             "uringlb_bytes",
+            "uringlb_client_connections",
+            "uringlb_client_connections_limit",
             "uringlb_config_reloads",
             "uringlb_connect_duration_seconds",
             "uringlb_connect_failures",
             "uringlb_connections",
             "uringlb_connections_active",
+            "uringlb_cq_overflows",
+            "uringlb_discovery_failures",
             "uringlb_health_checks",
             "uringlb_rejected",
+            "uringlb_replays",
+            "uringlb_spliced_bytes",
+            "uringlb_worker_restarts",
+            "uringlb_workers_alive",
         ]
     );
     match python_parse(&text) {

@@ -21,7 +21,7 @@ impl LeastConn {
 }
 
 impl Balance for LeastConn {
-    fn pick(&mut self, pool: &dyn Pool, _req: &Request) -> Option<usize> {
+    fn pick(&mut self, pool: &dyn Pool, req: &Request) -> Option<usize> {
         let n = pool.len();
         // (index, active + 1, weight) of the best so far; compared exactly in u128.
         let mut best: Option<(usize, u128, u128)> = None;
@@ -39,7 +39,9 @@ impl Balance for LeastConn {
             }
         }
         let (b, _, _) = best?;
-        self.next = (b + 1) % n;
+        if !req.retry {
+            self.next = (b + 1) % n;
+        }
         Some(b)
     }
 }

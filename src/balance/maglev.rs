@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use super::bounded::first_fit;
 use super::hash::{fmix64, hash_bytes, reduce};
-use super::{Balance, Member, Pool, Request};
 use super::MAX_MAGLEV_TABLE_SIZE;
+use super::{Balance, Member, Pool, Request};
 
 /// The paper's and Envoy's default table size: prime, and > 100 x up to 655 backends.
 pub const DEFAULT_TABLE_SIZE: u64 = 65537;
@@ -409,7 +409,7 @@ mod tests {
         let mut pool = VecPool::equal(5);
         let req = Request {
             key: fmix64(42),
-            now_ns: 0,
+            ..Request::default()
         };
         let first = mg.pick(&pool, &req).unwrap();
         assert_eq!(Some(first), table.lookup(req.key));
@@ -440,7 +440,15 @@ mod tests {
             let key = fmix64(k);
             if mg.table.lookup(key) == Some(0) {
                 keys += 1;
-                c[mg.pick(&pool, &Request { key, now_ns: 0 }).unwrap()] += 1;
+                c[mg.pick(
+                    &pool,
+                    &Request {
+                        key,
+                        now_ns: 0,
+                        retry: false,
+                    },
+                )
+                .unwrap()] += 1;
             }
         }
         assert_eq!(c[0], 0);
@@ -459,10 +467,26 @@ mod tests {
         let mut pool = VecPool::equal(3);
         pool.active[home] = 10;
         let mut mg = Maglev::new(table.clone(), Some(150));
-        let other = mg.pick(&pool, &Request { key, now_ns: 0 }).unwrap();
+        let other = mg
+            .pick(
+                &pool,
+                &Request {
+                    key,
+                    now_ns: 0,
+                    retry: false,
+                },
+            )
+            .unwrap();
         assert_ne!(other, home);
         assert_eq!(
-            Maglev::new(table, None).pick(&pool, &Request { key, now_ns: 0 }),
+            Maglev::new(table, None).pick(
+                &pool,
+                &Request {
+                    key,
+                    now_ns: 0,
+                    retry: false
+                }
+            ),
             Some(home)
         );
     }

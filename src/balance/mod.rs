@@ -44,7 +44,6 @@ pub use weighted_random::WeightedRandom;
 
 use std::sync::Arc;
 
-
 /// What an algorithm may know about the backends of the current snapshot, by index.
 pub trait Pool {
     /// Number of backends (indices `0..len()`).
@@ -74,6 +73,11 @@ pub struct Request {
     pub key: u64,
     /// Monotonic time in nanoseconds, for time-decaying state.
     pub now_ns: u64,
+    /// Another backend of this connection failed: the pick walks the fallback order but
+    /// must not move a cursor, or the next connection would start behind the failed one
+    /// (with round robin and one dead backend out of two, every client would try the dead
+    /// one first).
+    pub retry: bool,
 }
 
 /// A backend selection algorithm with its per-worker state.
@@ -248,13 +252,17 @@ mod tests {
                 let prepared = Prepared::new(algorithm, &members, &opts);
                 assert_eq!(prepared.algorithm(), algorithm);
                 for key in [0u64, 1, u64::MAX, 0x1234_5678_9abc_def0] {
-                    let req = Request { key, now_ns: 5 };
                     let walk = |worker: usize| {
                         let mut sel = prepared.selector(worker);
                         let mut pool = VecPool::weighted(&weights);
                         pool.active = vec![3, 0, 1, 4, 2, 0];
                         let mut order = Vec::new();
-                        while let Some(i) = sel.pick(&pool, &req) {
+                        let req = |retry| Request {
+                            key,
+                            now_ns: 5,
+                            retry,
+                        };
+                        while let Some(i) = sel.pick(&pool, &req(!order.is_empty())) {
                             assert!(pool.eligible[i], "{name}: picked ineligible {i}");
                             pool.eligible[i] = false;
                             order.push(i);

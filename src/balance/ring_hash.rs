@@ -219,7 +219,11 @@ mod tests {
     }
 
     fn req(key: u64) -> Request {
-        Request { key, now_ns: 0 }
+        Request {
+            key,
+            now_ns: 0,
+            retry: false,
+        }
     }
 
     #[test]

@@ -17,12 +17,14 @@ impl RoundRobin {
 }
 
 impl Balance for RoundRobin {
-    fn pick(&mut self, pool: &dyn Pool, _req: &Request) -> Option<usize> {
+    fn pick(&mut self, pool: &dyn Pool, req: &Request) -> Option<usize> {
         let n = pool.len();
         for step in 0..n {
             let i = (self.next + step) % n;
             if pool.eligible(i) {
-                self.next = (i + 1) % n;
+                if !req.retry {
+                    self.next = (i + 1) % n;
+                }
                 return Some(i);
             }
         }
@@ -58,6 +60,28 @@ mod tests {
         assert_eq!(rr.pick(&pool, &Request::default()), Some(0));
         pool.eligible = vec![false; 3];
         assert_eq!(rr.pick(&pool, &Request::default()), None);
+    }
+
+    #[test]
+    fn a_retry_does_not_move_the_cursor() {
+        // Two backends, the first dead: each client tries it at most every other time.
+        let mut pool = VecPool::equal(2);
+        let mut rr = RoundRobin::new(2, 0);
+        let mut dead_first = 0;
+        for _ in 0..12 {
+            pool.eligible = vec![true; 2];
+            let first = rr.pick(&pool, &Request::default()).unwrap();
+            if first == 0 {
+                dead_first += 1;
+                pool.eligible[0] = false;
+                let retry = Request {
+                    retry: true,
+                    ..Request::default()
+                };
+                assert_eq!(rr.pick(&pool, &retry), Some(1));
+            }
+        }
+        assert_eq!(dead_first, 6);
     }
 
     #[test]

@@ -35,7 +35,11 @@ mod tests {
     use crate::balance::testing::VecPool;
 
     fn req(key: u64) -> Request {
-        Request { key, now_ns: 0 }
+        Request {
+            key,
+            now_ns: 0,
+            retry: false,
+        }
     }
 
     #[test]

@@ -24,10 +24,22 @@ impl SmoothWeighted {
 }
 
 impl Balance for SmoothWeighted {
-    fn pick(&mut self, pool: &dyn Pool, _req: &Request) -> Option<usize> {
+    fn pick(&mut self, pool: &dyn Pool, req: &Request) -> Option<usize> {
+        let n = pool.len().min(self.current.len());
+        if req.retry {
+            // The one the next pick would choose among the eligible, leaving the cycle as
+            // it is.
+            let next = |i: usize| self.current[i] + i64::from(pool.weight(i));
+            return (0..n)
+                .filter(|&i| pool.eligible(i))
+                .fold(None, |best: Option<usize>, i| match best {
+                    Some(b) if next(b) >= next(i) => Some(b),
+                    _ => Some(i),
+                });
+        }
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for i in 0..pool.len().min(self.current.len()) {
+        for i in 0..n {
             if !pool.eligible(i) {
                 continue;
             }

@@ -116,7 +116,7 @@ async fn next_signal(signals: &mut Option<Signals>) -> Sig {
 /// Runs until the balancer has stopped (a signal or [`Command::Stop`]) and every worker
 /// has exited.
 pub async fn run(
-    server: Server,
+    mut server: Server,
     mut config: Config,
     mut commands: UnboundedReceiver<Command>,
     mut signals: Option<Signals>,
@@ -232,6 +232,11 @@ pub async fn run(
                 table.tick(counters, now);
                 if stopping && server.all_exited() {
                     break;
+                }
+                if !stopping {
+                    if let Err(e) = server.supervise() {
+                        tracing::error!("cannot start a worker in the place of a failed one: {e}");
+                    }
                 }
             }
             found = discovery.next() => discovery.found(found),

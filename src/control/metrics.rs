@@ -22,6 +22,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::backend::{BackendId, BackendState};
+use crate::direction::Dir;
 use crate::worker::Shared;
 
 use super::backends::BackendStatus;
@@ -169,13 +170,26 @@ pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> S
         shared.stats.iter().map(|s| f(s)).sum()
     };
     let bytes = Family::<Labels, Counter>::default();
-    bytes
-        .get_or_create(&label("direction", "client_to_backend"))
-        .inc_by(sum(|s| s.bytes_up.load(Ordering::Relaxed)));
-    bytes
-        .get_or_create(&label("direction", "backend_to_client"))
-        .inc_by(sum(|s| s.bytes_down.load(Ordering::Relaxed)));
+    let spliced = Family::<Labels, Counter>::default();
+    for dir in Dir::BOTH {
+        let l = label("direction", dir.label());
+        bytes
+            .get_or_create(&l)
+            .inc_by(shared.stats.iter().map(|s| s.bytes(dir)).sum());
+        spliced.get_or_create(&l).inc_by(
+            shared
+                .stats
+                .iter()
+                .map(|s| s.spliced[dir].load(Ordering::Relaxed))
+                .sum(),
+        );
+    }
     reg.register("uringlb_bytes", "Bytes forwarded", bytes);
+    reg.register(
+        "uringlb_spliced_bytes",
+        "Bytes forwarded by splice (part of uringlb_bytes_total)",
+        spliced,
+    );
 
     let accepted = Family::<Labels, Counter>::default();
     for (i, s) in shared.stats.iter().enumerate() {
@@ -208,12 +222,66 @@ pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> S
     rejected
         .get_or_create(&label("reason", "backends_full"))
         .inc_by(sum(|s| s.rejected_backends_full.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "local_error"))
+        .inc_by(sum(|s| s.local_error.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "loop"))
+        .inc_by(sum(|s| s.loops.load(Ordering::Relaxed)));
     reg.register(
         "uringlb_rejected",
         "Client connections closed unserved, by reason: no backend reachable, no connection \
          slot free, a per-source limit, a bad PROXY header, every backend at max-conns \
-         for the whole connect timeout",
+         for the whole connect timeout, no local resource for the backend socket, the \
+         balancer's own connection coming back",
         rejected,
+    );
+
+    let replays = Counter::<u64>::default();
+    replays.inc_by(sum(|s| s.replays.load(Ordering::Relaxed)));
+    reg.register(
+        "uringlb_replays",
+        "Client first bytes sent again to another backend because theirs closed before answering",
+        replays,
+    );
+    let discovery = Counter::<u64>::default();
+    discovery.inc_by(super::discovery::failures());
+    reg.register(
+        "uringlb_discovery_failures",
+        "Discovery lookups that failed (the last good set of backends was kept)",
+        discovery,
+    );
+    let cq = Counter::<u64>::default();
+    cq.inc_by(sum(|s| s.cq_backlogged.load(Ordering::Relaxed)));
+    reg.register(
+        "uringlb_cq_overflows",
+        "Times a worker's io_uring completion queue was full and the kernel held completions \
+         back (none is lost; a sign the queue is too small for the load)",
+        cq,
+    );
+    let alive = Gauge::<i64>::default();
+    alive.set(shared.workers_alive() as i64);
+    reg.register("uringlb_workers_alive", "Worker threads running", alive);
+    let restarts = Counter::<u64>::default();
+    restarts.inc_by(shared.worker_restarts.load(Ordering::Relaxed));
+    reg.register(
+        "uringlb_worker_restarts",
+        "Workers started again after their event loop failed",
+        restarts,
+    );
+    let open = Gauge::<i64>::default();
+    open.set(shared.open_clients.load(Ordering::Relaxed) as i64);
+    reg.register(
+        "uringlb_client_connections",
+        "Client connections open",
+        open,
+    );
+    let max = Gauge::<i64>::default();
+    max.set(shared.max_conns as i64);
+    reg.register(
+        "uringlb_client_connections_limit",
+        "The balancer-wide limit of client connections (--max-conns)",
+        max,
     );
 
     reg.register_with_unit(
@@ -305,22 +373,10 @@ fn connect_histogram(shared: &Shared) -> ConstHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::SharedCounters;
     use crate::control::AdminState;
-    use crossbeam_utils::CachePadded;
-    use std::sync::atomic::AtomicUsize;
 
     fn shared(workers: usize) -> Shared {
-        Shared {
-            counters: SharedCounters::new(),
-            epoch: std::time::Instant::now(),
-            open_clients: AtomicUsize::new(0),
-            max_conns: 10,
-            sources: crate::limits::SourceTable::default(),
-            stats: (0..workers)
-                .map(|_| CachePadded::new(crate::worker::WorkerStats::default()))
-                .collect(),
-        }
+        Shared::new(workers, 10)
     }
 
     fn status(name: &str, state: BackendState) -> BackendStatus {
@@ -341,9 +397,9 @@ mod tests {
         let sh = shared(2);
         sh.stats[0].accepted.store(3, Ordering::Relaxed);
         sh.stats[1].accepted.store(4, Ordering::Relaxed);
-        sh.stats[0].bytes_up.store(100, Ordering::Relaxed);
-        sh.stats[1].bytes_up.store(23, Ordering::Relaxed);
-        sh.stats[1].bytes_down.store(7, Ordering::Relaxed);
+        sh.stats[0].bytes[Dir::Up].store(100, Ordering::Relaxed);
+        sh.stats[1].bytes[Dir::Up].store(23, Ordering::Relaxed);
+        sh.stats[1].bytes[Dir::Down].store(7, Ordering::Relaxed);
         sh.stats[0].no_slot.store(2, Ordering::Relaxed);
         {
             let mut h = sh.stats[0].connect_us.lock().expect("lock");

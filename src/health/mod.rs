@@ -20,7 +20,6 @@ pub enum HealthCheck {
     None,
 }
 
-
 impl fmt::Display for HealthCheck {
     /// The `--health` spelling.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,4 +30,3 @@ impl fmt::Display for HealthCheck {
         }
     }
 }
-

@@ -8,7 +8,6 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-
 /// The settings the state machine follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {

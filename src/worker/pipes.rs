@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::conn::{PipeId, Pipes};
-use crate::uring;
+use crate::net;
 
 pub struct PipePool {
     /// `None`: not created yet, or discarded (closed) and to be created again.
@@ -47,7 +47,7 @@ impl PipePool {
     }
 
     fn create(&self) -> Option<(OwnedFd, OwnedFd)> {
-        match uring::pipe(self.size) {
+        match net::pipe(self.size) {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!("cannot create a pipe for splice: {e}; copying instead");

@@ -2,104 +2,79 @@
 //! was submitted, and what the operation was. A completion whose generation no longer
 //! matches its slot belongs to an earlier connection and is ignored.
 
+use crate::direction::Dir;
+
 /// What an operation was; the top byte of `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum OpKind {
-    /// Multishot accept; slot = listener index.
-    Accept = 1,
+    /// Accept; slot = listener index.
+    Accept,
     /// Read of the worker's eventfd.
-    Wake = 2,
+    Wake,
     /// The timer wheel's repeating timeout.
-    Tick = 3,
+    Tick,
     /// Completions nobody waits for (close, cancel).
-    Ignore = 4,
-    Connect = 10,
-    ConnectTimeout = 11,
-    /// Receive for a direction (0: from client, 1: from backend).
-    Recv0 = 12,
-    Recv1 = 13,
-    /// Send for a direction (0: to backend, 1: to client).
-    Send0 = 14,
-    Send1 = 15,
-    /// Shutdown(SHUT_WR) of a direction's destination.
-    Shutdown0 = 16,
-    Shutdown1 = 17,
+    Ignore,
+    Connect,
+    ConnectTimeout,
+    /// Receive from the source of a direction.
+    Recv(Dir),
+    /// Send to the destination of a direction.
+    Send(Dir),
+    /// `shutdown(SHUT_WR)` of a direction's destination.
+    Shutdown(Dir),
     /// Splice mode: wait for the source of a direction to be readable.
-    PollIn0 = 18,
-    PollIn1 = 19,
+    PollIn(Dir),
     /// Splice socket -> pipe, and pipe -> socket, per direction.
-    SpliceIn0 = 20,
-    SpliceIn1 = 21,
-    SpliceOut0 = 22,
-    SpliceOut1 = 23,
+    SpliceIn(Dir),
+    SpliceOut(Dir),
     /// A poll linked ahead of a splice: counted, but its splice reports the outcome.
-    LinkedPoll = 24,
+    LinkedPoll,
 }
 
 impl OpKind {
-    fn from_u8(v: u8) -> Option<OpKind> {
-        use OpKind::*;
+    /// The code in `user_data`: below 64, so the ring's two tag bits stay clear.
+    fn code(self) -> u8 {
+        let d = |dir: Dir| dir.index() as u8;
+        match self {
+            OpKind::Accept => 1,
+            OpKind::Wake => 2,
+            OpKind::Tick => 3,
+            OpKind::Ignore => 4,
+            OpKind::Connect => 10,
+            OpKind::ConnectTimeout => 11,
+            OpKind::Recv(dir) => 12 + d(dir),
+            OpKind::Send(dir) => 14 + d(dir),
+            OpKind::Shutdown(dir) => 16 + d(dir),
+            OpKind::PollIn(dir) => 18 + d(dir),
+            OpKind::SpliceIn(dir) => 20 + d(dir),
+            OpKind::SpliceOut(dir) => 22 + d(dir),
+            OpKind::LinkedPoll => 24,
+        }
+    }
+
+    fn from_code(v: u8) -> Option<OpKind> {
+        let dir = if v.is_multiple_of(2) {
+            Dir::Up
+        } else {
+            Dir::Down
+        };
         Some(match v {
-            1 => Accept,
-            2 => Wake,
-            3 => Tick,
-            4 => Ignore,
-            10 => Connect,
-            11 => ConnectTimeout,
-            12 => Recv0,
-            13 => Recv1,
-            14 => Send0,
-            15 => Send1,
-            16 => Shutdown0,
-            17 => Shutdown1,
-            18 => PollIn0,
-            19 => PollIn1,
-            20 => SpliceIn0,
-            21 => SpliceIn1,
-            22 => SpliceOut0,
-            23 => SpliceOut1,
-            24 => LinkedPoll,
+            1 => OpKind::Accept,
+            2 => OpKind::Wake,
+            3 => OpKind::Tick,
+            4 => OpKind::Ignore,
+            10 => OpKind::Connect,
+            11 => OpKind::ConnectTimeout,
+            12 | 13 => OpKind::Recv(dir),
+            14 | 15 => OpKind::Send(dir),
+            16 | 17 => OpKind::Shutdown(dir),
+            18 | 19 => OpKind::PollIn(dir),
+            20 | 21 => OpKind::SpliceIn(dir),
+            22 | 23 => OpKind::SpliceOut(dir),
+            24 => OpKind::LinkedPoll,
             _ => return None,
         })
-    }
-
-    /// The direction a per-direction operation belongs to.
-    pub fn dir(self) -> Option<usize> {
-        use OpKind::*;
-        match self {
-            Recv0 | Send0 | Shutdown0 | PollIn0 | SpliceIn0 | SpliceOut0 => Some(0),
-            Recv1 | Send1 | Shutdown1 | PollIn1 | SpliceIn1 | SpliceOut1 => Some(1),
-            _ => None,
-        }
-    }
-
-    fn pick(dir: usize, zero: OpKind, one: OpKind) -> OpKind {
-        if dir == 0 {
-            zero
-        } else {
-            one
-        }
-    }
-
-    pub fn poll_in(dir: usize) -> OpKind {
-        Self::pick(dir, OpKind::PollIn0, OpKind::PollIn1)
-    }
-    pub fn splice_in(dir: usize) -> OpKind {
-        Self::pick(dir, OpKind::SpliceIn0, OpKind::SpliceIn1)
-    }
-    pub fn splice_out(dir: usize) -> OpKind {
-        Self::pick(dir, OpKind::SpliceOut0, OpKind::SpliceOut1)
-    }
-
-    pub fn recv(dir: usize) -> OpKind {
-        Self::pick(dir, OpKind::Recv0, OpKind::Recv1)
-    }
-    pub fn send(dir: usize) -> OpKind {
-        Self::pick(dir, OpKind::Send0, OpKind::Send1)
-    }
-    pub fn shutdown(dir: usize) -> OpKind {
-        Self::pick(dir, OpKind::Shutdown0, OpKind::Shutdown1)
     }
 }
 
@@ -125,14 +100,14 @@ impl Token {
     }
 
     pub fn encode(self) -> u64 {
-        (u64::from(self.op as u8) << 56)
+        (u64::from(self.op.code()) << 56)
             | (u64::from(self.gen & GEN_MASK) << 32)
             | u64::from(self.slot)
     }
 
     /// `None` for user data this worker never produced.
     pub fn decode(v: u64) -> Option<Token> {
-        let op = OpKind::from_u8((v >> 56) as u8)?;
+        let op = OpKind::from_code((v >> 56) as u8)?;
         Some(Token {
             slot: v as u32,
             gen: ((v >> 32) as u32) & GEN_MASK,
@@ -154,9 +129,11 @@ mod tests {
     fn round_trip() {
         for op in [
             OpKind::Accept,
-            OpKind::Recv1,
-            OpKind::Shutdown0,
+            OpKind::Recv(Dir::Down),
+            OpKind::Shutdown(Dir::Up),
+            OpKind::SpliceOut(Dir::Down),
             OpKind::ConnectTimeout,
+            OpKind::LinkedPoll,
         ] {
             let t = Token::new(123_456, 0xfff_fff, op);
             assert_eq!(Token::decode(t.encode()), Some(t));

@@ -1,0 +1,241 @@
+//! Accepting clients within `--max-conns`.
+//!
+//! Each listener has at most one accept in flight, renewed when it completes. A client the
+//! kernel hands over is served only once it has a place in the balancer-wide budget
+//! ([`Shared::try_open`](super::Shared::try_open)); when none is left it waits, accepted but
+//! untouched, and its listener's accept is not renewed: clients behind it wait in the
+//! kernel's backlog, nobody is refused or reset, and nothing past the limit is served. So
+//! at most one client per listener waits here, and it is served first when a place frees
+//! (this worker's own close, or the tick for another worker's).
+//!
+//! One accept at a time, rather than a multishot accept, is what makes the limit exact: a
+//! multishot accept hands over the whole backlog in one batch, before it can be cancelled.
+//! It also brings the client's address with the socket, at no extra system call.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::conn::Conn;
+use super::token::{OpKind, Token};
+use super::{Slot, Worker, WorkerStats};
+use crate::net;
+use crate::uring::Completion;
+
+/// Wait after EMFILE/ENFILE before accepting again.
+const ACCEPT_BACKOFF_NS: u64 = 100_000_000;
+
+/// A listening socket of this worker.
+pub(super) struct Listener {
+    /// `None` once stopping (closed).
+    fd: Option<OwnedFd>,
+    /// The address it is bound to.
+    addr: SocketAddr,
+    /// A client of it waits in [`Worker::parked`]: no new accept until it is served.
+    parked: bool,
+}
+
+impl Listener {
+    pub(super) fn new(fd: OwnedFd, addr: SocketAddr) -> Listener {
+        Listener {
+            fd: Some(fd),
+            addr,
+            parked: false,
+        }
+    }
+
+    /// Closes the socket (stopping): the kernel stops queueing clients for it.
+    pub(super) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+}
+
+/// A client accepted while the balancer was at its limit.
+pub(super) struct Parked {
+    listener: usize,
+    fd: OwnedFd,
+    peer: Option<SocketAddr>,
+}
+
+impl Worker {
+    /// Arms an accept on every listener that has none, unless accepting is paused.
+    pub(super) fn arm_accepts(&mut self) {
+        if self.stopping.is_some() || self.now_ns < self.accept_paused_until {
+            return;
+        }
+        for i in 0..self.listeners.len() {
+            let l = &self.listeners[i];
+            let Some(fd) = l.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+                continue;
+            };
+            if l.parked || self.ring.accepting(i) {
+                continue;
+            }
+            self.ring
+                .accept(i, fd, Token::new(i, 0, OpKind::Accept).encode());
+        }
+    }
+
+    /// Cancels the armed accepts (stopping, or backing off).
+    pub(super) fn cancel_accepts(&mut self) {
+        let ignore = Token::new(0, 0, OpKind::Ignore).encode();
+        for i in 0..self.listeners.len() {
+            self.ring.cancel_accept(i, ignore);
+        }
+    }
+
+    pub(super) fn on_accept(&mut self, listener: usize, c: Completion) {
+        match c.accepted {
+            Some(a) => self.accepted(listener, a.fd, a.peer),
+            None => match -c.result {
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    tracing::warn!(
+                        worker = self.index,
+                        "accept: {}; backing off",
+                        std::io::Error::from_raw_os_error(-c.result)
+                    );
+                    self.accept_paused_until = self.now_ns + ACCEPT_BACKOFF_NS;
+                }
+                libc::ECANCELED => {}
+                e => tracing::debug!(
+                    worker = self.index,
+                    "accept: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ),
+            },
+        }
+        self.arm_accepts();
+    }
+
+    /// The kernel handed over a client: serve it if the balancer has room, else let it
+    /// wait (also while stopping: a client the kernel handed over before the accept was
+    /// cancelled is already waiting; it is served within the grace period).
+    fn accepted(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
+        WorkerStats::add(&self.stats().accepted, 1);
+        if self.shared.try_open() {
+            self.serve(listener, fd, peer);
+        } else {
+            self.listeners[listener].parked = true;
+            self.parked.push_back(Parked { listener, fd, peer });
+        }
+    }
+
+    /// Serves the clients that waited for a place, while places are free.
+    pub(super) fn serve_parked(&mut self) {
+        while !self.parked.is_empty() && self.shared.try_open() {
+            let Some(p) = self.parked.pop_front() else {
+                break;
+            };
+            self.listeners[p.listener].parked = false;
+            self.serve(p.listener, p.fd, p.peer);
+        }
+    }
+
+    /// A client with its place in the budget: give it a slot and connect it to a backend.
+    fn serve(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
+        let Some(slot) = self.alloc_slot() else {
+            // Never expected: the ring has a slot for every place of the budget.
+            WorkerStats::add(&self.stats().no_slot, 1);
+            tracing::error!(
+                worker = self.index,
+                "no free connection slot; resetting a client"
+            );
+            net::set_linger_zero(&fd);
+            self.shared.close_one();
+            return;
+        };
+        self.open += 1;
+        let (fwd, now) = (self.fwd, self.now_ns);
+        self.slots[slot].conn.open(fd, peer, fwd, now);
+        if self.is_own_connection(slot, listener) {
+            WorkerStats::add(&self.stats().loops, 1);
+            tracing::warn!(
+                worker = self.index,
+                client = ?peer,
+                "a backend leads back to this balancer: its connection is refused"
+            );
+            return self.abort(slot, true);
+        }
+        if peer.is_some_and(|a| self.snapshot.trusts_proxy(&a)) {
+            // The upstream balancer's header comes first; it may change the client address
+            // that limits and hashing see, so both wait for it.
+            self.arm_idle_timer(slot);
+            self.slots[slot].conn.open_handshake(&mut self.actions);
+            return self.perform(slot);
+        }
+        if self.admit(slot) {
+            self.connect_next(slot);
+        }
+    }
+
+    /// A client from one of this host's addresses may be one of the balancer's own backend
+    /// connections coming back: record it, and say whether it is (see [`crate::loops`]).
+    fn is_own_connection(&mut self, slot: usize, listener: usize) -> bool {
+        let Some(peer) = self.slots[slot].conn.client_addr else {
+            return false;
+        };
+        if !self.snapshot.is_local(peer.ip()) {
+            return false;
+        }
+        let bound = self.listeners[listener].addr;
+        let local = if bound.ip().is_unspecified() {
+            match self.slots[slot].conn.client().and_then(net::local_addr) {
+                Some(a) => a,
+                None => return false,
+            }
+        } else {
+            bound
+        };
+        self.slots[slot].incoming = Some((peer, local));
+        self.shared.loops.incoming(peer, local)
+    }
+
+    /// Applies the per-source limits to the connection's client address; a refused client
+    /// is reset at once and counted. Returns whether it may go on.
+    pub(super) fn admit(&mut self, slot: usize) -> bool {
+        let limits = self.snapshot.limits;
+        let Some(addr) = self.slots[slot].conn.client_addr else {
+            return true;
+        };
+        if !limits.any() {
+            return true;
+        }
+        match self.shared.sources.admit(addr.ip(), self.now_ns, limits) {
+            Ok(()) => {
+                self.slots[slot].conn.count_source(addr.ip());
+                true
+            }
+            Err(refusal) => {
+                let stats = &self.shared.stats[self.index];
+                let counter = match refusal {
+                    crate::limits::Refusal::TooManyConns => &stats.rejected_source_conns,
+                    crate::limits::Refusal::TooFast => &stats.rejected_source_rate,
+                };
+                WorkerStats::add(counter, 1);
+                tracing::debug!(worker = self.index, client = %addr, "refused: {refusal:?}");
+                self.abort(slot, true);
+                false
+            }
+        }
+    }
+
+    fn alloc_slot(&mut self) -> Option<usize> {
+        let slot = if let Some(s) = self.free.pop() {
+            s as usize
+        } else if self.slots.len() < self.ring.slot_count() {
+            self.slots.push(Slot {
+                gen: 0,
+                in_use: false,
+                dirty: false,
+                freed_ns: 0,
+                conn: Conn::new(),
+                incoming: None,
+                outgoing: None,
+            });
+            self.slots.len() - 1
+        } else {
+            return None;
+        };
+        self.slots[slot].in_use = true;
+        Some(slot)
+    }
+}

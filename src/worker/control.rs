@@ -1,0 +1,150 @@
+//! What drives a worker besides its connections: commands from the control thread (a new
+//! snapshot, stop), woken by an eventfd read in the ring, and a repeating tick that drives
+//! the idle deadlines, drain deadlines, the queue for full backends and clients waiting for
+//! a place under `--max-conns`.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::candidates::Candidates;
+use super::conn::{Phase, Timeout};
+use super::token::{OpKind, Token};
+use super::{Command, Worker, WorkerStats, TICK};
+use crate::backend::{BackendId, BackendState};
+
+impl Worker {
+    /// The eventfd read completed: take every command waiting, then read again.
+    pub(super) fn on_wake(&mut self, result: i32) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Snapshot(s) => {
+                    tracing::debug!(worker = self.index, version = s.version, "new snapshot");
+                    let pool = Candidates::new(&s, &self.shared.counters, &[]);
+                    self.balancer = s.balance.selector_at(self.index, self.picks, &pool);
+                    let version = s.version;
+                    self.snapshot = s;
+                    self.stats()
+                        .snapshot_version
+                        .store(version, Ordering::Release);
+                }
+                Command::Stop { grace } => self.begin_stop(grace),
+            }
+        }
+        if result != -libc::ECANCELED {
+            let ud = Token::new(0, 0, OpKind::Wake).encode();
+            self.ring.read_eventfd(self.wake.as_raw_fd(), ud);
+        }
+    }
+
+    /// Stops accepting and gives open connections until `grace` from now; a second stop
+    /// can only bring that deadline closer.
+    fn begin_stop(&mut self, grace: Duration) {
+        let deadline = self.now_ns + grace.as_nanos() as u64;
+        if let Some(current) = self.stopping {
+            if deadline < current {
+                tracing::info!(worker = self.index, open = self.open, "stopping sooner");
+                self.stopping = Some(deadline);
+            }
+            return;
+        }
+        self.stopping = Some(deadline);
+        self.cancel_accepts();
+        // Close the listeners so the kernel stops queueing connections for this worker
+        // (another process on the same SO_REUSEPORT address takes them).
+        let ignore = Token::new(0, 0, OpKind::Ignore).encode();
+        for l in &mut self.listeners {
+            if let Some(fd) = l.take_fd() {
+                // The close runs after the cancel queued above.
+                self.ring.close(fd, ignore);
+            }
+        }
+        tracing::info!(worker = self.index, open = self.open, "stopping");
+    }
+
+    /// The tick fired (every [`TICK`]).
+    pub(super) fn on_tick(&mut self, more: bool, result: i32) {
+        if !more {
+            if result == -libc::EINVAL && self.tick_multishot {
+                self.tick_multishot = false; // kernel without multishot timeouts
+            }
+            let ud = Token::new(0, 0, OpKind::Tick).encode();
+            if self.tick_multishot {
+                self.ring.tick(TICK, ud);
+            } else {
+                self.ring.tick_once(TICK, ud);
+            }
+        }
+        self.expire_idle();
+        self.close_drained();
+        self.retry_queue();
+        if self.index == 0 && self.snapshot.limits.max_rate.is_some() {
+            // Rate windows of sources that closed everything end without a close to
+            // forget them: sweep once a second.
+            if self.now_ns >= self.next_prune_ns {
+                self.shared.sources.prune(self.now_ns);
+                self.next_prune_ns = self.now_ns + crate::limits::RATE_WINDOW_NS;
+            }
+        }
+        // Places another worker freed.
+        self.serve_parked();
+        self.arm_accepts();
+    }
+
+    /// Looks at the connections whose idle deadline may have come.
+    fn expire_idle(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.expire(self.now_ns, &mut due);
+        let idle = self.snapshot.idle_timeout.as_nanos() as u64;
+        for slot in due.drain(..) {
+            if !self.slots[slot].in_use {
+                continue; // armed by a connection that is gone; the next one arms again
+            }
+            let now = self.now_ns;
+            let conn = &mut self.slots[slot].conn;
+            match conn.on_timeout(now, idle, &mut self.actions) {
+                Timeout::Later(at) => self.timers.arm(slot, at),
+                Timeout::Idle => {
+                    tracing::debug!(worker = self.index, slot, "idle timeout");
+                    self.perform(slot);
+                    self.release_if_done(slot);
+                }
+                Timeout::Header => {
+                    // A trusted peer that never finished its PROXY header: a bad header too.
+                    WorkerStats::add(&self.stats().rejected_proxy_header, 1);
+                    tracing::debug!(worker = self.index, slot, "no PROXY header in time");
+                    self.perform(slot);
+                    self.release_if_done(slot);
+                }
+            }
+        }
+        self.due = due;
+    }
+
+    /// Resets connections to draining backends whose drain deadline has passed.
+    fn close_drained(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<BackendId> = self
+            .snapshot
+            .backends
+            .iter()
+            .filter(|b| {
+                b.state == BackendState::Draining && b.drain_deadline.is_some_and(|d| d <= now)
+            })
+            .map(|b| b.id)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if s.in_use
+                && s.conn.phase() == Phase::Forwarding
+                && s.conn.backend().is_some_and(|id| expired.contains(&id))
+            {
+                tracing::debug!(worker = self.index, slot, "drain deadline: resetting");
+                self.abort(slot, true);
+            }
+        }
+    }
+}

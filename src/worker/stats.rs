@@ -1,0 +1,179 @@
+//! What workers share with each other and with the control thread: the per-backend
+//! counters, the balancer-wide connection budget, the per-source limits, and each worker's
+//! own counters, which only that worker writes and the control thread sums on a scrape.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use crate::backend::SharedCounters;
+use crate::direction::{Dir, PerDir};
+
+/// Counters of one worker, on their own cache line; only this worker writes them (no
+/// shared read-modify-write on the hot path).
+#[derive(Debug)]
+pub struct WorkerStats {
+    pub accepted: AtomicU64,
+    /// Bytes forwarded per direction, as they are sent.
+    pub bytes: PerDir<AtomicU64>,
+    /// Bytes forwarded by splice per direction (part of `bytes`).
+    pub spliced: PerDir<AtomicU64>,
+    pub connect_failures: AtomicU64,
+    /// Client connections closed because no backend could be reached.
+    pub no_backend: AtomicU64,
+    /// Client connections closed because no slot was free (never expected: the budget is
+    /// checked before a client is served).
+    pub no_slot: AtomicU64,
+    /// Client connections closed because a local resource ran out (no socket for the
+    /// backend connection: file descriptors, memory).
+    pub local_error: AtomicU64,
+    /// Client connections that were the balancer's own connections coming back (a backend
+    /// that is, through some address, the balancer itself).
+    pub loops: AtomicU64,
+    /// Requests sent again to another backend because theirs closed before answering.
+    pub replays: AtomicU64,
+    /// Client connections refused by `--max-conns-per-source`.
+    pub rejected_source_conns: AtomicU64,
+    /// Client connections refused by `--max-conn-rate-per-source`.
+    pub rejected_source_rate: AtomicU64,
+    /// Trusted clients closed for a missing, malformed or truncated PROXY header.
+    pub rejected_proxy_header: AtomicU64,
+    /// Clients that waited the whole connect timeout for a backend below its max-conns.
+    pub rejected_backends_full: AtomicU64,
+    /// Times the completion queue was full and the kernel held completions back.
+    pub cq_backlogged: AtomicU64,
+    /// The snapshot version this worker routes with.
+    pub snapshot_version: AtomicU64,
+    /// Connect times in microseconds. The lock is taken once per established connection
+    /// by this worker and once per scrape by the control thread: uncontended.
+    pub connect_us: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        let zero = || AtomicU64::new(0);
+        WorkerStats {
+            accepted: zero(),
+            bytes: PerDir::new(zero(), zero()),
+            spliced: PerDir::new(zero(), zero()),
+            connect_failures: zero(),
+            no_backend: zero(),
+            no_slot: zero(),
+            local_error: zero(),
+            loops: zero(),
+            replays: zero(),
+            rejected_source_conns: zero(),
+            rejected_source_rate: zero(),
+            rejected_proxy_header: zero(),
+            rejected_backends_full: zero(),
+            cq_backlogged: zero(),
+            snapshot_version: zero(),
+            // 1 us .. 1 h at 3 significant digits; new_with_bounds only fails on bad bounds.
+            connect_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(
+                    |_| hdrhistogram::Histogram::new(3).expect("3 sigfigs is valid"),
+                ),
+            ),
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Adds to a counter only this worker writes: a load and a store, no locked
+    /// read-modify-write.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// Bytes forwarded in `dir`, summed over workers by the caller.
+    pub fn bytes(&self, dir: Dir) -> u64 {
+        self.bytes[dir].load(Ordering::Relaxed)
+    }
+}
+
+/// State shared by all workers and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub counters: Arc<SharedCounters>,
+    /// The clock all workers measure `now_ns` from, so shared time stamps agree.
+    pub epoch: Instant,
+    /// Client connections open in the whole balancer: a client is served only after this
+    /// is raised below `max_conns` (see [`Shared::try_open`]).
+    pub open_clients: AtomicUsize,
+    pub max_conns: usize,
+    /// Open connections and connection rates per client IP (`--max-conns-per-source`).
+    pub sources: crate::limits::SourceTable,
+    /// The balancer's own connections to local backends, to catch a backend that leads
+    /// back to the balancer.
+    pub loops: crate::loops::LoopTable,
+    pub stats: Box<[CachePadded<WorkerStats>]>,
+    /// Per worker: running (false once its loop has ended, until it is restarted).
+    pub alive: Box<[AtomicBool]>,
+    /// Workers started again after their loop failed.
+    pub worker_restarts: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(workers: usize, max_conns: usize) -> Shared {
+        Shared {
+            counters: SharedCounters::new(),
+            epoch: Instant::now(),
+            open_clients: AtomicUsize::new(0),
+            max_conns,
+            sources: crate::limits::SourceTable::default(),
+            loops: crate::loops::LoopTable::default(),
+            stats: (0..workers)
+                .map(|_| CachePadded::new(WorkerStats::default()))
+                .collect(),
+            alive: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            worker_restarts: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one place of the balancer-wide `--max-conns` for a new client, or says there
+    /// is none left (the client then waits, accepted but not served, until one frees).
+    pub fn try_open(&self) -> bool {
+        self.open_clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_conns).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back the place of a client connection that closed.
+    pub fn close_one(&self) {
+        let before = self.open_clients.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "more clients closed than opened");
+    }
+
+    /// Workers whose loop is running.
+    pub fn workers_alive(&self) -> usize {
+        self.alive
+            .iter()
+            .filter(|a| a.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_never_runs_past_max_conns() {
+        let s = Arc::new(Shared::new(2, 100));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| s.try_open()).count())
+            })
+            .collect();
+        let opened: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(opened, 100);
+        s.close_one();
+        assert!(s.try_open());
+        assert!(!s.try_open());
+    }
+}

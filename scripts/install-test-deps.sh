@@ -13,6 +13,9 @@
 #             port 80): while installing, a policy-rc.d that forbids starting services is put
 #             in place (unless one exists already), so the install works in a container or CI
 #             job without an init system, and no test ever depends on those services.
+#   iptables  tests/robustness.rs makes a NAT rule (in a network namespace of its own) that
+#             leads a backend address back to the balancer.
+#   prlimit   tests/robustness.rs lowers the balancer's open-file limit while it runs.
 #
 # Extra package names given as arguments are installed as well (when not installed).
 set -euo pipefail
@@ -21,6 +24,8 @@ DEPS=(
   "dnsmasq:dnsmasq-base"
   "nginx:nginx"
   "haproxy:haproxy"
+  "iptables:iptables"
+  "prlimit:util-linux"
 )
 # tests/metrics.rs also checks the /metrics text with the official Python parser.
 PY_DEPS=(python3-prometheus-client)
@@ -29,7 +34,7 @@ need=()
 for dep in "${DEPS[@]}"; do
   cmd="${dep%%:*}"
   pkg="${dep#*:}"
-  # dnsmasq, nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
+  # dnsmasq, nginx, haproxy and iptables live in /usr/sbin, which a non-root PATH may lack.
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
     need+=("$pkg")
   fi

@@ -441,6 +441,7 @@ impl Config {
             if !names.insert(b.name.as_str()) {
                 return Err(ConfigError::DuplicateBackendName(b.name.clone()));
             }
+            check_not_self(b.addr, &self.listen).map_err(bad)?;
         }
         if let Workers::Count(n) = self.workers {
             check_range(n as u64, 1, MAX_WORKERS as u64).map_err(|m| invalid("--workers", m))?;
@@ -541,6 +542,17 @@ impl Config {
             eject_base: self.eject_base,
             eject_max: self.eject_max.max(self.eject_base),
         }
+    }
+}
+
+/// A backend at one of the balancer's own listen addresses would send every connection
+/// back to the balancer, which sends it there again.
+pub fn check_not_self(backend: SocketAddr, listen: &[SocketAddr]) -> Result<(), String> {
+    match crate::loops::own_listener(backend, listen, crate::loops::is_local_ip) {
+        Some(l) => Err(format!(
+            "{backend} is the balancer's own listen address {l}: every connection would come back to it"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -7,9 +7,11 @@
 //! - Where it cannot (a NAT rule or a port forward that leads back), the connection that
 //!   comes back is caught: the workers record their connections to local backends and
 //!   their clients from local addresses in a [`LoopTable`]; a client whose address is the
-//!   local end of one of the balancer's own backend connections, to the address that
-//!   connection went to, is that connection coming back. Whichever side is recorded second
-//!   sees the other, so the check has no race; the loop is cut at its first turn.
+//!   local end of one of the balancer's own backend connections, and which came to the
+//!   address that connection went to (before NAT: `SO_ORIGINAL_DST`), is that connection
+//!   coming back. Both ends of a connection identify it (no false match with another
+//!   client that happens to use the same port). Whichever side is recorded second sees the
+//!   other, so the check has no race; the loop is cut at its first turn.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -122,13 +124,36 @@ impl LoopTable {
         s.incoming.contains_key(&key)
     }
 
-    /// A client from `peer` to our `local` address was accepted. Returns true when it is
-    /// one of the balancer's own backend connections.
-    pub fn incoming(&self, peer: SocketAddr, local: SocketAddr) -> bool {
-        let key = (peer, local);
+    /// A client from `peer` to our `local` address was accepted; `original` is the address
+    /// it connected to before NAT, if NAT changed it. Returns true when it is one of the
+    /// balancer's own backend connections.
+    pub fn incoming(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        original: Option<SocketAddr>,
+    ) -> bool {
         let mut s = self.shard(peer);
-        *s.incoming.entry(key).or_default() += 1;
-        s.outgoing.contains_key(&key)
+        let mut own = false;
+        for dst in std::iter::once(local).chain(original) {
+            *s.incoming.entry((peer, dst)).or_default() += 1;
+            own |= s.outgoing.contains_key(&(peer, dst));
+        }
+        own
+    }
+
+    /// Whether a client from `peer` to `local` (or `original` before NAT) is one of the
+    /// balancer's backend connections, without recording anything.
+    pub fn is_outgoing(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        original: Option<SocketAddr>,
+    ) -> bool {
+        let s = self.shard(peer);
+        std::iter::once(local)
+            .chain(original)
+            .any(|dst| s.outgoing.contains_key(&(peer, dst)))
     }
 
     /// Forgets a backend connection recorded by [`LoopTable::outgoing`].
@@ -137,8 +162,16 @@ impl LoopTable {
     }
 
     /// Forgets a client recorded by [`LoopTable::incoming`].
-    pub fn incoming_closed(&self, peer: SocketAddr, local: SocketAddr) {
-        remove(&mut self.shard(peer).incoming, (peer, local));
+    pub fn incoming_closed(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        original: Option<SocketAddr>,
+    ) {
+        let mut s = self.shard(peer);
+        for dst in std::iter::once(local).chain(original) {
+            remove(&mut s.incoming, (peer, dst));
+        }
     }
 
     /// Entries held (tests: nothing is left behind).
@@ -223,13 +256,33 @@ mod tests {
         let t = LoopTable::default();
         let (ours, lb) = (a("127.0.0.1:40000"), a("127.0.0.1:8080"));
         assert!(!t.outgoing(ours, lb));
-        assert!(t.incoming(ours, lb));
+        assert!(t.incoming(ours, lb, None));
         t.outgoing_closed(ours, lb);
-        t.incoming_closed(ours, lb);
+        t.incoming_closed(ours, lb, None);
         assert!(t.is_empty());
-        assert!(!t.incoming(ours, lb));
+        assert!(!t.incoming(ours, lb, None));
         assert!(t.outgoing(ours, lb));
-        assert!(!t.incoming(a("127.0.0.1:40001"), lb), "another client");
+        assert!(
+            !t.incoming(a("127.0.0.1:40001"), lb, None),
+            "another client"
+        );
         assert!(!t.outgoing(ours, a("127.0.0.1:9000")), "another backend");
+    }
+
+    #[test]
+    fn a_loop_through_nat_is_seen_by_the_address_before_nat() {
+        let t = LoopTable::default();
+        // We connect to 127.0.0.1:9999, which a REDIRECT rule sends to our 8080.
+        let (ours, backend, lb) = (
+            a("127.0.0.1:40000"),
+            a("127.0.0.1:9999"),
+            a("127.0.0.1:8080"),
+        );
+        assert!(!t.outgoing(ours, backend));
+        assert!(t.incoming(ours, lb, Some(backend)));
+        // The same port used by an unrelated client to us is no loop.
+        let t = LoopTable::default();
+        assert!(!t.outgoing(ours, backend));
+        assert!(!t.incoming(ours, lb, None));
     }
 }

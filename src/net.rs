@@ -49,6 +49,18 @@ pub fn local_addr(fd: impl AsFd) -> Option<SocketAddr> {
     SockRef::from(&fd).local_addr().ok()?.as_socket()
 }
 
+/// The address a client connected to before NAT changed it (`SO_ORIGINAL_DST`), if
+/// connection tracking knows the connection; `local` is the socket's own address.
+pub fn original_dst(fd: impl AsFd, local: SocketAddr) -> Option<SocketAddr> {
+    let sock = SockRef::from(&fd);
+    let orig = if local.is_ipv6() {
+        sock.original_dst_v6()
+    } else {
+        sock.original_dst_v4()
+    };
+    orig.ok()?.as_socket()
+}
+
 /// A non-blocking pipe of (about) `size` bytes: (read end, write end). If the size cannot
 /// be set (above `pipe-max-size`), the pipe keeps the default size, which still works.
 pub fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {

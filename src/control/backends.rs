@@ -62,6 +62,9 @@ pub enum TableError {
     Removing(String),
     #[error("a backend named '{0}' exists already")]
     Duplicate(String),
+    /// The backend cannot be added as given (e.g. it is the balancer itself).
+    #[error("{0}")]
+    Invalid(String),
     #[error(
         "too many backends: at most {} names over the balancer's life time",
         crate::backend::MAX_BACKENDS

@@ -173,7 +173,10 @@ pub async fn run(
                 Command::Stop { grace } => stop(&server, grace, &mut stopping, "stop requested"),
                 Command::AddBackend { spec, reply } => {
                     let (name, addr) = (spec.name.clone(), spec.addr);
-                    let r = table.add(spec, Instant::now(), &mut |name| server.backend_id(name));
+                    let r = match crate::config::check_not_self(addr, server.local_addrs()) {
+                        Err(e) => Err(TableError::Invalid(format!("backend '{name}': {e}"))),
+                        Ok(()) => table.add(spec, Instant::now(), &mut |name| server.backend_id(name)),
+                    };
                     if let Ok(targets_changed) = r {
                         tracing::info!("admin API: backend {name} ({addr}) added");
                         if targets_changed {

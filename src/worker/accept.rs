@@ -177,16 +177,20 @@ impl Worker {
             return false;
         }
         let bound = self.listeners[listener].addr;
+        let Some(client) = self.slots[slot].conn.client() else {
+            return false;
+        };
         let local = if bound.ip().is_unspecified() {
-            match self.slots[slot].conn.client().and_then(net::local_addr) {
+            match net::local_addr(client) {
                 Some(a) => a,
                 None => return false,
             }
         } else {
             bound
         };
-        self.slots[slot].incoming = Some((peer, local));
-        self.shared.loops.incoming(peer, local)
+        let original = net::original_dst(client, local).filter(|&o| o != local);
+        self.slots[slot].incoming = Some((peer, local, original));
+        self.shared.loops.incoming(peer, local, original)
     }
 
     /// Applies the per-source limits to the connection's client address; a refused client

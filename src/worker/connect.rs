@@ -139,7 +139,7 @@ impl Worker {
             if let Ok(mut h) = self.stats().connect_us.lock() {
                 h.saturating_record((took / 1000).max(1));
             }
-            if self.is_loop(slot) {
+            if self.is_loop(slot) || self.client_is_own_connection(slot) {
                 WorkerStats::add(&self.stats().loops, 1);
                 tracing::warn!(
                     worker = self.index,
@@ -188,6 +188,18 @@ impl Worker {
         };
         self.slots[slot].outgoing = Some((local, backend));
         self.shared.loops.outgoing(local, backend)
+    }
+
+    /// A second look at a client from this host, now that its own backend connect is done:
+    /// the balancer's connection it may be has been recorded by now even if it was not
+    /// when the client was accepted (the two completions race), so a loop ends within a
+    /// turn or two instead of growing while each turn's check comes too early.
+    fn client_is_own_connection(&self, slot: usize) -> bool {
+        self.slots[slot]
+            .incoming
+            .is_some_and(|(peer, local, original)| {
+                self.shared.loops.is_outgoing(peer, local, original)
+            })
     }
 
     /// Gives back the active-connection count of a backend the connection let go of.

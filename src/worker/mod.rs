@@ -113,9 +113,9 @@ struct Slot {
     dirty: bool,
     freed_ns: u64,
     conn: Conn,
-    /// Recorded in the loop table: the client (peer, our address) and the backend
-    /// connection (our address, backend), both ends local.
-    incoming: Option<(SocketAddr, SocketAddr)>,
+    /// Recorded in the loop table: the client (peer, our address, the address before NAT)
+    /// and the backend connection (our address, backend), both ends local.
+    incoming: Option<(SocketAddr, SocketAddr, Option<SocketAddr>)>,
     outgoing: Option<(SocketAddr, SocketAddr)>,
 }
 
@@ -495,8 +495,8 @@ impl Worker {
 
     fn forget_loop_entries(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        if let Some((peer, local)) = s.incoming.take() {
-            self.shared.loops.incoming_closed(peer, local);
+        if let Some((peer, local, original)) = s.incoming.take() {
+            self.shared.loops.incoming_closed(peer, local, original);
         }
         if let Some((local, backend)) = s.outgoing.take() {
             self.shared.loops.outgoing_closed(local, backend);

@@ -30,7 +30,16 @@ impl Lb {
         Lb::start_on(addr, args)
     }
 
+    /// [`Lb::start`] with extra environment variables for the balancer process.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Lb {
+        Lb::spawn(free_addr(), args, env)
+    }
+
     pub fn start_on(addr: SocketAddr, args: &[&str]) -> Lb {
+        Lb::spawn(addr, args, &[])
+    }
+
+    fn spawn(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Lb {
         let log = std::env::temp_dir().join(format!(
             "uringlb-test-{}-{}.log",
             std::process::id(),
@@ -41,6 +50,7 @@ impl Lb {
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)

@@ -249,6 +249,7 @@ fn table_error(e: TableError) -> ApiError {
         TableError::Unknown(_) => StatusCode::NOT_FOUND,
         TableError::Removing(_) | TableError::Duplicate(_) => StatusCode::CONFLICT,
         TableError::Full => StatusCode::INSUFFICIENT_STORAGE,
+        TableError::Invalid(_) => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, e.to_string())
 }

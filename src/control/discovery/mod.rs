@@ -54,6 +54,8 @@ pub struct Discovery {
     answers: Option<UnboundedReceiver<Vec<Candidate>>>,
     task: Option<JoinHandle<()>>,
     reconciler: Reconciler,
+    /// The balancer's listen addresses: a discovered backend at one of them is dropped.
+    listen: Vec<std::net::SocketAddr>,
 }
 
 impl Discovery {
@@ -64,6 +66,7 @@ impl Discovery {
             answers: None,
             task: None,
             reconciler: Reconciler::new(),
+            listen: config.listen.clone(),
         };
         let Some(spec) = &config.discovery else {
             return off;
@@ -90,6 +93,7 @@ impl Discovery {
             answers: Some(rx),
             task: Some(task),
             reconciler: Reconciler::new(),
+            listen: config.listen.clone(),
         }
     }
 
@@ -104,8 +108,16 @@ impl Discovery {
         std::future::pending().await
     }
 
-    /// Takes an answer from [`next`](Self::next).
-    pub fn found(&mut self, candidates: Vec<Candidate>) {
+    /// Takes an answer from [`next`](Self::next). A backend at one of the balancer's own
+    /// listen addresses is left out (it would loop), with a warning.
+    pub fn found(&mut self, mut candidates: Vec<Candidate>) {
+        candidates.retain(|c| {
+            let own = crate::config::check_not_self(c.spec.addr, &self.listen);
+            if let Err(e) = &own {
+                tracing::warn!("discovery: backend {} left out: {e}", c.spec.name);
+            }
+            own.is_ok()
+        });
         self.reconciler.found(candidates);
     }
 

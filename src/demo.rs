@@ -1,8 +1,8 @@
 //! `uringlb demo`: embedded backends, the balancer in front, a short load, a report.
 //!
 //! Everything runs in this one process so the demo needs no setup: three HTTP backends
-//! from `uringlb-bench`, a [`Server`] in front of them, and the bench load generator. That
-//! also means they all compete for the same CPUs, so the numbers show that the balancer
+//! from `uringlb-testbed`, a [`Server`] in front of them, and that crate's load generator.
+//! That also means they all compete for the same CPUs, so the numbers show that the balancer
 //! works and roughly how it behaves, not what it does on dedicated cores.
 
 use std::fmt::Write as _;
@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use uringlb_bench::{HttpServer, LoadConfig, Report};
+use uringlb_testbed::{HttpServer, LoadConfig, Report};
 
 use crate::config::{Algorithm, BackendSpec, Config, HealthCheck, Workers};
 use crate::control::StartFailed;
@@ -87,7 +87,7 @@ pub fn run() -> anyhow::Result<()> {
         ..LoadConfig::default()
     }
     .with_progress(|p| eprint_line(&p.line()));
-    let report = uringlb_bench::load::http_keepalive_with(addr, &load);
+    let report = uringlb_testbed::load::http_keepalive_with(addr, &load);
     // Read before stopping: the worker threads' /proc entries go away when they exit.
     let cpu = match (cpu_before, balancer_cpu_time()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),

@@ -120,6 +120,27 @@ fn bad_duration_is_rejected() {
     assert!(!out.status.success());
 }
 
+/// A duration too long to run (or to represent at all) is a usage error, not a panic, in
+/// the parser or later when the run's deadline is computed.
+#[test]
+fn overlong_duration_is_a_clear_error() {
+    for duration in ["99999999999999999999999h", "4000000000000000h"] {
+        let out = Command::new(BIN)
+            .args(["http", "--target", "127.0.0.1:1", "--duration", duration])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{duration}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "duration \"{duration}\" is too long; at most 8760h"
+            )),
+            "{duration}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 /// `http --rate` paces the requests: the achieved rate is the offered one, not what the
 /// server could take (a closed loop against this server does tens of thousands per second),
 /// and the JSON says so.

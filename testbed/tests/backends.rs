@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use uringlb_bench::{pattern, EchoServer, HttpServer, NameServer, SinkServer, SourceServer};
+use uringlb_testbed::{pattern, EchoServer, HttpServer, NameServer, SinkServer, SourceServer};
 
 const LOCAL: &str = "127.0.0.1:0";
 

@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
-/// Parses `500ms`, `2s`, `1.5s`, `1m`, `1h`, `250us`; a bare number means seconds.
+/// Longest duration [`parse_duration`] accepts, as the balancer's own flags do: far longer
+/// than any run, and short enough that a deadline `Instant::now() + d` cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(8760 * 3600);
+
+/// Parses `500ms`, `2s`, `1.5s`, `1m`, `1h`, `250us`; a bare number means seconds. At most
+/// [`MAX_DURATION`] (8760h).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
@@ -23,6 +28,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs = value * secs_per_unit;
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration {s:?}"));
+    }
+    // Checked before converting: `Duration::from_secs_f64` panics beyond u64 seconds.
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("duration {s:?} is too long; at most 8760h"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -63,6 +72,11 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for long in ["8761h", "4000000000000000h", "99999999999999999999999h"] {
+            let err = parse_duration(long).unwrap_err();
+            assert!(err.contains("too long; at most 8760h"), "{long}: {err}");
+        }
     }
 
     #[test]

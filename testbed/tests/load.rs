@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use uringlb_bench::{load, EchoServer, HttpServer, LoadConfig, LoadKind};
+use uringlb_testbed::{load, EchoServer, HttpServer, LoadConfig, LoadKind};
 
 const LOCAL: &str = "127.0.0.1:0";
 

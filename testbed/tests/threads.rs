@@ -5,7 +5,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use uringlb_bench::{load, EchoServer, HttpServer};
+use uringlb_testbed::{load, EchoServer, HttpServer};
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())

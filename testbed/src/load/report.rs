@@ -355,7 +355,7 @@ impl Report {
 }
 
 /// Microseconds as `850us`, `1.25ms` or `2.10s` (round values short: `2ms`, `1s`).
-pub(crate) fn fmt_us(us: u64) -> String {
+pub fn fmt_us(us: u64) -> String {
     if us < 1_000 {
         format!("{us}us")
     } else if us.is_multiple_of(1_000_000) {

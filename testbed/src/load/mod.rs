@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use progress::{Progress, ProgressFn};
-pub(crate) use report::fmt_us;
-pub use report::{LatencySummary, PercentilePoint, Report, Summary, PERCENTILES};
+pub use report::{fmt_us, LatencySummary, PercentilePoint, Report, Summary, PERCENTILES};
 
 /// Which protocol a run spoke; kept in the [`Report`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -984,10 +984,13 @@ impl Worker {
     }
 
     fn begin_stop(&mut self, grace: Duration) {
-        if self.stopping.is_some() {
+        let deadline = self.now_ns + grace.as_nanos() as u64;
+        if let Some(current) = self.stopping {
+            // Stopping already: a second stop (a second signal) may only shorten the grace.
+            self.stopping = Some(current.min(deadline));
             return;
         }
-        self.stopping = Some(self.now_ns + grace.as_nanos() as u64);
+        self.stopping = Some(deadline);
         self.pause_accepts();
         // Close the listeners so the kernel stops queueing connections for this worker
         // (another process on the same SO_REUSEPORT address takes them).

@@ -97,11 +97,13 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
     }
 }
 
-/// The active checks must be rescheduled: their kind, interval or timeout changed.
+/// The active checks must be rescheduled: their kind, interval, timeout or PROXY header
+/// changed.
 pub fn checks_changed(running: &Config, new: &Config) -> bool {
     running.health != new.health
         || running.health_interval != new.health_interval
         || running.health_timeout != new.health_timeout
+        || running.proxy_protocol != new.proxy_protocol
 }
 
 /// Names added, removed and changed going from `before` to `after`.
@@ -169,6 +171,14 @@ mod tests {
             ..Config::default()
         };
         assert!(checks_changed(&running, &slower));
+        let proxied = Config {
+            proxy_protocol: Some(crate::config::ProxyProtocol::V2),
+            ..Config::default()
+        };
+        assert!(
+            checks_changed(&running, &proxied),
+            "checks send the header too"
+        );
         assert!(!checks_changed(&running, &running.clone()));
     }
 

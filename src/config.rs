@@ -262,6 +262,8 @@ pub enum ConfigError {
         "no backends: give --backend ADDR, a [[backend]] table in the config file, or --discovery"
     )]
     NoBackends,
+    #[error("too many backends: {0} (at most {max})", max = crate::backend::MAX_BACKENDS)]
+    TooManyBackends(usize),
     #[error("duplicate backend name '{0}': give each backend a distinct name=")]
     DuplicateBackendName(String),
     #[error("backend '{name}': {message}")]
@@ -495,6 +497,9 @@ impl Config {
         }
         if self.backends.is_empty() && self.discovery.is_none() {
             return Err(ConfigError::NoBackends);
+        }
+        if self.backends.len() > crate::backend::MAX_BACKENDS {
+            return Err(ConfigError::TooManyBackends(self.backends.len()));
         }
         // Duplicate addresses are allowed when the names differ: the name, not the
         // address, is the backend's identity (hashing key, admin API path).

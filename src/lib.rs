@@ -7,6 +7,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
+pub mod backend_ids;
 pub mod balance;
 pub mod cli;
 pub mod config;

@@ -6,10 +6,11 @@
 //! `start` is all or nothing: any error (address in use, io_uring unavailable) stops what
 //! was started and is returned; nothing is left running.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crossbeam_utils::CachePadded;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::backend::{Backend, BackendId, BackendState, SharedCounters, Snapshot, MAX_BACKENDS};
+use crate::backend_ids::BackendIds;
 use crate::config::{BackendSpec, Config, Workers};
 use crate::uring;
 use crate::worker::{Command, Shared, Worker, WorkerConfig, WorkerSetup, WorkerStats};
@@ -63,23 +65,60 @@ struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What `publish` needs to give backends stable ids.
+/// What `publish` needs to give backends stable ids, and to know when one may be reused.
 struct PublishState {
     version: u64,
-    /// Backend name -> id, for every name ever seen (ids are never reused while named).
-    ids: Vec<String>,
+    ids: BackendIds,
+    /// Every snapshot published that may still be alive (a worker routes with it, or it
+    /// waits in a worker's channel).
+    published: Vec<Weak<Snapshot>>,
+    counters: Arc<SharedCounters>,
 }
 
 impl PublishState {
+    fn new(counters: Arc<SharedCounters>) -> PublishState {
+        PublishState {
+            version: 0,
+            ids: BackendIds::default(),
+            published: Vec::new(),
+            counters,
+        }
+    }
+
+    /// The id of `name`: the one it holds, or a free one (reclaiming unreferenced ids if
+    /// none is free). `None` when [`MAX_BACKENDS`] backends are held.
     fn id_for(&mut self, name: &str) -> Option<BackendId> {
-        if let Some(i) = self.ids.iter().position(|n| n == name) {
-            return Some(BackendId(i as u32));
+        if let Some(id) = self.ids.lookup(name) {
+            return Some(id);
         }
-        if self.ids.len() >= MAX_BACKENDS {
-            return None;
+        if let Some(id) = self.ids.assign(name) {
+            return Some(id);
         }
-        self.ids.push(name.to_string());
-        Some(BackendId(self.ids.len() as u32 - 1))
+        self.reclaim();
+        self.ids.assign(name)
+    }
+
+    /// Frees every retired id that nothing refers to any more: no snapshot that is still
+    /// alive holds it (so no worker can pick it again) and no connection counts on it. Its
+    /// counters are reset, so a new backend starts from zero.
+    fn reclaim(&mut self) {
+        self.published.retain(|w| w.strong_count() > 0);
+        let mut referenced = vec![false; MAX_BACKENDS];
+        for snapshot in self.published.iter().filter_map(Weak::upgrade) {
+            for b in &snapshot.backends {
+                referenced[b.id.0 as usize] = true;
+            }
+        }
+        // A worker's last use of an old snapshot (a pick that counted a connection)
+        // happens before it drops the snapshot: see it before reading the counters.
+        std::sync::atomic::fence(Ordering::Acquire);
+        for id in self.ids.retired() {
+            let c = self.counters.get(id);
+            if !referenced[id.0 as usize] && c.active() == 0 {
+                c.reset();
+                self.ids.release(id);
+            }
+        }
     }
 }
 
@@ -87,18 +126,16 @@ impl Server {
     /// Binds, spawns and returns once every worker runs, or fails with nothing running.
     pub fn start(config: &Config) -> Result<Server, StartError> {
         raise_nofile_limit();
-        let cpus = allowed_cpus();
-        let n_workers = match config.workers {
-            Workers::Auto => cpus.len().max(1),
-            Workers::Count(n) => n.max(1),
-        };
-        let max_conns = config
-            .max_conns
-            .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
+        let Plan {
+            cpus,
+            n_workers,
+            max_conns,
+            state,
+            snapshot,
+        } = Plan::new(config)?;
         let (listeners, local_addrs) = bind_all(&config.listen, n_workers)?;
-
         let shared = Arc::new(Shared {
-            counters: SharedCounters::new(),
+            counters: state.counters.clone(),
             epoch: std::time::Instant::now(),
             open_clients: AtomicUsize::new(0),
             max_conns,
@@ -107,12 +144,6 @@ impl Server {
                 .map(|_| CachePadded::new(WorkerStats::default()))
                 .collect(),
         });
-        let mut state = PublishState {
-            version: 0,
-            ids: Vec::new(),
-        };
-        let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
-        let snapshot = Arc::new(build_snapshot(&mut state, &entries, config)?);
         let worker_config = WorkerConfig {
             forward: config.forward,
             buf_size: BUF_SIZE,
@@ -192,7 +223,7 @@ impl Server {
         settings: &Config,
     ) -> Result<u64, StartError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = Arc::new(build_snapshot(&mut state, entries, settings)?);
+        let snapshot = build_snapshot(&mut state, entries, settings)?;
         let version = snapshot.version;
         for w in &self.workers {
             if w.commands.send(Command::Snapshot(snapshot.clone())).is_ok() {
@@ -264,16 +295,62 @@ impl Server {
     }
 }
 
+/// Everything [`Server::start`] decides before it binds a socket or starts a thread; also
+/// what `--check` builds, so that it refuses whatever a start would.
+struct Plan {
+    cpus: Vec<usize>,
+    n_workers: usize,
+    max_conns: usize,
+    state: PublishState,
+    /// The first snapshot: every configured backend, up.
+    snapshot: Arc<Snapshot>,
+}
+
+impl Plan {
+    fn new(config: &Config) -> Result<Plan, StartError> {
+        let cpus = allowed_cpus();
+        let n_workers = match config.workers {
+            Workers::Auto => cpus.len().max(1),
+            Workers::Count(n) => n.max(1),
+        };
+        let max_conns = config
+            .max_conns
+            .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
+        let mut state = PublishState::new(SharedCounters::new());
+        let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
+        let snapshot = build_snapshot(&mut state, &entries, config)?;
+        Ok(Plan {
+            cpus,
+            n_workers,
+            max_conns,
+            state,
+            snapshot,
+        })
+    }
+}
+
+/// Runs every check a start runs, short of binding the listeners and starting workers
+/// (`--check`).
+pub fn check(config: &Config) -> Result<(), StartError> {
+    Plan::new(config).map(|_| ())
+}
+
+/// Builds the next snapshot and records it as published; ids of backends it no longer
+/// holds are retired, and those nothing refers to any more are reclaimed.
 fn build_snapshot(
     state: &mut PublishState,
     entries: &[BackendEntry],
     config: &Config,
-) -> Result<Snapshot, StartError> {
+) -> Result<Arc<Snapshot>, StartError> {
+    if entries.len() > MAX_BACKENDS {
+        return Err(StartError::TooManyBackends(entries.len()));
+    }
     let mut backends = Vec::with_capacity(entries.len());
     for e in entries {
+        // Fails only while backends removed earlier still hold connections.
         let id = state
             .id_for(&e.spec.name)
-            .ok_or(StartError::TooManyBackends(state.ids.len() + 1))?;
+            .ok_or(StartError::TooManyBackends(state.ids.taken() + 1))?;
         backends.push(Backend {
             id,
             name: e.spec.name.clone(),
@@ -286,7 +363,12 @@ fn build_snapshot(
         });
     }
     state.version += 1;
-    Ok(Snapshot::new(state.version, backends, config))
+    let snapshot = Arc::new(Snapshot::new(state.version, backends, config));
+    let names: HashSet<&str> = snapshot.backends.iter().map(|b| b.name.as_str()).collect();
+    state.ids.retire_absent(&names);
+    state.reclaim();
+    state.published.push(Arc::downgrade(&snapshot));
+    Ok(snapshot)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -63,7 +63,7 @@ pub enum TableError {
     #[error("a backend named '{0}' exists already")]
     Duplicate(String),
     #[error(
-        "too many backends: at most {} names over the balancer's life time",
+        "too many backends: at most {} at once, counting removed ones that still have connections",
         crate::backend::MAX_BACKENDS
     )]
     Full,

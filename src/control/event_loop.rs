@@ -43,22 +43,25 @@ pub enum Command {
     },
     /// Stop accepting; let open connections finish within `grace`.
     Stop { grace: Duration },
-    /// Add one backend (validated by the caller); it is up at once.
+    /// Add one backend (validated by the caller); it is up at once. The reply is the
+    /// backend as added.
     AddBackend {
         spec: BackendSpec,
-        reply: oneshot::Sender<Result<(), TableError>>,
+        reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
-    /// Change a backend's weight and/or operator state; nothing changes on an error.
+    /// Change a backend's weight and/or operator state; nothing changes on an error. The
+    /// reply is the backend as changed.
     Update {
         name: String,
         weight: Option<u32>,
         state: Option<AdminState>,
-        reply: oneshot::Sender<Result<(), TableError>>,
+        reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
-    /// Drain a backend, then drop it once its connections are gone.
+    /// Drain a backend, then drop it once its connections are gone. The reply is the
+    /// backend as it starts draining (it may be gone by the time the caller looks again).
     RemoveBackend {
         name: String,
-        reply: oneshot::Sender<Result<(), TableError>>,
+        reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
     /// Every backend with its connection counters.
     Backends {
@@ -180,10 +183,11 @@ pub async fn run(
                             checker.sync(&table.probe_targets());
                         }
                     }
-                    let _ = reply.send(r.map(|_| ()));
+                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::Update { name, weight, state, reply } => {
-                    let _ = reply.send(update(&mut table, &name, weight, state));
+                    let r = update(&mut table, &name, weight, state);
+                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::RemoveBackend { name, reply } => {
                     let r = table.remove(&name, Instant::now());
@@ -193,7 +197,7 @@ pub async fn run(
                             checker.sync(&table.probe_targets());
                         }
                     }
-                    let _ = reply.send(r.map(|_| ()));
+                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::Backends { reply } => {
                     let _ = reply.send(samples(&table, &server));
@@ -274,6 +278,20 @@ fn update(
         table.set_state(name, s, now)?;
     }
     Ok(())
+}
+
+/// Backend `name`, which the caller has just changed (so it is in the table), with the
+/// workers' counters: taken in the same event as the change, so the answer describes it
+/// even if the backend leaves the table right after (a drained removal does at the next
+/// tick).
+fn sample(table: &Table, server: &Server, name: &str) -> Result<BackendSample, TableError> {
+    let status = table
+        .status()
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| TableError::Unknown(name.to_string()))?;
+    let id = server.backend_id(name);
+    Ok(BackendSample::new(status, id, server.shared()))
 }
 
 /// Every backend in the table with the workers' counters.

@@ -116,12 +116,11 @@ async fn add_backend(
 ) -> Result<Response, ApiError> {
     let req: NewBackend = read_json(&headers, body).await?;
     let spec = validate_new(req).await?;
-    let name = spec.name.clone();
-    ctx.ask(|reply| Command::AddBackend { spec, reply })
+    let added = ctx
+        .ask(|reply| Command::AddBackend { spec, reply })
         .await?
         .map_err(table_error)?;
-    let b = backend_json(&ctx, &name).await?;
-    Ok((StatusCode::CREATED, Json(b)).into_response())
+    Ok((StatusCode::CREATED, Json(BackendJson::from(&added))).into_response())
 }
 
 async fn change_backend(
@@ -133,15 +132,16 @@ async fn change_backend(
     let name = path_name(name)?;
     let req: Change = read_json(&headers, body).await?;
     let (weight, state) = check_change(req)?;
-    ctx.ask(|reply| Command::Update {
-        name: name.clone(),
-        weight,
-        state,
-        reply,
-    })
-    .await?
-    .map_err(table_error)?;
-    Ok(Json(backend_json(&ctx, &name).await?))
+    let changed = ctx
+        .ask(|reply| Command::Update {
+            name,
+            weight,
+            state,
+            reply,
+        })
+        .await?
+        .map_err(table_error)?;
+    Ok(Json(BackendJson::from(&changed)))
 }
 
 /// A `PATCH` body's weight and state, checked; at least one is given.
@@ -169,15 +169,14 @@ async fn remove_backend(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let name = path_name(name)?;
-    ctx.ask(|reply| Command::RemoveBackend {
-        name: name.clone(),
-        reply,
-    })
-    .await?
-    .map_err(table_error)?;
+    // The backend as it starts draining, from the same event as the removal: asked for
+    // afterwards, it may be gone already (a drained backend leaves at the next tick).
+    let removed = ctx
+        .ask(|reply| Command::RemoveBackend { name, reply })
+        .await?
+        .map_err(table_error)?;
     // 202: it drains, and leaves the table once its last connection has closed.
-    let b = backend_json(&ctx, &name).await?;
-    Ok((StatusCode::ACCEPTED, Json(b)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(BackendJson::from(&removed))).into_response())
 }
 
 async fn reload(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
@@ -228,15 +227,6 @@ async fn method_not_allowed() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this path",
     )
-}
-
-/// The backend `name` as it is now (after a change: to answer with it).
-async fn backend_json(ctx: &Ctx, name: &str) -> Result<BackendJson, ApiError> {
-    let all = ctx.ask(|reply| Command::Backends { reply }).await?;
-    all.iter()
-        .find(|b| b.status.name == name)
-        .map(BackendJson::from)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named '{name}'")))
 }
 
 fn path_name(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

@@ -20,7 +20,7 @@ use crate::control::event_loop::Command;
 use crate::control::metrics::{self, BackendSample};
 use crate::control::reload::ReloadError;
 
-use super::{ApiError, Ctx, BODY_LIMIT};
+use super::{ApiError, Ctx, BODY_LIMIT, BODY_TIMEOUT};
 
 pub(super) fn router(ctx: Ctx) -> Router {
     Router::new()
@@ -258,12 +258,23 @@ async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
             "expected a JSON body with Content-Type: application/json",
         ));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body too large or cut short (at most {BODY_LIMIT} bytes)"),
-        )
-    })?;
+    // A body trickled in byte by byte would keep the connection busy (and so never
+    // replaced by a new one) for as long as the client likes.
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT));
+    let bytes: Bytes = read
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {BODY_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body too large or cut short (at most {BODY_LIMIT} bytes)"),
+            )
+        })?;
     parse_body(&bytes)
 }
 

@@ -244,7 +244,7 @@ pub enum ConfigError {
     #[error("{}: cannot read config file: {source}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::config_file::ReadError,
     },
     /// A TOML syntax error, an unknown key or a bad value, at its position (1-based).
     #[error("{file}:{line}:{column}: {message}")]
@@ -424,7 +424,7 @@ pub fn reload(current: &Config) -> Result<Config, ConfigError> {
 
 /// Reads and parses one TOML config file (no defaults, no cross-field validation).
 pub fn load_file(path: &Path) -> Result<PartialConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = crate::config_file::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;

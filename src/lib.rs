@@ -11,6 +11,7 @@ pub mod backend_ids;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod demo;
 /// The shared entry points of the fuzz targets and of the corpus replay test.

@@ -142,22 +142,14 @@ pub async fn run(
     let mut settings_changed = false;
     // `--discovery`: resolves in a task of its own; its answers arrive below.
     let mut discovery = Discovery::start(&config);
+    // SIGHUP and `POST /reload`: the file is read off this thread; applied below.
+    let mut reloads = reload::Queue::default();
     loop {
         tokio::select! {
             sig = next_signal(&mut signals) => match sig {
                 Sig::Term => stop(&server, config.grace, &mut stopping, "SIGTERM"),
                 Sig::Int => stop(&server, config.grace, &mut stopping, "SIGINT"),
-                Sig::Hup => {
-                    let mut r = Reloader {
-                        server: &server,
-                        config: &mut config,
-                        table: &mut table,
-                        checker: &mut checker,
-                        results_tx: &results_tx,
-                        counts: &mut counts,
-                    };
-                    settings_changed |= r.reload("SIGHUP").is_ok();
-                }
+                Sig::Hup => reloads.push(reload::Request { why: "SIGHUP", reply: None }),
             },
             Some(cmd) = commands.recv() => match cmd {
                 Command::SetState { name, state, reply } => {
@@ -203,17 +195,7 @@ pub async fn run(
                     let _ = reply.send(samples(&table, &server));
                 }
                 Command::Reload { reply } => {
-                    let mut r = Reloader {
-                        server: &server,
-                        config: &mut config,
-                        table: &mut table,
-                        checker: &mut checker,
-                        results_tx: &results_tx,
-                        counts: &mut counts,
-                    };
-                    let outcome = r.reload("POST /reload");
-                    settings_changed |= outcome.is_ok();
-                    let _ = reply.send(outcome);
+                    reloads.push(reload::Request { why: "POST /reload", reply: Some(reply) });
                 }
                 Command::Metrics { reply } => {
                     let samples = samples(&table, &server);
@@ -239,7 +221,23 @@ pub async fn run(
                 }
             }
             found = discovery.next() => discovery.found(found),
+            (request, read) = reloads.finished(), if reloads.busy() => {
+                let mut r = Reloader {
+                    server: &server,
+                    config: &mut config,
+                    table: &mut table,
+                    checker: &mut checker,
+                    results_tx: &results_tx,
+                    counts: &mut counts,
+                };
+                let outcome = r.apply(request.why, read);
+                settings_changed |= outcome.is_ok();
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(outcome);
+                }
+            }
         }
+        reloads.start_next(&config);
         if discovery.reconcile(&mut table, &config.backends, Instant::now(), &mut |name| {
             server.backend_id(name)
         }) {
@@ -317,11 +315,15 @@ struct Reloader<'a> {
 }
 
 impl Reloader<'_> {
-    /// Reads the file and applies it, or changes nothing. The caller publishes on `Ok`
-    /// (with the new settings) even if no backend changed: the algorithm or a timeout may
-    /// have.
-    fn reload(&mut self, why: &str) -> Result<Outcome, ReloadError> {
-        let new = match reload::read(self.config) {
+    /// Applies a configuration read again (`read`), or changes nothing if it could not be
+    /// read. The caller publishes on `Ok` (with the new settings) even if no backend
+    /// changed: the algorithm or a timeout may have.
+    fn apply(
+        &mut self,
+        why: &str,
+        read: Result<Config, ReloadError>,
+    ) -> Result<Outcome, ReloadError> {
+        let new = match read {
             Ok(new) => new,
             Err(e) => {
                 self.counts.on_reload(false);

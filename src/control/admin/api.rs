@@ -196,6 +196,11 @@ async fn reload(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("configuration not reloaded, nothing changed: {e}"),
         )),
+        // The disk or DNS did not answer in time; trying again later may work.
+        Err(e @ (ReloadError::TimedOut(_) | ReloadError::Aborted(_))) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("configuration not reloaded, nothing changed: {e}"),
+        )),
     }
 }
 

@@ -248,9 +248,23 @@ impl BackendCounters {
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }
+
+    /// Back to zero, for an id given to a new backend (nothing refers to the old one).
+    pub fn reset(&self) {
+        for c in [
+            &self.active,
+            &self.total,
+            &self.failures,
+            &self.consecutive_failures,
+            &self.ewma_ns_bits,
+            &self.ewma_stamp_ns,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
-/// How many backend ids a balancer can have at once.
+/// How many backends (live, or removed but still referenced) a balancer can have at once.
 pub const MAX_BACKENDS: usize = 4096;
 
 /// Per-backend counters shared by all workers and the control thread.

@@ -168,7 +168,7 @@ pub enum ConfigError {
     #[error("{}: cannot read config file: {source}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::config_file::ReadError,
     },
     /// A TOML syntax error, an unknown key or a bad value, at its position (1-based).
     #[error("{file}:{line}:{column}: {message}")]
@@ -186,6 +186,8 @@ pub enum ConfigError {
         "no backends: give --backend ADDR, a [[backend]] table in the config file, or --discovery"
     )]
     NoBackends,
+    #[error("too many backends: {0} (at most {max})", max = crate::backend::MAX_BACKENDS)]
+    TooManyBackends(usize),
     #[error("duplicate backend name '{0}': give each backend a distinct name=")]
     DuplicateBackendName(String),
     #[error("backend '{name}': {message}")]
@@ -346,7 +348,7 @@ pub fn reload(current: &Config) -> Result<Config, ConfigError> {
 
 /// Reads and parses one TOML config file (no defaults, no cross-field validation).
 pub fn load_file(path: &Path) -> Result<PartialConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = crate::config_file::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -419,6 +421,9 @@ impl Config {
         }
         if self.backends.is_empty() && self.discovery.is_none() {
             return Err(ConfigError::NoBackends);
+        }
+        if self.backends.len() > crate::backend::MAX_BACKENDS {
+            return Err(ConfigError::TooManyBackends(self.backends.len()));
         }
         // Duplicate addresses are allowed when the names differ: the name, not the
         // address, is the backend's identity (hashing key, admin API path).

@@ -9,9 +9,11 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
+pub mod backend_ids;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod demo;
 pub mod direction;

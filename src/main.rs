@@ -6,14 +6,19 @@
 use std::process::ExitCode;
 
 use uringlb::cli::{self, Invocation};
-use uringlb::{config, control, demo};
+use uringlb::{config, control, demo, server};
 
 fn main() -> ExitCode {
     match cli::parse_or_exit() {
-        Invocation::Check(cfg) => {
-            println!("{}", config::summary(&cfg));
-            ExitCode::SUCCESS
-        }
+        // Everything a start would build, short of binding and spawning: what a start
+        // would refuse, `--check` refuses with the same line.
+        Invocation::Check(cfg) => match server::check(&cfg) {
+            Ok(()) => {
+                println!("{}", config::summary(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(e) => exit_on_error(Err(control::StartFailed(e).into())),
+        },
         Invocation::Demo => exit_on_error(demo::run()),
         Invocation::Run(cfg) => {
             init_logging(&cfg.log_level);

@@ -6,10 +6,11 @@
 //! `start` is all or nothing: any error (address in use, io_uring unavailable) stops what
 //! was started and is returned; nothing is left running.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use crate::backend::BackendEntry;
-use crate::backend::{Backend, BackendId, Policy, Snapshot, MAX_BACKENDS};
+use crate::backend::{Backend, BackendId, Policy, SharedCounters, Snapshot, MAX_BACKENDS};
+use crate::backend_ids::BackendIds;
 use crate::config::{BackendSpec, Config, Workers};
 use crate::net;
 use crate::uring::RingError;
@@ -69,25 +71,63 @@ struct WorkerHandle {
     thread: Option<JoinHandle<Result<(), RingError>>>,
 }
 
-/// What `publish` needs to give backends stable ids.
+/// What `publish` needs to give backends stable ids, and to know when one may be reused.
 struct PublishState {
     version: u64,
-    /// Backend name -> id, for every name ever seen (ids are never reused while named).
-    ids: Vec<String>,
+    ids: BackendIds,
+    /// Every snapshot published that may still be alive (a worker routes with it, or it
+    /// waits in a worker's channel).
+    published: Vec<Weak<Snapshot>>,
+    counters: Arc<SharedCounters>,
     /// The snapshot published last (a restarted worker starts with it).
     last: Option<Arc<Snapshot>>,
 }
 
 impl PublishState {
+    fn new(counters: Arc<SharedCounters>) -> PublishState {
+        PublishState {
+            version: 0,
+            ids: BackendIds::default(),
+            published: Vec::new(),
+            counters,
+            last: None,
+        }
+    }
+
+    /// The id of `name`: the one it holds, or a free one (reclaiming unreferenced ids if
+    /// none is free). `None` when [`MAX_BACKENDS`] backends are held.
     fn id_for(&mut self, name: &str) -> Option<BackendId> {
-        if let Some(i) = self.ids.iter().position(|n| n == name) {
-            return Some(BackendId(i as u32));
+        if let Some(id) = self.ids.lookup(name) {
+            return Some(id);
         }
-        if self.ids.len() >= MAX_BACKENDS {
-            return None;
+        if let Some(id) = self.ids.assign(name) {
+            return Some(id);
         }
-        self.ids.push(name.to_string());
-        Some(BackendId(self.ids.len() as u32 - 1))
+        self.reclaim();
+        self.ids.assign(name)
+    }
+
+    /// Frees every retired id that nothing refers to any more: no snapshot that is still
+    /// alive holds it (so no worker can pick it again) and no connection counts on it. Its
+    /// counters are reset, so a new backend starts from zero.
+    fn reclaim(&mut self) {
+        self.published.retain(|w| w.strong_count() > 0);
+        let mut referenced = vec![false; MAX_BACKENDS];
+        for snapshot in self.published.iter().filter_map(Weak::upgrade) {
+            for b in &snapshot.backends {
+                referenced[b.id.0 as usize] = true;
+            }
+        }
+        // A worker's last use of an old snapshot (a pick that counted a connection)
+        // happens before it drops the snapshot: see it before reading the counters.
+        std::sync::atomic::fence(Ordering::Acquire);
+        for id in self.ids.retired() {
+            let c = self.counters.get(id);
+            if !referenced[id.0 as usize] && c.active() == 0 {
+                c.reset();
+                self.ids.release(id);
+            }
+        }
     }
 }
 
@@ -95,25 +135,15 @@ impl Server {
     /// Binds, spawns and returns once every worker runs, or fails with nothing running.
     pub fn start(config: &Config) -> Result<Server, StartError> {
         raise_nofile_limit();
-        let cpus = allowed_cpus();
-        let n_workers = match config.workers {
-            Workers::Auto => cpus.len().max(1),
-            Workers::Count(n) => n.max(1),
-        };
-        let max_conns = config
-            .max_conns
-            .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
+        let Plan {
+            cpus,
+            n_workers,
+            max_conns,
+            state,
+            snapshot,
+        } = Plan::new(config)?;
         let (listeners, local_addrs) = bind_all(&config.listen, n_workers)?;
-
-        let shared = Arc::new(Shared::new(n_workers, max_conns));
-        let mut state = PublishState {
-            version: 0,
-            ids: Vec::new(),
-            last: None,
-        };
-        let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
-        let snapshot = Arc::new(build_snapshot(&mut state, &entries, &config.policy())?);
-        state.last = Some(snapshot.clone());
+        let shared = Arc::new(Shared::new(n_workers, max_conns, state.counters.clone()));
         let worker_config = WorkerConfig {
             forward: config.forward,
             buf_size: BUF_SIZE,
@@ -201,9 +231,8 @@ impl Server {
         settings: &Config,
     ) -> Result<u64, StartError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = Arc::new(build_snapshot(&mut state, entries, &settings.policy())?);
+        let snapshot = build_snapshot(&mut state, entries, &settings.policy())?;
         let version = snapshot.version;
-        state.last = Some(snapshot.clone());
         for w in &self.workers {
             if w.commands.send(Command::Snapshot(snapshot.clone())).is_ok() {
                 net::eventfd_signal(&w.wake);
@@ -302,11 +331,56 @@ impl Server {
     }
 }
 
+/// Everything [`Server::start`] decides before it binds a socket or starts a thread; also
+/// what `--check` builds, so that it refuses whatever a start would.
+struct Plan {
+    cpus: Vec<usize>,
+    n_workers: usize,
+    max_conns: usize,
+    state: PublishState,
+    /// The first snapshot: every configured backend, up.
+    snapshot: Arc<Snapshot>,
+}
+
+impl Plan {
+    fn new(config: &Config) -> Result<Plan, StartError> {
+        let cpus = allowed_cpus();
+        let n_workers = match config.workers {
+            Workers::Auto => cpus.len().max(1),
+            Workers::Count(n) => n.max(1),
+        };
+        let max_conns = config
+            .max_conns
+            .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
+        let mut state = PublishState::new(SharedCounters::new());
+        let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
+        let snapshot = build_snapshot(&mut state, &entries, &config.policy())?;
+        Ok(Plan {
+            cpus,
+            n_workers,
+            max_conns,
+            state,
+            snapshot,
+        })
+    }
+}
+
+/// Runs every check a start runs, short of binding the listeners and starting workers
+/// (`--check`).
+pub fn check(config: &Config) -> Result<(), StartError> {
+    Plan::new(config).map(|_| ())
+}
+
+/// Builds the next snapshot and records it as published; ids of backends it no longer
+/// holds are retired, and those nothing refers to any more are reclaimed.
 fn build_snapshot(
     state: &mut PublishState,
     entries: &[BackendEntry],
     policy: &Policy,
-) -> Result<Snapshot, StartError> {
+) -> Result<Arc<Snapshot>, StartError> {
+    if entries.len() > MAX_BACKENDS {
+        return Err(StartError::TooManyBackends(entries.len()));
+    }
     let local_ips: Arc<[IpAddr]> = crate::loops::local_ips().into();
     let is_local = |ip: IpAddr| {
         let ip = crate::loops::canonical(ip);
@@ -314,9 +388,10 @@ fn build_snapshot(
     };
     let mut backends = Vec::with_capacity(entries.len());
     for e in entries {
+        // Fails only while backends removed earlier still hold connections.
         let id = state
             .id_for(&e.spec.name)
-            .ok_or(StartError::TooManyBackends(state.ids.len() + 1))?;
+            .ok_or(StartError::TooManyBackends(state.ids.taken() + 1))?;
         backends.push(Backend {
             id,
             name: e.spec.name.clone(),
@@ -330,7 +405,13 @@ fn build_snapshot(
         });
     }
     state.version += 1;
-    Ok(Snapshot::new(state.version, backends, policy, local_ips))
+    let snapshot = Arc::new(Snapshot::new(state.version, backends, policy, local_ips));
+    let names: HashSet<&str> = snapshot.backends.iter().map(|b| b.name.as_str()).collect();
+    state.ids.retire_absent(&names);
+    state.reclaim();
+    state.published.push(Arc::downgrade(&snapshot));
+    state.last = Some(snapshot.clone());
+    Ok(snapshot)
 }
 
 /// The test hook `URINGLB_TEST_FAIL_WORKER=INDEX:WAITS`: worker INDEX's loop fails after

@@ -327,3 +327,63 @@ fn help_and_version_go_to_stdout_with_status_zero() {
     let out = ok(&["--version"]);
     assert!(out.starts_with("uringlb "), "{out}");
 }
+
+/// `[[backend]]` tables for `n` backends.
+fn many_backends(n: usize) -> String {
+    let mut toml = String::from("health = \"none\"\nworkers = 1\n");
+    for i in 0..n {
+        toml += &format!(
+            "[[backend]]\naddr = \"127.0.0.1:{}\"\nname = \"b{i}\"\n",
+            1024 + i % 60_000
+        );
+    }
+    toml
+}
+
+/// Runs the balancer for real (`--listen` on a free port); returns its one stderr line
+/// once it has exited 2. Fails if it is still running after 30 s (it started).
+fn start_fails(args: &[&str]) -> String {
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uringlb"))
+        .args(["--listen", &listen])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("uringlb {args:?} started; expected it to refuse");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err.trim_end().to_string()
+}
+
+#[test]
+fn check_refuses_what_a_start_refuses() {
+    let too_many = TempToml::new(&many_backends(10_000));
+    let check = fails(&["--check", "--config", too_many.path()]);
+    let start = start_fails(&["--config", too_many.path()]);
+    assert_eq!(check, start, "--check and a start give the same error");
+    assert_mentions(&check, &["too many backends", "10000", "4096"]);
+    // The limit itself is fine.
+    let at_limit = TempToml::new(&many_backends(4096));
+    let out = ok(&["--check", "--config", at_limit.path()]);
+    assert!(out.contains("4096 backend(s)"), "{out}");
+}

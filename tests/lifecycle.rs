@@ -197,3 +197,52 @@ fn max_conns_pauses_accept_without_failing() {
     fifth.read_exact(&mut one).unwrap();
     assert_eq!(&one, b"b");
 }
+
+/// Waits until the balancer's log has `needle`, at most `timeout`.
+fn wait_log(lb: &Lb, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !lb.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no '{needle}' in the log: {}",
+            lb.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    let echo = EchoServer::start("127.0.0.1:0").unwrap();
+    let b = echo.addr().to_string();
+    let mut lb = Lb::start(&[
+        "--backend",
+        &b,
+        "--workers",
+        "2",
+        "--health",
+        "none",
+        "--grace",
+        "120s",
+    ]);
+    // An open connection that would keep the balancer for the whole grace.
+    let mut s = lb.connect();
+    s.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).unwrap();
+    lb.signal(libc::SIGTERM);
+    // Signals sent before the first is handled may merge into one: wait for it.
+    wait_log(&lb, "SIGTERM: stopping gracefully", Duration::from_secs(10));
+    assert!(lb.child.try_wait().unwrap().is_none(), "the grace runs");
+    let t = Instant::now();
+    lb.signal(libc::SIGTERM);
+    wait_log(&lb, "SIGTERM again: stopping now", Duration::from_secs(10));
+    let st = lb
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("still running after a second SIGTERM: {}", lb.log_text()));
+    assert!(st.success(), "{st}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // The open connection was closed, not left hanging.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(s.read(&mut one).unwrap_or(0), 0);
+}

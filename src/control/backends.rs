@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::backend::{BackendId, BackendState, SharedCounters};
-use crate::config::{BackendSpec, Config};
+use crate::config::{BackendSpec, Config, ProxyProtocol};
 use crate::health::{Health, Params};
 use crate::server::BackendEntry;
 
@@ -66,7 +66,7 @@ pub enum TableError {
     #[error("{0}")]
     Invalid(String),
     #[error(
-        "too many backends: at most {} names over the balancer's life time",
+        "too many backends: at most {} at once, counting removed ones that still have connections",
         crate::backend::MAX_BACKENDS
     )]
     Full,
@@ -103,6 +103,9 @@ pub struct ProbeTarget {
     pub name: String,
     pub addr: SocketAddr,
     pub generation: u64,
+    /// The backend's own `proxy-protocol=` (the global `--proxy-protocol` applies when
+    /// this is `None`, as on the data path).
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 #[derive(Debug)]
@@ -308,6 +311,7 @@ impl Table {
                 name: r.spec.name.clone(),
                 addr: r.spec.addr,
                 generation: r.generation,
+                proxy_protocol: r.spec.proxy_protocol,
             })
             .collect()
     }

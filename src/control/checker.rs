@@ -10,7 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, HealthCheck};
+use crate::config::{Config, HealthCheck, ProxyProtocol};
 use crate::health::probe;
 
 use super::backends::ProbeTarget;
@@ -28,6 +28,8 @@ pub struct Checker {
     kind: HealthCheck,
     interval: Duration,
     timeout: Duration,
+    /// `--proxy-protocol`: the header for backends that do not set their own.
+    proxy_protocol: Option<ProxyProtocol>,
     results: UnboundedSender<CheckResult>,
     tasks: HashMap<String, (ProbeTarget, JoinHandle<()>)>,
     rng: u64,
@@ -44,6 +46,7 @@ impl Checker {
             kind: config.health.clone(),
             interval: config.health_interval,
             timeout: config.health_timeout,
+            proxy_protocol: config.proxy_protocol,
             results,
             tasks: HashMap::new(),
             rng: seed | 1,
@@ -75,11 +78,15 @@ impl Checker {
             } else {
                 self.interval.mul_f64(unit(next(&mut self.rng)))
             };
+            let how = Probe {
+                kind: self.kind.clone(),
+                timeout: self.timeout,
+                proxy: target.proxy_protocol.or(self.proxy_protocol),
+            };
             let handle = tokio::spawn(probe_loop(
                 target.clone(),
-                self.kind.clone(),
+                how,
                 self.interval,
-                self.timeout,
                 offset,
                 next(&mut self.rng),
                 self.results.clone(),
@@ -98,11 +105,18 @@ impl Drop for Checker {
     }
 }
 
+/// One check of one backend, as [`probe::check`] runs it.
+struct Probe {
+    kind: HealthCheck,
+    timeout: Duration,
+    /// The PROXY header to send first: the backend's own setting, else `--proxy-protocol`.
+    proxy: Option<ProxyProtocol>,
+}
+
 async fn probe_loop(
     target: ProbeTarget,
-    kind: HealthCheck,
+    how: Probe,
     interval: Duration,
-    timeout: Duration,
     offset: Duration,
     mut rng: u64,
     results: UnboundedSender<CheckResult>,
@@ -110,7 +124,7 @@ async fn probe_loop(
     let mut at = Instant::now() + offset;
     loop {
         tokio::time::sleep_until(at).await;
-        let result = probe::check(target.addr, &kind, timeout)
+        let result = probe::check(target.addr, &how.kind, how.timeout, how.proxy)
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = &result {

@@ -43,22 +43,25 @@ pub enum Command {
     },
     /// Stop accepting; let open connections finish within `grace`.
     Stop { grace: Duration },
-    /// Add one backend (validated by the caller); it is up at once.
+    /// Add one backend (validated by the caller); it is up at once. The reply is the
+    /// backend as added.
     AddBackend {
         spec: BackendSpec,
-        reply: oneshot::Sender<Result<(), TableError>>,
+        reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
-    /// Change a backend's weight and/or operator state; nothing changes on an error.
+    /// Change a backend's weight and/or operator state; nothing changes on an error. The
+    /// reply is the backend as changed.
     Update {
         name: String,
         weight: Option<u32>,
         state: Option<AdminState>,
-        reply: oneshot::Sender<Result<(), TableError>>,
+        reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
-    /// Drain a backend, then drop it once its connections are gone.
+    /// Drain a backend, then drop it once its connections are gone. The reply is the
+    /// backend as it starts draining (it may be gone by the time the caller looks again).
     RemoveBackend {
         name: String,
-        reply: oneshot::Sender<Result<(), TableError>>,
+        reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
     /// Every backend with its connection counters.
     Backends {
@@ -139,22 +142,14 @@ pub async fn run(
     let mut settings_changed = false;
     // `--discovery`: resolves in a task of its own; its answers arrive below.
     let mut discovery = Discovery::start(&config);
+    // SIGHUP and `POST /reload`: the file is read off this thread; applied below.
+    let mut reloads = reload::Queue::default();
     loop {
         tokio::select! {
             sig = next_signal(&mut signals) => match sig {
                 Sig::Term => stop(&server, config.grace, &mut stopping, "SIGTERM"),
                 Sig::Int => stop(&server, config.grace, &mut stopping, "SIGINT"),
-                Sig::Hup => {
-                    let mut r = Reloader {
-                        server: &server,
-                        config: &mut config,
-                        table: &mut table,
-                        checker: &mut checker,
-                        results_tx: &results_tx,
-                        counts: &mut counts,
-                    };
-                    settings_changed |= r.reload("SIGHUP").is_ok();
-                }
+                Sig::Hup => reloads.push(reload::Request { why: "SIGHUP", reply: None }),
             },
             Some(cmd) = commands.recv() => match cmd {
                 Command::SetState { name, state, reply } => {
@@ -183,10 +178,11 @@ pub async fn run(
                             checker.sync(&table.probe_targets());
                         }
                     }
-                    let _ = reply.send(r.map(|_| ()));
+                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::Update { name, weight, state, reply } => {
-                    let _ = reply.send(update(&mut table, &name, weight, state));
+                    let r = update(&mut table, &name, weight, state);
+                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::RemoveBackend { name, reply } => {
                     let r = table.remove(&name, Instant::now());
@@ -196,23 +192,13 @@ pub async fn run(
                             checker.sync(&table.probe_targets());
                         }
                     }
-                    let _ = reply.send(r.map(|_| ()));
+                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::Backends { reply } => {
                     let _ = reply.send(samples(&table, &server));
                 }
                 Command::Reload { reply } => {
-                    let mut r = Reloader {
-                        server: &server,
-                        config: &mut config,
-                        table: &mut table,
-                        checker: &mut checker,
-                        results_tx: &results_tx,
-                        counts: &mut counts,
-                    };
-                    let outcome = r.reload("POST /reload");
-                    settings_changed |= outcome.is_ok();
-                    let _ = reply.send(outcome);
+                    reloads.push(reload::Request { why: "POST /reload", reply: Some(reply) });
                 }
                 Command::Metrics { reply } => {
                     let samples = samples(&table, &server);
@@ -243,7 +229,23 @@ pub async fn run(
                 }
             }
             found = discovery.next() => discovery.found(found),
+            (request, read) = reloads.finished(), if reloads.busy() => {
+                let mut r = Reloader {
+                    server: &server,
+                    config: &mut config,
+                    table: &mut table,
+                    checker: &mut checker,
+                    results_tx: &results_tx,
+                    counts: &mut counts,
+                };
+                let outcome = r.apply(request.why, read);
+                settings_changed |= outcome.is_ok();
+                if let Some(reply) = request.reply {
+                    let _ = reply.send(outcome);
+                }
+            }
         }
+        reloads.start_next(&config);
         if discovery.reconcile(&mut table, &config.backends, Instant::now(), &mut |name| {
             server.backend_id(name)
         }) {
@@ -284,6 +286,20 @@ fn update(
     Ok(())
 }
 
+/// Backend `name`, which the caller has just changed (so it is in the table), with the
+/// workers' counters: taken in the same event as the change, so the answer describes it
+/// even if the backend leaves the table right after (a drained removal does at the next
+/// tick).
+fn sample(table: &Table, server: &Server, name: &str) -> Result<BackendSample, TableError> {
+    let status = table
+        .status()
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| TableError::Unknown(name.to_string()))?;
+    let id = server.backend_id(name);
+    Ok(BackendSample::new(status, id, server.shared()))
+}
+
 /// Every backend in the table with the workers' counters.
 fn samples(table: &Table, server: &Server) -> Vec<BackendSample> {
     table
@@ -307,11 +323,15 @@ struct Reloader<'a> {
 }
 
 impl Reloader<'_> {
-    /// Reads the file and applies it, or changes nothing. The caller publishes on `Ok`
-    /// (with the new settings) even if no backend changed: the algorithm or a timeout may
-    /// have.
-    fn reload(&mut self, why: &str) -> Result<Outcome, ReloadError> {
-        let new = match reload::read(self.config) {
+    /// Applies a configuration read again (`read`), or changes nothing if it could not be
+    /// read. The caller publishes on `Ok` (with the new settings) even if no backend
+    /// changed: the algorithm or a timeout may have.
+    fn apply(
+        &mut self,
+        why: &str,
+        read: Result<Config, ReloadError>,
+    ) -> Result<Outcome, ReloadError> {
+        let new = match read {
             Ok(new) => new,
             Err(e) => {
                 self.counts.on_reload(false);

@@ -376,7 +376,7 @@ mod tests {
     use crate::control::AdminState;
 
     fn shared(workers: usize) -> Shared {
-        Shared::new(workers, 10)
+        Shared::new(workers, 10, crate::backend::SharedCounters::new())
     }
 
     fn status(name: &str, state: BackendState) -> BackendStatus {

@@ -39,7 +39,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let signals = event_loop::Signals::install()?;
         let admin = match config.admin {
             Some(addr) => Some(admin::bind(addr).map_err(|e| admin_bind_failed(addr, e))?),
@@ -52,7 +52,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         }
         event_loop::run(server, config.clone(), rx, Some(signals)).await;
         Ok(())
-    })
+    });
+    // A reload's DNS lookup still running on the blocking pool must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// A busy or bad `--admin` address is a start-up error like a busy `--listen` (exit 2).

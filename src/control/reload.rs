@@ -3,6 +3,10 @@
 //! the control loop must do with the result. All or nothing: an invalid file changes
 //! nothing.
 //!
+//! The file is read, and its host names resolved, on the runtime's blocking pool within
+//! [`READ_TIMEOUT`] ([`Queue`]): the control thread goes on serving health checks, the
+//! admin API and signals meanwhile, whatever the disk or DNS do.
+//!
 //! What a reload changes without touching an open connection: the backends (removed ones
 //! drain), weights, the algorithm and hashing settings, timeouts, retries, the PROXY
 //! header, health checks and ejection, slow start, `--grace`. Those travel in the next
@@ -14,9 +18,14 @@
 //! file wins on reload (as HAProxy's runtime API changes are lost on reload). An
 //! operator's drain or maintenance of a backend that stays in the file is kept.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use crate::config::{self, BackendSpec, Config, ConfigError};
 
@@ -28,7 +37,14 @@ pub enum ReloadError {
     /// The file cannot be read or is invalid; its Display has file:line:column.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("reading the configuration file and resolving its host names took longer than {0:?}")]
+    TimedOut(Duration),
+    #[error("reading the configuration file failed: {0}")]
+    Aborted(String),
 }
+
+/// How long reading the file and resolving its host names may take.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a successful reload did (logged, and `POST /reload`'s answer).
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +66,75 @@ pub fn read(running: &Config) -> Result<Config, ReloadError> {
         return Err(ReloadError::NoConfigFile);
     }
     Ok(config::reload(running)?)
+}
+
+/// [`read`] on the blocking pool, given up after [`READ_TIMEOUT`] (the blocking call then
+/// finishes on its own and its result is dropped).
+pub fn read_in_background(
+    running: &Config,
+) -> impl Future<Output = Result<Config, ReloadError>> + Send + 'static {
+    let running = running.clone();
+    async move {
+        if running.config_file.is_none() {
+            return Err(ReloadError::NoConfigFile);
+        }
+        let task = tokio::task::spawn_blocking(move || read(&running));
+        match tokio::time::timeout(READ_TIMEOUT, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(ReloadError::Aborted(e.to_string())),
+            Err(_) => Err(ReloadError::TimedOut(READ_TIMEOUT)),
+        }
+    }
+}
+
+/// Who asked for a reload: the log line's prefix, and an API caller's answer.
+#[derive(Debug)]
+pub struct Request {
+    pub why: &'static str,
+    pub reply: Option<oneshot::Sender<Result<Outcome, ReloadError>>>,
+}
+
+type Reading = Pin<Box<dyn Future<Output = Result<Config, ReloadError>> + Send>>;
+
+/// Reload requests, served one at a time in order: each reads the file as it is when its
+/// turn comes, so a SIGHUP sent after an edit never gets an older file.
+#[derive(Default)]
+pub struct Queue {
+    waiting: VecDeque<Request>,
+    current: Option<(Request, Reading)>,
+}
+
+impl Queue {
+    pub fn push(&mut self, request: Request) {
+        self.waiting.push_back(request);
+    }
+
+    /// Starts reading for the next request if none is being read.
+    pub fn start_next(&mut self, running: &Config) {
+        if self.current.is_none() {
+            if let Some(next) = self.waiting.pop_front() {
+                self.current = Some((next, Box::pin(read_in_background(running))));
+            }
+        }
+    }
+
+    /// A read is under way ([`finished`](Self::finished) may be awaited).
+    pub fn busy(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The current request and what its read gave, once done. Pending forever when no
+    /// read is under way.
+    pub async fn finished(&mut self) -> (Request, Result<Config, ReloadError>) {
+        let Some((_, reading)) = self.current.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = reading.await;
+        match self.current.take() {
+            Some((request, _)) => (request, result),
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The settings fixed at start whose value differs in `new`, by flag name.
@@ -97,11 +182,13 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
     }
 }
 
-/// The active checks must be rescheduled: their kind, interval or timeout changed.
+/// The active checks must be rescheduled: their kind, interval, timeout or PROXY header
+/// changed.
 pub fn checks_changed(running: &Config, new: &Config) -> bool {
     running.health != new.health
         || running.health_interval != new.health_interval
         || running.health_timeout != new.health_timeout
+        || running.proxy_protocol != new.proxy_protocol
 }
 
 /// Names added, removed and changed going from `before` to `after`.
@@ -169,6 +256,14 @@ mod tests {
             ..Config::default()
         };
         assert!(checks_changed(&running, &slower));
+        let proxied = Config {
+            proxy_protocol: Some(crate::config::ProxyProtocol::V2),
+            ..Config::default()
+        };
+        assert!(
+            checks_changed(&running, &proxied),
+            "checks send the header too"
+        );
         assert!(!checks_changed(&running, &running.clone()));
     }
 

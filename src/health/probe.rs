@@ -1,6 +1,11 @@
 //! The active checks' I/O: a TCP connect, or an HTTP/1.1 GET whose status line is parsed
 //! by `httparse` (2xx and 3xx are healthy). Each probe is one short-lived connection, closed
 //! with a reset so that thousands of checks leave no TIME_WAIT sockets on the balancer.
+//!
+//! A backend that is sent a PROXY protocol header on the data path expects one on every
+//! connection (NGINX's `listen ... proxy_protocol` closes any other), so its checks send
+//! one too, first, as HAProxy's `check-send-proxy` does. It carries the check connection's
+//! own addresses: there is no client behind a check.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::HealthCheck;
+use crate::proxy_protocol::{self, ProxyProtocol};
 
 /// A response head larger than this is not a health check answer.
 const MAX_HEAD: usize = 16 * 1024;
@@ -30,17 +36,19 @@ pub enum ProbeError {
     Status(u16),
 }
 
-/// Runs one check against `addr`, all of it within `timeout`.
+/// Runs one check against `addr`, all of it within `timeout`; with `proxy`, the
+/// connection starts with a PROXY header of that version.
 pub async fn check(
     addr: SocketAddr,
     kind: &HealthCheck,
     timeout: Duration,
+    proxy: Option<ProxyProtocol>,
 ) -> Result<(), ProbeError> {
     let run = async {
         match kind {
             HealthCheck::None => Ok(()),
-            HealthCheck::Tcp => tcp(addr).await,
-            HealthCheck::Http(path) => http(addr, path).await,
+            HealthCheck::Tcp => tcp(addr, proxy).await,
+            HealthCheck::Http(path) => http(addr, path, proxy).await,
         }
     };
     tokio::time::timeout(timeout, run)
@@ -48,22 +56,39 @@ pub async fn check(
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-/// Healthy when the connection is accepted.
-pub async fn tcp(addr: SocketAddr) -> Result<(), ProbeError> {
-    let stream = TcpStream::connect(addr)
+/// Healthy when the connection is accepted (and, with `proxy`, the header written: the
+/// backend then reads a complete header before the reset, rather than a broken one).
+pub async fn tcp(addr: SocketAddr, proxy: Option<ProxyProtocol>) -> Result<(), ProbeError> {
+    let mut stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
+    let result = match proxy_header(&stream, proxy) {
+        Ok(header) if !header.is_empty() => stream.write_all(&header).await.map_err(ProbeError::Io),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
     close_with_reset(stream);
-    Ok(())
+    result
 }
 
 /// Healthy when `GET path` answers 2xx or 3xx.
-pub async fn http(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
+pub async fn http(
+    addr: SocketAddr,
+    path: &str,
+    proxy: Option<ProxyProtocol>,
+) -> Result<(), ProbeError> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
     let _ = stream.set_nodelay(true);
-    let result = exchange(&mut stream, addr, path).await;
+    let result = match proxy_header(&stream, proxy) {
+        Ok(mut head) => {
+            // One write: the header and the request in the same segment.
+            head.extend_from_slice(&request(addr, path));
+            exchange(&mut stream, &head).await
+        }
+        Err(e) => Err(e),
+    };
     close_with_reset(stream);
     let code = result?;
     if (200..400).contains(&code) {
@@ -73,11 +98,22 @@ pub async fn http(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
     }
 }
 
-async fn exchange(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<u16, ProbeError> {
-    stream
-        .write_all(&request(addr, path))
-        .await
-        .map_err(ProbeError::Io)?;
+/// The PROXY header for the check connection `stream` (empty without `proxy`): from the
+/// check's local address to the backend's.
+fn proxy_header(stream: &TcpStream, proxy: Option<ProxyProtocol>) -> Result<Vec<u8>, ProbeError> {
+    let Some(version) = proxy else {
+        return Ok(Vec::new());
+    };
+    let src = stream.local_addr().map_err(ProbeError::Io)?;
+    let dst = stream.peer_addr().map_err(ProbeError::Io)?;
+    let mut buf = [0u8; proxy_protocol::MAX_HEADER];
+    let n = proxy_protocol::encode(version, src, dst, &mut buf);
+    Ok(buf[..n].to_vec())
+}
+
+/// Sends `request` (PROXY header included) and reads the response's status.
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<u16, ProbeError> {
+    stream.write_all(request).await.map_err(ProbeError::Io)?;
     let mut buf = Vec::with_capacity(1024);
     loop {
         if stream.read_buf(&mut buf).await.map_err(ProbeError::Io)? == 0 {
@@ -213,34 +249,37 @@ mod tests {
         rt().block_on(async {
             let t = Duration::from_secs(2);
             let ok = server(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
-            assert!(check(ok, &HealthCheck::Http("/".into()), t).await.is_ok());
+            assert!(check(ok, &HealthCheck::Http("/".into()), t, None)
+                .await
+                .is_ok());
             let bad = server(Some(
                 b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n",
             ))
             .await;
-            let e = check(bad, &HealthCheck::Http("/".into()), t).await;
+            let e = check(bad, &HealthCheck::Http("/".into()), t, None).await;
             assert!(matches!(e, Err(ProbeError::Status(503))), "{e:?}");
             let silent = server(None).await;
             let e = check(
                 silent,
                 &HealthCheck::Http("/".into()),
                 Duration::from_millis(200),
+                None,
             )
             .await;
             assert!(matches!(e, Err(ProbeError::Timeout(_))), "{e:?}");
             // TCP only needs the accept.
-            assert!(check(silent, &HealthCheck::Tcp, t).await.is_ok());
+            assert!(check(silent, &HealthCheck::Tcp, t, None).await.is_ok());
             let closed = {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
                 l.local_addr().expect("addr")
             };
-            let e = check(closed, &HealthCheck::Tcp, t).await;
+            let e = check(closed, &HealthCheck::Tcp, t, None).await;
             assert!(matches!(e, Err(ProbeError::Connect(_))), "{e:?}");
             let garbage = server(Some(b"hello\r\n\r\n")).await;
-            let e = check(garbage, &HealthCheck::Http("/".into()), t).await;
+            let e = check(garbage, &HealthCheck::Http("/".into()), t, None).await;
             assert!(matches!(e, Err(ProbeError::Invalid(_))), "{e:?}");
             let hangup = server(Some(b"HTTP/1.1 200")).await;
-            let e = check(hangup, &HealthCheck::Http("/".into()), t).await;
+            let e = check(hangup, &HealthCheck::Http("/".into()), t, None).await;
             assert!(matches!(e, Err(ProbeError::Closed)), "{e:?}");
         });
     }

@@ -116,9 +116,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(workers: usize, max_conns: usize) -> Shared {
+    pub fn new(workers: usize, max_conns: usize, counters: Arc<SharedCounters>) -> Shared {
         Shared {
-            counters: SharedCounters::new(),
+            counters,
             epoch: Instant::now(),
             open_clients: AtomicUsize::new(0),
             max_conns,
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn the_budget_never_runs_past_max_conns() {
-        let s = Arc::new(Shared::new(2, 100));
+        let s = Arc::new(Shared::new(2, 100, SharedCounters::new()));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let s = s.clone();

@@ -20,7 +20,7 @@ use crate::control::event_loop::Command;
 use crate::control::metrics::{self, BackendSample};
 use crate::control::reload::ReloadError;
 
-use super::{ApiError, Ctx, BODY_LIMIT};
+use super::{ApiError, Ctx, BODY_LIMIT, BODY_TIMEOUT};
 
 pub(super) fn router(ctx: Ctx) -> Router {
     Router::new()
@@ -116,12 +116,11 @@ async fn add_backend(
 ) -> Result<Response, ApiError> {
     let req: NewBackend = read_json(&headers, body).await?;
     let spec = validate_new(req).await?;
-    let name = spec.name.clone();
-    ctx.ask(|reply| Command::AddBackend { spec, reply })
+    let added = ctx
+        .ask(|reply| Command::AddBackend { spec, reply })
         .await?
         .map_err(table_error)?;
-    let b = backend_json(&ctx, &name).await?;
-    Ok((StatusCode::CREATED, Json(b)).into_response())
+    Ok((StatusCode::CREATED, Json(BackendJson::from(&added))).into_response())
 }
 
 async fn change_backend(
@@ -133,15 +132,16 @@ async fn change_backend(
     let name = path_name(name)?;
     let req: Change = read_json(&headers, body).await?;
     let (weight, state) = check_change(req)?;
-    ctx.ask(|reply| Command::Update {
-        name: name.clone(),
-        weight,
-        state,
-        reply,
-    })
-    .await?
-    .map_err(table_error)?;
-    Ok(Json(backend_json(&ctx, &name).await?))
+    let changed = ctx
+        .ask(|reply| Command::Update {
+            name,
+            weight,
+            state,
+            reply,
+        })
+        .await?
+        .map_err(table_error)?;
+    Ok(Json(BackendJson::from(&changed)))
 }
 
 /// A `PATCH` body's weight and state, checked; at least one is given.
@@ -169,15 +169,14 @@ async fn remove_backend(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let name = path_name(name)?;
-    ctx.ask(|reply| Command::RemoveBackend {
-        name: name.clone(),
-        reply,
-    })
-    .await?
-    .map_err(table_error)?;
+    // The backend as it starts draining, from the same event as the removal: asked for
+    // afterwards, it may be gone already (a drained backend leaves at the next tick).
+    let removed = ctx
+        .ask(|reply| Command::RemoveBackend { name, reply })
+        .await?
+        .map_err(table_error)?;
     // 202: it drains, and leaves the table once its last connection has closed.
-    let b = backend_json(&ctx, &name).await?;
-    Ok((StatusCode::ACCEPTED, Json(b)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(BackendJson::from(&removed))).into_response())
 }
 
 async fn reload(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
@@ -195,6 +194,11 @@ async fn reload(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
         // The request was fine; the file on disk is not.
         Err(e @ ReloadError::Config(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
+            format!("configuration not reloaded, nothing changed: {e}"),
+        )),
+        // The disk or DNS did not answer in time; trying again later may work.
+        Err(e @ (ReloadError::TimedOut(_) | ReloadError::Aborted(_))) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
             format!("configuration not reloaded, nothing changed: {e}"),
         )),
     }
@@ -230,15 +234,6 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The backend `name` as it is now (after a change: to answer with it).
-async fn backend_json(ctx: &Ctx, name: &str) -> Result<BackendJson, ApiError> {
-    let all = ctx.ask(|reply| Command::Backends { reply }).await?;
-    all.iter()
-        .find(|b| b.status.name == name)
-        .map(BackendJson::from)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no backend named '{name}'")))
-}
-
 fn path_name(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     p.map(|Path(n)| n)
         .map_err(|e| ApiError::bad_request(format!("bad backend name in the path: {e}")))
@@ -269,12 +264,23 @@ async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
             "expected a JSON body with Content-Type: application/json",
         ));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body too large or cut short (at most {BODY_LIMIT} bytes)"),
-        )
-    })?;
+    // A body trickled in byte by byte would keep the connection busy (and so never
+    // replaced by a new one) for as long as the client likes.
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT));
+    let bytes: Bytes = read
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {BODY_TIMEOUT:?}"),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body too large or cut short (at most {BODY_LIMIT} bytes)"),
+            )
+        })?;
     parse_body(&bytes)
 }
 

@@ -5,14 +5,18 @@
 //! answers.
 //!
 //! - [`api`]: the routes and their JSON;
-//! - [`guard`]: at most 32 connections at once, each closed after 10 s without progress;
+//! - [`serve`]: the connections: request heads within 5 s, at most 32 connections, the
+//!   oldest idle or slow one giving way to a new one ([`conns`]), each closed after 10 s
+//!   without progress ([`guard`]);
 //! - here: binding, the bearer-token check, errors as `{"error": "..."}`.
 //!
 //! Off by default. Any address is allowed (the flag is the operator's explicit choice),
 //! with a warning when it is not loopback.
 
 mod api;
+mod conns;
 mod guard;
+mod serve;
 
 pub use api::{parse_add_backend, parse_patch};
 
@@ -34,6 +38,8 @@ use super::event_loop::Command;
 
 /// Largest request body accepted (JSON bodies are a few dozen bytes).
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// The most a client may take to send a request's body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The bound admin socket, not yet served.
 pub struct Listener {
@@ -81,12 +87,7 @@ pub fn spawn(listener: Listener, token: Option<AdminToken>, commands: UnboundedS
         commands,
         token: token.map(Arc::new),
     };
-    let app = api::router(ctx);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(guard::Bounded::new(listener), app).await {
-            tracing::error!("admin endpoint stopped: {e}");
-        }
-    });
+    tokio::spawn(serve::run(listener, api::router(ctx)));
     tracing::info!("admin endpoint on http://{addr}");
 }
 

@@ -98,14 +98,14 @@ impl Reconciler {
             .map(|(_, r)| r.0.clone())
             .collect();
         let (mut desired, shadowed) = records::merge(statics, selected, kept);
-        // A backend needs a shared-counter id, and ids are never reused while a name is
-        // known: a new name that cannot get one is left out (a snapshot could not be built
-        // with it).
+        // A backend needs a shared-counter id, and an id is reused only once its backend
+        // is gone: a new name that cannot get one is left out (a snapshot could not be
+        // built with it).
         desired.retain(|d| {
             rows.contains_key(d.name.as_str()) || ids(&d.name).is_some() || {
                 if self.shadow_logged.insert(format!("full:{}", d.name)) {
                     tracing::warn!(
-                        "discovery: backend {} left out: no backend id left (too many backend names over the balancer's life time; restart it)",
+                        "discovery: backend {} left out: no backend id left (too many backends at once, counting removed ones that still have connections)",
                         d.name
                     );
                 }

@@ -63,6 +63,12 @@ pub struct WorkerStats {
     /// Bytes forwarded client -> backend and backend -> client, as they are sent.
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Of those, the bytes forwarded by splice (both directions), so that zero-copy
+    /// forwarding can be seen to run.
+    pub splice_bytes: AtomicU64,
+    /// Version of the snapshot this worker routes with, stored once it is swapped in: the
+    /// control thread answers a change only after every worker runs it.
+    pub snapshot_version: AtomicU64,
     pub connect_failures: AtomicU64,
     /// Client connections closed because no backend could be reached.
     pub no_backend: AtomicU64,
@@ -89,6 +95,8 @@ impl Default for WorkerStats {
             accepted: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            splice_bytes: AtomicU64::new(0),
+            snapshot_version: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
             no_slot: AtomicU64::new(0),
@@ -204,6 +212,9 @@ impl Worker {
         let ring = Ring::new(4096, setup.slots, setup.config.buf_size)?;
         let epoch = setup.shared.epoch;
         let balancer = build_balancer(&setup.snapshot, setup.index);
+        setup.shared.stats[setup.index]
+            .snapshot_version
+            .store(setup.snapshot.version, Ordering::Release);
         let cfg = &setup.config;
         // The kernel rounds pipe sizes; a full splice is judged against the real size.
         let pipe_size = match cfg.forward {
@@ -781,6 +792,10 @@ impl Worker {
                     let stats = &self.shared.stats[self.index];
                     WorkerStats::add(&stats.bytes_up, after.0 - before.0);
                     WorkerStats::add(&stats.bytes_down, after.1 - before.1);
+                    if matches!(op, OpKind::SpliceOut0 | OpKind::SpliceOut1) {
+                        let n = (after.0 - before.0) + (after.1 - before.1);
+                        WorkerStats::add(&stats.splice_bytes, n);
+                    }
                 }
                 self.perform(slot);
             }
@@ -972,7 +987,11 @@ impl Worker {
                         panic: s.none_up(),
                     };
                     self.balancer = s.balance.selector_at(self.index, self.picks, &pool);
+                    let version = s.version;
                     self.snapshot = s;
+                    self.stats()
+                        .snapshot_version
+                        .store(version, Ordering::Release);
                 }
                 Command::Stop { grace } => self.begin_stop(grace),
             }

@@ -1038,28 +1038,44 @@ mod tests {
     }
 
     #[test]
-    fn auto_switches_after_a_streak_of_full_reads() {
+    fn auto_switches_after_exactly_a_streak_of_full_reads() {
         let fwd = Forwarding {
             mode: ForwardMode::Auto,
             ..COPY
         };
         let (mut c, _) = forwarding(fwd);
         let p = &mut FakePipes::new(1);
-        for _ in 0..STREAM_STREAK {
-            assert!(!c.splicing(DOWN));
-            feed(&mut c, OpKind::Recv1, 100, p);
-            let a = feed(&mut c, OpKind::Send1, 100, p);
-            if a == vec![Action::Recv(DOWN)] {
-                continue;
-            }
+        let full = c.fwd.buf_size as i32;
+        // One full read short of a streak, then a short read: the count starts again.
+        for _ in 1..STREAM_STREAK {
+            feed(&mut c, OpKind::Recv1, full, p);
             assert_eq!(
-                a,
-                vec![Action::SpliceIn {
-                    dir: DOWN,
-                    pipe: 0,
-                    poll_first: true
-                }]
+                feed(&mut c, OpKind::Send1, full, p),
+                vec![Action::Recv(DOWN)]
             );
+        }
+        feed(&mut c, OpKind::Recv1, full - 1, p);
+        let a = feed(&mut c, OpKind::Send1, full - 1, p);
+        assert_eq!(a, vec![Action::Recv(DOWN)]);
+        assert!(!c.splicing(DOWN));
+        // Then exactly STREAM_STREAK full reads: copied up to the last, spliced after it.
+        for i in 1..=STREAM_STREAK {
+            feed(&mut c, OpKind::Recv1, full, p);
+            let a = feed(&mut c, OpKind::Send1, full, p);
+            if i < STREAM_STREAK {
+                assert_eq!(a, vec![Action::Recv(DOWN)], "after full read {i}");
+                assert!(!c.splicing(DOWN), "switched after {i} full reads");
+            } else {
+                assert_eq!(
+                    a,
+                    vec![Action::SpliceIn {
+                        dir: DOWN,
+                        pipe: 0,
+                        poll_first: true
+                    }],
+                    "not switched after {i} full reads"
+                );
+            }
         }
         assert!(c.splicing(DOWN));
         assert!(!c.splicing(UP));

@@ -1,0 +1,43 @@
+//! Helpers for the integration tests, one copy of each, in files by job:
+//!
+//! - [`process`]: the real `uringlb` binary ([`Lb`]): start it, read its log, look at it
+//!   from /proc, config files it reads;
+//! - [`wait`]: waiting for a condition (a counter, a log line, a version the workers
+//!   report), never for a fixed time;
+//! - [`net`]: ports, clients (from a chosen source address, reading a backend's greeting),
+//!   and the spread of new connections over backends;
+//! - [`backends`]: test backends and the `--backend` flags and specs that name them;
+//! - [`data`]: pattern bytes and their hash, for byte-exact transfers;
+//! - [`http`]: a small HTTP/1.1 client;
+//! - [`admin`]: the admin endpoint (`--admin`) through that client;
+//! - [`metrics`]: a strict parser of the OpenMetrics text `/metrics` serves;
+//! - [`load`]: loops of new connections and long byte-checked echo transfers;
+//! - [`inproc`]: the balancer run in process (`Server`), waited on by snapshot version;
+//! - [`peers`]: real NGINX and HAProxy, and PROXY protocol headers built by hand.
+//!
+//! Each test file declares `mod util;` and `use util::*;`.
+#![allow(dead_code, unused_imports)]
+
+pub mod admin;
+pub mod backends;
+pub mod data;
+pub mod http;
+pub mod inproc;
+pub mod load;
+pub mod metrics;
+pub mod net;
+pub mod peers;
+pub mod process;
+pub mod wait;
+
+pub use admin::*;
+pub use backends::*;
+pub use data::*;
+pub use http::*;
+pub use inproc::*;
+pub use load::*;
+pub use metrics::*;
+pub use net::*;
+pub use peers::*;
+pub use process::*;
+pub use wait::*;

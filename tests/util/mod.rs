@@ -16,7 +16,7 @@
 //! - [`peers`]: real NGINX and HAProxy, and PROXY protocol headers built by hand.
 //!
 //! Each test file declares `mod util;` and `use util::*;`.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod admin;
 pub mod backends;
@@ -30,14 +30,9 @@ pub mod peers;
 pub mod process;
 pub mod wait;
 
-pub use admin::*;
-pub use backends::*;
-pub use data::*;
-pub use http::*;
-pub use inproc::*;
-pub use load::*;
-pub use metrics::*;
-pub use net::*;
-pub use peers::*;
-pub use process::*;
-pub use wait::*;
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub use self::{
+    admin::*, backends::*, data::*, http::*, inproc::*, load::*, metrics::*, net::*, peers::*,
+    process::*, wait::*,
+};

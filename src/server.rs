@@ -215,8 +215,9 @@ impl Server {
         &self.shared
     }
 
-    /// Routes new connections over `backends` (all up, configured weights) from now on;
-    /// open connections keep theirs.
+    /// Routes new connections over `backends` (all up, configured weights) from the moment
+    /// each worker swaps the snapshot in (see [`Server::applied`]); open connections keep
+    /// theirs. Returns the snapshot's version.
     pub fn publish(&self, backends: &[BackendSpec]) -> Result<u64, StartError> {
         let entries: Vec<BackendEntry> = backends.iter().map(BackendEntry::up).collect();
         self.publish_entries(&entries, &self.config)
@@ -239,6 +240,28 @@ impl Server {
             }
         }
         Ok(version)
+    }
+
+    /// The version of the snapshot published last.
+    pub fn published_version(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).version
+    }
+
+    /// The oldest snapshot version a running worker routes with: every new connection is
+    /// placed by that snapshot or a later one. `None` once every worker has exited (a
+    /// worker that died must not hold up whoever waits for it).
+    pub fn applied_version(&self) -> Option<u64> {
+        self.workers
+            .iter()
+            .zip(self.shared.stats.iter())
+            .filter(|(w, _)| w.thread.as_ref().is_some_and(|t| !t.is_finished()))
+            .map(|(_, s)| s.snapshot_version.load(Ordering::Acquire))
+            .min()
+    }
+
+    /// Whether every running worker routes with snapshot `version` or a later one.
+    pub fn applied(&self, version: u64) -> bool {
+        self.applied_version().is_none_or(|v| v >= version)
     }
 
     /// Asks every worker to stop accepting and to finish within `grace`.

@@ -3,34 +3,19 @@
 //! removed one gets none while its open connection completes byte-exact), the bearer
 //! token, and `/health` during a graceful stop.
 
-mod control_util;
 mod util;
 
-use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use uringlb_bench::NameServer;
 
-use control_util::*;
 use util::*;
-
-fn named(backends: &[&NameServer]) -> Vec<String> {
-    backends
-        .iter()
-        .flat_map(|b| {
-            [
-                "--backend".to_string(),
-                format!("{},name={}", b.addr(), b.name()),
-            ]
-        })
-        .collect()
-}
 
 /// A balancer over `backends` with an admin endpoint; 2 workers, fast health checks.
 fn start(backends: &[&NameServer], extra: &[&str]) -> (Lb, Admin) {
-    let mut args = named(backends);
+    let mut args = named_servers(backends);
     args.extend(
         [
             "--workers",
@@ -45,31 +30,6 @@ fn start(backends: &[&NameServer], extra: &[&str]) -> (Lb, Admin) {
     args.extend(extra.iter().map(|s| s.to_string()));
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     start_with_admin(&a)
-}
-
-/// Greetings of `n` new connections.
-fn greetings(lb: &Lb, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|_| greet_once(lb.addr).expect("served"))
-        .collect()
-}
-
-/// The part of `GET /backends` an operator changes (not the counters).
-fn shape(admin: &Admin) -> BTreeMap<String, (String, u64, String)> {
-    admin
-        .backends()
-        .into_iter()
-        .map(|(n, b)| {
-            (
-                n,
-                (
-                    b["addr"].as_str().unwrap_or_default().to_string(),
-                    b["weight"].as_u64().unwrap_or_default(),
-                    b["state"].as_str().unwrap_or_default().to_string(),
-                ),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -108,8 +68,12 @@ fn every_route_with_good_input() {
         (r.json()["name"].as_str(), r.json()["weight"].as_u64()),
         (Some("b2"), Some(2))
     );
-    let seen = greetings(&lb, 12);
-    assert!(seen.iter().any(|n| n == "b2"), "{seen:?}");
+    assert!(
+        admin.settled(),
+        "answered before every worker ran the change"
+    );
+    let seen = spread(lb.addr, 12);
+    assert!(seen.contains_key("b2"), "{seen:?}");
     assert_eq!(admin.backends()["b2"]["state"], "up");
 
     // PATCH weight and state.
@@ -125,7 +89,12 @@ fn every_route_with_good_input() {
         (200, Some("maint")),
         "{r:?}"
     );
-    assert!(greetings(&lb, 12).iter().all(|n| n != "b1"));
+    assert!(
+        admin.settled(),
+        "answered before every worker ran the change"
+    );
+    let seen = spread(lb.addr, 12);
+    assert!(!seen.contains_key("b1"), "{seen:?}");
     let r = admin.req(
         "PATCH",
         "/backends/b1",
@@ -136,7 +105,8 @@ fn every_route_with_good_input() {
         (r.json()["state"].as_str(), r.json()["weight"].as_u64()),
         (Some("up"), Some(3))
     );
-    assert!(greetings(&lb, 12).iter().any(|n| n == "b1"));
+    let seen = spread(lb.addr, 12);
+    assert!(seen.contains_key("b1"), "{seen:?}");
 
     // DELETE: drains (no open connection: it goes at the next poll).
     let r = admin.req("DELETE", "/backends/b2", None);
@@ -148,7 +118,8 @@ fn every_route_with_good_input() {
     wait_until("b2 to leave the table", Duration::from_secs(5), || {
         !admin.backends().contains_key("b2")
     });
-    assert!(greetings(&lb, 12).iter().all(|n| n != "b2"));
+    let seen = spread(lb.addr, 12);
+    assert!(!seen.contains_key("b2"), "{seen:?}");
 
     // GET /metrics answers (its content is tests/metrics.rs's subject).
     assert!(admin
@@ -159,7 +130,52 @@ fn every_route_with_good_input() {
     let r = admin.req("POST", "/reload", None);
     assert_eq!(r.status, 409, "{r:?}");
     assert!(r.error().contains("without --config"), "{r:?}");
-    println!("admin routes: backends now {:?}", shape(&admin));
+    println!("admin routes: backends now {:?}", admin.shape());
+}
+
+/// The API answers a change only once every worker routes with it: a connection made
+/// right after the answer never reaches the old table. Alternates which of two backends is
+/// in maintenance, 100 times, connecting at once after each answer (before the fix about
+/// one answer in ten came before the workers had the change).
+#[test]
+fn changes_reach_every_worker_before_the_api_answers() {
+    let b0 = NameServer::start("127.0.0.1:0", "b0").unwrap();
+    let b1 = NameServer::start("127.0.0.1:0", "b1").unwrap();
+    let (lb, admin) = start(&[&b0, &b1], &[]);
+    let mut wrong = Vec::new();
+    for i in 0..100 {
+        let (up, maint) = if i % 2 == 0 {
+            ("b0", "b1")
+        } else {
+            ("b1", "b0")
+        };
+        let r = admin.req(
+            "PATCH",
+            &format!("/backends/{up}"),
+            Some(r#"{"state": "up"}"#),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = admin.req(
+            "PATCH",
+            &format!("/backends/{maint}"),
+            Some(r#"{"state": "maint"}"#),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let got = greet_once(lb.addr).expect("served");
+        if got != up {
+            wrong.push((i, got));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "connections made right after the answer reached the backend in maintenance: {wrong:?}"
+    );
+    let (published, workers) = admin.snapshot_versions();
+    assert_eq!(workers.len(), 2);
+    assert!(
+        workers.iter().all(|&v| v == published),
+        "{published} {workers:?}"
+    );
 }
 
 #[test]
@@ -167,7 +183,7 @@ fn bad_input_is_a_json_4xx_and_changes_nothing() {
     let b0 = NameServer::start("127.0.0.1:0", "b0").unwrap();
     let b1 = NameServer::start("127.0.0.1:0", "b1").unwrap();
     let (lb, admin) = start(&[&b0, &b1], &[]);
-    let before = shape(&admin);
+    let before = admin.shape();
     let a0 = b0.addr().to_string();
     let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
         (
@@ -360,9 +376,9 @@ fn bad_input_is_a_json_4xx_and_changes_nothing() {
     assert_eq!(r.status, 413, "{r:?}");
     assert!(r.error().contains("65536"), "{r:?}");
 
-    assert_eq!(shape(&admin), before, "nothing changed");
-    let seen = greetings(&lb, 10);
-    assert!(seen.iter().all(|n| n == "b0" || n == "b1"), "{seen:?}");
+    assert_eq!(admin.shape(), before, "nothing changed");
+    let seen = spread(lb.addr, 10);
+    assert!(seen.keys().all(|n| n == "b0" || n == "b1"), "{seen:?}");
     assert!(
         lb.log_text().lines().all(|l| !l.contains("admin API:")),
         "{}",
@@ -372,41 +388,6 @@ fn bad_input_is_a_json_4xx_and_changes_nothing() {
         "admin bad input: {} refused requests, 2 more (415, 413); nothing changed",
         cases.len()
     );
-}
-
-/// Echoes `len` bytes through `s` in chunks while `during` runs; byte-exact.
-fn long_echo_while(s: TcpStream, len: usize, during: impl FnOnce()) {
-    use std::io::Write;
-    let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        let data = pattern(23, len);
-        for c in data.chunks(256 * 1024) {
-            w.write_all(c).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        w.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut h = Fnv::new();
-        h.update(&data);
-        h.0
-    });
-    let mut r = s;
-    let reader = std::thread::spawn(move || read_stream(&mut r));
-    during();
-    let sent = writer.join().unwrap();
-    let (n, got) = reader.join().unwrap();
-    assert_eq!(n, len, "every byte came back");
-    assert_eq!(got, sent, "byte-exact");
-}
-
-fn open_to(lb: &Lb, name: &str) -> TcpStream {
-    for _ in 0..50 {
-        let mut s = lb.connect();
-        if read_line(&mut s) == name {
-            return s;
-        }
-        close_reset(s);
-    }
-    panic!("no connection reached {name}");
 }
 
 #[test]
@@ -425,12 +406,12 @@ fn drained_and_deleted_backends_finish_their_connections_and_get_no_new_ones() {
     );
     assert_eq!(r.json()["active_conns"], 1, "{r:?}");
     long_echo_while(s, 8 << 20, || {
-        let seen = greetings(&lb, 40);
-        assert!(seen.iter().all(|n| n == "b0"), "{seen:?}");
+        let seen = spread(lb.addr, 40);
+        assert!(seen.keys().all(|n| n == "b0"), "{seen:?}");
     });
     let r = admin.req("PATCH", "/backends/b1", Some(r#"{"state": "up"}"#));
     assert_eq!(r.status, 200);
-    assert!(greetings(&lb, 10).iter().any(|n| n == "b1"));
+    assert!(spread(lb.addr, 10).contains_key("b1"));
 
     // Delete b0 with a connection open to it: draining until it closes, then gone.
     let s = open_to(&lb, "b0");
@@ -441,8 +422,8 @@ fn drained_and_deleted_backends_finish_their_connections_and_get_no_new_ones() {
         "{r:?}"
     );
     long_echo_while(s, 8 << 20, || {
-        let seen = greetings(&lb, 40);
-        assert!(seen.iter().all(|n| n == "b1"), "{seen:?}");
+        let seen = spread(lb.addr, 40);
+        assert!(seen.keys().all(|n| n == "b1"), "{seen:?}");
         assert_eq!(admin.backends()["b0"]["state"], "draining");
         // Being removed: it can't be changed any more.
         let r = admin.req("PATCH", "/backends/b0", Some(r#"{"state": "up"}"#));
@@ -635,7 +616,7 @@ fn silent_admin_connections_are_bounded_and_closed_when_idle() {
     );
     // The data path is untouched meanwhile, and the API answers at once: a new
     // connection takes the place of the oldest silent one.
-    assert_eq!(greetings(&lb, 5), vec!["a"; 5]);
+    assert_eq!(spread(lb.addr, 5).get("a"), Some(&5));
     assert_eq!(admin.get("/health").status, 200);
     // A silent connection that no newcomer displaced is closed once its request head is
     // overdue (5 s).

@@ -3,8 +3,8 @@
 //! zero), and slow clients that trickle their requests (health probes keep answering, with
 //! and without a token; a trickled body times out).
 
-mod control_util;
 mod util;
+use util::*;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use uringlb_bench::NameServer;
-
-use control_util::*;
 
 /// A keep-alive HTTP/1.1 connection to the admin endpoint (thousands of requests without
 /// thousands of TIME_WAIT sockets).

@@ -7,11 +7,11 @@
 //!
 //! Through the real binary with `--workers 2` (connections from different source ports land
 //! on both workers via SO_REUSEPORT's 4-tuple hash), except the snapshot-change tests, which
-//! run the server in process so that they can publish a new backend set and read the
-//! per-worker accept counters.
+//! run the server in process so that they can publish a new backend set, wait until every
+//! worker routes with it, and read the per-worker accept counters.
 //!
-//! Client addresses: all of 127.0.0.0/8 is loopback on Linux, so a client socket bound to
-//! 127.0.0.x before connecting is a distinct client IP to the balancer.
+//! Client addresses: a client socket bound to 127.0.0.x before connecting is a distinct
+//! client IP to the balancer.
 
 mod util;
 
@@ -30,13 +30,6 @@ use util::*;
 
 // ---- helpers ----------------------------------------------------------------------------
 
-fn servers(names: &[&str]) -> Vec<NameServer> {
-    names
-        .iter()
-        .map(|n| NameServer::start("127.0.0.1:0", n).expect("start name server"))
-        .collect()
-}
-
 /// `--backend ADDR,name=NAME[,weight=W]` for each server, in the order given.
 fn backend_flags(servers: &[&NameServer], weights: Option<&[u32]>) -> Vec<String> {
     servers
@@ -52,48 +45,34 @@ fn backend_flags(servers: &[&NameServer], weights: Option<&[u32]>) -> Vec<String
         .collect()
 }
 
+/// The flags of [`start_lb`].
+fn lb_args(servers: &[&NameServer], weights: Option<&[u32]>, extra: &[&str]) -> Vec<String> {
+    let mut args = backend_flags(servers, weights);
+    args.extend(["--workers", "2", "--health", "none"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Starts the binary over `servers` (in that order) with `--workers 2 --health none` and
 /// the extra flags.
 fn start_lb(servers: &[&NameServer], weights: Option<&[u32]>, extra: &[&str]) -> Lb {
-    let flags = backend_flags(servers, weights);
-    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    args.extend(["--workers", "2", "--health", "none"]);
-    args.extend(extra);
-    Lb::start(&args)
+    let args = lb_args(servers, weights, extra);
+    Lb::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// Reads the backend's greeting; panics if the connection closed without one.
-fn greet(s: &mut TcpStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let name = read_line(s);
-    assert!(!name.is_empty(), "connection closed without a greeting");
-    name
-}
-
-/// A TCP connection to `dst` from the client address `src` (any port).
-fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> TcpStream {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    s.bind(&SocketAddr::from((src, 0)).into())
-        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-    s.connect(&dst.into())
-        .unwrap_or_else(|e| panic!("connect {src} -> {dst}: {e}"));
-    s.into()
-}
-
-/// Closes with a reset (SO_LINGER 0) rather than a FIN: the balancer passes the reset on to
-/// the backend, so neither the client nor the balancer keeps a TIME_WAIT socket. Tests
-/// that open tens of thousands of connections use it, because TIME_WAIT sockets are a
-/// machine-wide resource (`net.ipv4.tcp_max_tw_buckets`) shared with everything else that
-/// runs here.
-fn close_reset(s: TcpStream) {
-    let _ = Socket::from(s).set_linger(Some(Duration::ZERO));
+/// The same with an admin endpoint, to read the balancer's own counters.
+fn start_lb_with_admin(servers: &[&NameServer], extra: &[&str]) -> (Lb, Admin) {
+    let args = lb_args(servers, None, extra);
+    start_with_admin(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The backend `src` reaches through `dst` with one short connection, closed with a reset.
 fn backend_for(src: Ipv4Addr, dst: SocketAddr) -> String {
-    let mut s = connect_from(src, dst);
-    let name = greet(&mut s);
-    close_reset(s);
+    let name = greet_from(src.into(), dst);
+    assert!(
+        !name.is_empty(),
+        "{src}: connection closed without a greeting"
+    );
     name
 }
 
@@ -110,44 +89,12 @@ fn map_clients(dst: SocketAddr, ips: &[Ipv4Addr]) -> Vec<String> {
     ips.iter().map(|&ip| backend_for(ip, dst)).collect()
 }
 
-/// `n` short connections (greeting read, then closed) from 127.0.0.1: backend -> count.
-fn short_conns(dst: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for _ in 0..n {
-        let mut s = TcpStream::connect(dst).expect("connect to balancer");
-        *m.entry(greet(&mut s)).or_insert(0) += 1;
-    }
-    m
-}
-
 fn histogram(names: &[String]) -> BTreeMap<&str, usize> {
     let mut m = BTreeMap::new();
     for n in names {
         *m.entry(n.as_str()).or_insert(0) += 1;
     }
     m
-}
-
-/// Waits until `cond` holds, at most `timeout`.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
-}
-
-fn spec(s: &NameServer) -> BackendSpec {
-    BackendSpec {
-        addr: s.addr(),
-        weight: 1,
-        name: s.name().to_string(),
-        max_conns: None,
-        proxy_protocol: None,
-    }
 }
 
 /// An in-process balancer with two workers over `backends`.
@@ -163,24 +110,15 @@ fn start_in_process(algorithm: Algorithm, backends: Vec<BackendSpec>) -> Server 
     Server::start(&cfg).expect("start in-process balancer")
 }
 
-/// Connections each worker has accepted so far.
-fn accepted_per_worker(server: &Server) -> Vec<u64> {
-    server
-        .shared()
-        .stats
-        .iter()
-        .map(|s| s.accepted.load(Ordering::Relaxed))
-        .collect()
-}
-
 // ---- least-conn and p2c: a loaded backend gets no new connections ------------------------
 
 /// Opens connections (each greeted before the next) until at least `min_total` are open and
 /// at least `min_on_a` of them are on backend "a"; keeps those on "a" open and closes the
-/// rest, then waits until the other backends have seen them closed. Returns the held ones
-/// and the counts of the initial spread.
+/// rest, then waits until the balancer counts none open to the other backends. Returns the
+/// held ones and the counts of the initial spread.
 fn load_backend_a(
     lb: &Lb,
+    admin: &Admin,
     others: &[&NameServer],
     min_total: usize,
     min_on_a: usize,
@@ -193,7 +131,7 @@ fn load_backend_a(
             "backend a got too few connections: {spread:?}"
         );
         let mut s = lb.connect();
-        let name = greet(&mut s);
+        let name = greeting(&mut s);
         *spread.entry(name.clone()).or_insert(0) += 1;
         open.push((name, s));
     }
@@ -201,15 +139,18 @@ fn load_backend_a(
         .into_iter()
         .filter_map(|(name, s)| (name == "a").then_some(s))
         .collect();
-    // The backends see the close after the balancer has forwarded it; the balancer drops its
-    // count when it releases the connection just after. Wait for the backends, then a little.
-    assert!(
-        wait_for(Duration::from_secs(15), || others
-            .iter()
-            .all(|s| s.active() == 0)),
-        "closed connections still open at the backends"
+    // The balancer's own count (what least-conn and p2c read) drops when it releases the
+    // connections, just after the backends see the close.
+    wait_until(
+        "the balancer to count no connection open to the other backends",
+        Duration::from_secs(15),
+        || {
+            let m = admin.metrics();
+            others
+                .iter()
+                .all(|s| m.value("uringlb_connections_active", &[("backend", s.name())]) == 0.0)
+        },
     );
-    std::thread::sleep(Duration::from_millis(300));
     (held, spread)
 }
 
@@ -221,22 +162,22 @@ fn load_backend_a(
 /// exactly 0.
 #[test]
 fn least_conn_sends_nothing_to_a_loaded_backend() {
-    let s = servers(&["a", "b", "c"]);
-    let lb = start_lb(&[&s[0], &s[1], &s[2]], None, &["--algorithm", "least-conn"]);
-    let (mut held, spread) = load_backend_a(&lb, &[&s[1], &s[2]], 20, 1);
+    let s = name_servers(&["a", "b", "c"]);
+    let (lb, admin) = start_lb_with_admin(&[&s[0], &s[1], &s[2]], &["--algorithm", "least-conn"]);
+    let (mut held, initial) = load_backend_a(&lb, &admin, &[&s[1], &s[2]], 20, 1);
     // Held open and greeted one by one, 20 connections spread 7/7/6 exactly: each pick saw
     // every earlier connection, whichever worker accepted it.
     let (min, max) = (
-        spread.values().min().copied().unwrap_or(0),
-        spread.values().max().copied().unwrap_or(0),
+        initial.values().min().copied().unwrap_or(0),
+        initial.values().max().copied().unwrap_or(0),
     );
     assert!(
-        spread.len() == 3 && max - min <= 1,
-        "least-conn spread {spread:?}"
+        initial.len() == 3 && max - min <= 1,
+        "least-conn spread {initial:?}"
     );
     let on_a = held.len();
     let a_before = s[0].connections();
-    let got = short_conns(lb.addr, 30);
+    let got = spread(lb.addr, 30);
     eprintln!("least-conn: a holds {on_a}; 30 new connections went {got:?}");
     assert_eq!(
         s[0].connections(),
@@ -248,7 +189,7 @@ fn least_conn_sends_nothing_to_a_loaded_backend() {
     // The held connections still forward.
     for c in &mut held {
         c.write_all(b"ping\n").unwrap();
-        assert_eq!(greet(c), "ping");
+        assert_eq!(greeting(c), "ping");
     }
     assert_eq!(s[0].active(), on_a as u64);
 }
@@ -260,13 +201,13 @@ fn least_conn_sends_nothing_to_a_loaded_backend() {
 /// sequential short connections never have: exactly 0 new connections on "a".
 #[test]
 fn p2c_sends_nothing_to_a_loaded_backend() {
-    let s = servers(&["a", "b", "c"]);
-    let lb = start_lb(&[&s[0], &s[1], &s[2]], None, &["--algorithm", "p2c"]);
-    let (held, spread) = load_backend_a(&lb, &[&s[1], &s[2]], 20, 5);
+    let s = name_servers(&["a", "b", "c"]);
+    let (lb, admin) = start_lb_with_admin(&[&s[0], &s[1], &s[2]], &["--algorithm", "p2c"]);
+    let (held, initial) = load_backend_a(&lb, &admin, &[&s[1], &s[2]], 20, 5);
     let a_before = s[0].connections();
-    let got = short_conns(lb.addr, 30);
+    let got = spread(lb.addr, 30);
     eprintln!(
-        "p2c: initial spread {spread:?}, a holds {}; 30 new connections went {got:?}",
+        "p2c: initial spread {initial:?}, a holds {}; 30 new connections went {got:?}",
         held.len()
     );
     assert_eq!(got.get("a"), None, "{got:?}");
@@ -280,13 +221,13 @@ fn p2c_sends_nothing_to_a_loaded_backend() {
 /// One client IP, 100 connections with different source ports (so both workers accept
 /// some): all on one backend.
 fn same_client_same_backend(algorithm: &str) {
-    let s = servers(&["a", "b", "c"]);
+    let s = name_servers(&["a", "b", "c"]);
     let lb = start_lb(
         &[&s[0], &s[1], &s[2]],
         None,
         &["--algorithm", algorithm, "--hash-key", "source-ip"],
     );
-    let got = short_conns(lb.addr, 100);
+    let got = spread(lb.addr, 100);
     eprintln!("{algorithm}: 100 connections from 127.0.0.1 went {got:?}");
     assert_eq!(
         got.len(),
@@ -295,9 +236,7 @@ fn same_client_same_backend(algorithm: &str) {
     );
     // And another client IP is just as stable.
     let other = Ipv4Addr::new(127, 0, 0, 77);
-    let names: Vec<String> = (0..50)
-        .map(|_| greet(&mut connect_from(other, lb.addr)))
-        .collect();
+    let names: Vec<String> = (0..50).map(|_| backend_for(other, lb.addr)).collect();
     let h = histogram(&names);
     assert_eq!(
         h.len(),
@@ -325,10 +264,10 @@ fn ring_hash_sends_one_client_to_one_backend() {
 /// process, where the per-worker accept counters show that both workers took part.
 #[test]
 fn maglev_same_client_same_backend_on_both_workers() {
-    let s = servers(&["a", "b", "c"]);
+    let s = name_servers(&["a", "b", "c"]);
     let server = start_in_process(Algorithm::Maglev, s.iter().map(spec).collect());
     let addr = server.local_addrs()[0];
-    let got = short_conns(addr, 100);
+    let got = spread(addr, 100);
     let per_worker = accepted_per_worker(&server);
     eprintln!("maglev in process: {got:?}, accepted per worker {per_worker:?}");
     assert_eq!(got.len(), 1, "{got:?}");
@@ -345,7 +284,7 @@ fn maglev_same_client_same_backend_on_both_workers() {
 /// spreads the clients over all backends.
 #[test]
 fn source_hash_mapping_is_stable_for_256_clients() {
-    let s = servers(&["a", "b", "c"]);
+    let s = name_servers(&["a", "b", "c"]);
     let lb = start_lb(
         &[&s[0], &s[1], &s[2]],
         None,
@@ -364,7 +303,7 @@ fn source_hash_mapping_is_stable_for_256_clients() {
 /// send each of 256 client IPs to the same backend without sharing anything.
 #[test]
 fn maglev_two_instances_agree_on_256_clients() {
-    let s = servers(&["web-1", "web-2", "web-3", "web-4"]);
+    let s = name_servers(&["web-1", "web-2", "web-3", "web-4"]);
     let lb1 = start_lb(
         &[&s[0], &s[1], &s[2], &s[3]],
         None,
@@ -403,7 +342,7 @@ fn maglev_two_instances_agree_on_256_clients() {
 fn weighted_random_follows_the_weights() {
     const N: usize = 36_000;
     const THREADS: usize = 8;
-    let s = servers(&["w1", "w2", "w3"]);
+    let s = name_servers(&["w1", "w2", "w3"]);
     let weights = [1u32, 2, 3];
     let lb = start_lb(
         &[&s[0], &s[1], &s[2]],
@@ -475,7 +414,7 @@ struct Moved {
 fn removal_figures(algorithm: Algorithm, n: usize) -> Vec<Moved> {
     let names: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let s = servers(&name_refs);
+    let s = name_servers(&name_refs);
     let all: Vec<BackendSpec> = s.iter().map(spec).collect();
     let server = start_in_process(algorithm, all.clone());
     let addr = server.local_addrs()[0];
@@ -489,16 +428,11 @@ fn removal_figures(algorithm: Algorithm, n: usize) -> Vec<Moved> {
     let mut out = Vec::new();
     for gone in &names {
         let rest: Vec<BackendSpec> = all.iter().filter(|b| &b.name != gone).cloned().collect();
-        server.publish(&rest).expect("publish");
-        // Workers pick the snapshot up from their eventfd at once; until both have, a
-        // client may still reach the removed backend, so map again until none does.
-        let mut after = Vec::new();
+        publish_and_wait(&server, &rest);
+        let after = map_clients(addr, &ips);
         assert!(
-            wait_for(Duration::from_secs(10), || {
-                after = map_clients(addr, &ips);
-                !after.contains(gone)
-            }),
-            "{algorithm:?}: clients still reach {gone} after it was removed"
+            !after.contains(gone),
+            "{algorithm:?}: clients still reach {gone} after every worker dropped it"
         );
         let on_removed = before.iter().filter(|b| *b == gone).count();
         let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
@@ -508,13 +442,10 @@ fn removal_figures(algorithm: Algorithm, n: usize) -> Vec<Moved> {
             moved,
             extra: moved - on_removed,
         });
-        server.publish(&all).expect("publish");
-        let mut restored = Vec::new();
-        assert!(
-            wait_for(Duration::from_secs(10), || {
-                restored = map_clients(addr, &ips);
-                restored == before
-            }),
+        publish_and_wait(&server, &all);
+        assert_eq!(
+            map_clients(addr, &ips),
+            before,
             "{algorithm:?}: adding {gone} back did not restore the mapping"
         );
     }
@@ -584,7 +515,7 @@ fn hold_30(lb: &Lb) -> (Vec<TcpStream>, BTreeMap<String, usize>) {
     let mut held = Vec::new();
     for _ in 0..30 {
         let mut s = lb.connect();
-        *m.entry(greet(&mut s)).or_insert(0) += 1;
+        *m.entry(greeting(&mut s)).or_insert(0) += 1;
         held.push(s);
     }
     (held, m)
@@ -598,7 +529,7 @@ fn hold_30(lb: &Lb) -> (Vec<TcpStream>, BTreeMap<String, usize>) {
 /// the factor all 30 go to the client's backend.
 #[test]
 fn maglev_hash_balance_factor_spills_a_hot_client_over() {
-    let s = servers(&["a", "b", "c"]);
+    let s = name_servers(&["a", "b", "c"]);
     let plain = start_lb(&[&s[0], &s[1], &s[2]], None, &["--algorithm", "maglev"]);
     let (held, m) = hold_30(&plain);
     eprintln!("maglev, one client, 30 held, no factor: {m:?}");
@@ -721,7 +652,7 @@ impl Drop for SlowAccept {
 #[test]
 fn least_time_avoids_a_backend_that_was_slow_to_accept() {
     let slow = SlowAccept::start();
-    let s = servers(&["b", "c"]);
+    let s = name_servers(&["b", "c"]);
     let flags = [
         "--backend".to_string(),
         format!("{},name=slow", slow.addr),
@@ -755,7 +686,7 @@ fn least_time_avoids_a_backend_that_was_slow_to_accept() {
         let (tx, rx) = mpsc::channel();
         let mut reader = c.try_clone().unwrap();
         std::thread::spawn(move || {
-            let _ = tx.send(greet(&mut reader));
+            let _ = tx.send(greeting(&mut reader));
         });
         let name = loop {
             match rx.recv_timeout(Duration::from_millis(5)) {
@@ -787,7 +718,7 @@ fn least_time_avoids_a_backend_that_was_slow_to_accept() {
     );
     assert!(seen.contains_key("b") && seen.contains_key("c"), "{seen:?}");
 
-    let got = short_conns(lb.addr, 30);
+    let got = spread(lb.addr, 30);
     eprintln!("least-time: 30 new connections went {got:?}");
     assert_eq!(got.get("slow"), None, "{got:?}");
     assert_eq!(got.values().sum::<usize>(), 30);
@@ -803,7 +734,7 @@ fn least_time_avoids_a_backend_that_was_slow_to_accept() {
 /// them about 20/20 (binomial: fewer than 8 on one side has probability ~1e-5).
 #[test]
 fn random_choices_do_not_restart_with_each_snapshot() {
-    let s = servers(&["a", "b"]);
+    let s = name_servers(&["a", "b"]);
     let mut results = Vec::new();
     for algorithm in [
         Algorithm::WeightedRandom,
@@ -823,10 +754,9 @@ fn random_choices_do_not_restart_with_each_snapshot() {
         let addr = server.local_addrs()[0];
         let mut got: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..40 {
-            server.publish(&cfg.backends).unwrap();
-            std::thread::sleep(Duration::from_millis(30));
-            let mut c = TcpStream::connect(addr).unwrap();
-            *got.entry(greet(&mut c)).or_insert(0) += 1;
+            publish_and_wait(&server, &cfg.backends);
+            let (_c, name) = greet(addr);
+            *got.entry(name).or_insert(0) += 1;
         }
         eprintln!("{algorithm:?}, a snapshot before each of 40 connections: {got:?}");
         server.stop(Duration::from_secs(1));

@@ -16,12 +16,11 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use uringlb_bench::NameServer;
 use util::*;
 
@@ -55,60 +54,13 @@ struct Dns {
     child: Option<Child>,
 }
 
-fn dnsmasq_bin() -> PathBuf {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-    {
-        let p = Path::new(dir).join("dnsmasq");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "dnsmasq is not installed: the discovery tests need a real DNS server. \
-         Run ./scripts/install-test-deps.sh (apt-get install dnsmasq-base)"
-    );
-}
-
-/// A loopback port free for both UDP and TCP (DNS uses both), outside the kernel's
-/// ephemeral range: dnsmasq is restarted on the same port, and in between, one of the
-/// thousands of client connections the tests make could take an ephemeral port.
-fn free_dns_port() -> u16 {
-    let range =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = range
-        .split_whitespace()
-        .filter_map(|v| v.parse::<u32>().ok());
-    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    for i in 0..2000u32 {
-        let port = 10_000 + (seed.wrapping_add(i.wrapping_mul(7919))) % 50_000;
-        if (lo..=hi).contains(&port) {
-            continue;
-        }
-        let port = port as u16;
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no free loopback port outside the ephemeral range for dnsmasq");
-}
-
 impl Dns {
     fn start(records: &[Srv]) -> Dns {
-        let port = free_dns_port();
+        let port = fixed_port();
         let dir = std::env::temp_dir().join(format!("uringlb-dns-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut dns = Dns {
-            bin: dnsmasq_bin(),
+            bin: find_bin("dnsmasq", "dnsmasq-base"),
             port,
             dir,
             child: None,
@@ -143,19 +95,17 @@ impl Dns {
         let path = self.dir.join("dnsmasq.conf");
         std::fs::write(&path, conf).expect("write dnsmasq.conf");
         self.stop();
-        // A port taken meanwhile is retried for a while rather than failing at once.
-        for attempt in 0.. {
-            match self.spawn(&path) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) if e.contains("Address already in use") && attempt < 30 => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+        // The port still held by the old process's socket is retried for a while.
+        let child = wait_for(
+            &format!("port {} to be free for dnsmasq", self.port),
+            Duration::from_secs(5),
+            || match self.spawn(&path) {
+                Ok(child) => Some(child),
+                Err(e) if e.contains("Address already in use") => None,
                 Err(e) => panic!("{e}"),
-            }
-        }
+            },
+        );
+        self.child = Some(child);
     }
 
     /// Starts dnsmasq on `self.port` and waits until it answers TCP connections, or says
@@ -176,22 +126,26 @@ impl Dns {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let up = poll(Duration::from_secs(10), || {
             if let Ok(Some(st)) = child.try_wait() {
-                return Err(format!(
+                return Some(Err(format!(
                     "dnsmasq exited ({st}): {}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()
-                ));
+                )));
             }
-            if Instant::now() > deadline {
+            TcpStream::connect(("127.0.0.1", self.port))
+                .is_ok()
+                .then_some(Ok(()))
+        });
+        match up {
+            Some(Ok(())) => Ok(child),
+            Some(Err(e)) => Err(e),
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err("dnsmasq did not start within 10 s".to_string());
+                Err("dnsmasq did not start within 10 s".to_string())
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(child)
     }
 
     fn stop(&mut self) {
@@ -211,83 +165,51 @@ impl Drop for Dns {
 
 // ---- clients ----------------------------------------------------------------------------
 
-fn servers(names: &[&str]) -> Vec<NameServer> {
-    names
-        .iter()
-        .map(|n| NameServer::start("127.0.0.1:0", n).expect("start name server"))
-        .collect()
-}
-
-/// Starts the binary with discovery from `dns` and the extra flags.
-fn start_lb(dns: &Dns, extra: &[&str]) -> Lb {
+/// Starts the binary with discovery from `dns`, an admin endpoint and the extra flags.
+fn start_lb(dns: &Dns, extra: &[&str]) -> (Lb, Admin) {
     let d = dns.discovery();
     let mut args = vec!["--discovery", &d, "--discovery-interval", "300ms"];
     args.extend(extra);
-    Lb::start(&args)
-}
-
-/// Closes with a reset, so thousands of short connections leave no TIME_WAIT behind.
-fn close_reset(s: TcpStream) {
-    let _ = Socket::from(s).set_linger(Some(Duration::ZERO));
-}
-
-/// The backend one connection from `src` reaches; "" if it was closed without a greeting
-/// (no backend, or a dead one).
-fn greet_from(src: Ipv4Addr, dst: SocketAddr) -> String {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    s.bind(&SocketAddr::from((src, 0)).into())
-        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-    if s.connect(&dst.into()).is_err() {
-        return String::new();
-    }
-    let mut s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let name = read_line(&mut s);
-    close_reset(s);
-    name
-}
-
-/// `n` connections from 127.0.0.1: backend -> count ("" for none).
-fn spread(lb: &Lb, n: usize) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for _ in 0..n {
-        *m.entry(greet_from(Ipv4Addr::LOCALHOST, lb.addr))
-            .or_insert(0) += 1;
-    }
-    m
+    start_with_admin(&args)
 }
 
 fn keys(m: &BTreeMap<String, usize>) -> Vec<&str> {
     m.keys().map(String::as_str).collect()
 }
 
-/// Waits (at most 10 s) until `n` connections in a row reach exactly the backends `want`.
+/// Waits (at most 10 s) until `n` connections in a row reach exactly the backends `want`
+/// ("" counting a connection that got no greeting: no backend yet, or a dead one).
 fn wait_for_set(lb: &Lb, want: &[&str], n: usize) -> BTreeMap<String, usize> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = spread(lb, n);
-        if keys(&got) == want {
-            return got;
+    let mut last = BTreeMap::new();
+    let got = poll(Duration::from_secs(10), || {
+        last = BTreeMap::new();
+        for _ in 0..n {
+            *last
+                .entry(greet_from(IpAddr::from(Ipv4Addr::LOCALHOST), lb.addr))
+                .or_insert(0) += 1;
         }
-        if Instant::now() > deadline {
-            panic!(
-                "connections never reached exactly {want:?}; last: {got:?}\nlog:\n{}",
-                lb.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (keys(&last) == want).then(|| last.clone())
+    });
+    got.unwrap_or_else(|| {
+        panic!(
+            "connections never reached exactly {want:?}; last: {last:?}\nlog:\n{}",
+            lb.log_text()
+        )
+    })
 }
 
 /// Waits (at most 10 s) until the log has `needle`.
 fn wait_for_log(lb: &Lb, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lb.log_text().contains(needle) {
-        if Instant::now() > deadline {
-            panic!("log never said {needle:?}:\n{}", lb.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    lb.wait_log(&[needle], 1, Duration::from_secs(10));
+}
+
+/// `uringlb_discovery_resolutions_total` and `uringlb_discovery_failures_total` now.
+fn discovery_rounds(admin: &Admin) -> (f64, f64) {
+    let m = admin.metrics();
+    (
+        m.value("uringlb_discovery_resolutions_total", &[]),
+        m.value("uringlb_discovery_failures_total", &[]),
+    )
 }
 
 // ---- tests ------------------------------------------------------------------------------
@@ -296,12 +218,12 @@ fn wait_for_log(lb: &Lb, needle: &str) {
 /// where connections go; weights through weighted round robin's exact ratios (one worker).
 #[test]
 fn follows_additions_removals_and_weight_changes() {
-    let s = servers(&["a", "b", "c"]);
+    let s = name_servers(&["a", "b", "c"]);
     let mut dns = Dns::start(&[
         srv("a.svc.test", &s[0], 0, 0),
         srv("b.svc.test", &s[1], 0, 0),
     ]);
-    let lb = start_lb(
+    let (lb, admin) = start_lb(
         &dns,
         &[
             "--workers",
@@ -346,8 +268,8 @@ fn follows_additions_removals_and_weight_changes() {
         srv("c.svc.test", &s[2], 0, 1),
     ]);
     wait_for_log(&lb, "weight=3");
-    std::thread::sleep(Duration::from_millis(200));
-    let got = spread(&lb, 40);
+    admin.wait_settled();
+    let got = spread(lb.addr, 40);
     eprintln!("weights 3:1 over 40 connections: {got:?}");
     let b = got.get("b").copied().unwrap_or(0);
     assert!((28..=32).contains(&b), "expected ~30 of 40 on b: {got:?}");
@@ -361,13 +283,13 @@ fn follows_additions_removals_and_weight_changes() {
 /// is down (health checks), class 10 takes over; when one is back, it takes over again.
 #[test]
 fn lower_priority_class_only_while_the_first_is_down() {
-    let s = servers(&["primary", "backup"]);
+    let s = name_servers(&["primary", "backup"]);
     let primary_addr = s[0].addr();
     let dns = Dns::start(&[
         srv("primary.svc.test", &s[0], 0, 10),
         srv("backup.svc.test", &s[1], 10, 10),
     ]);
-    let lb = start_lb(
+    let (lb, admin) = start_lb(
         &dns,
         &[
             "--workers",
@@ -385,9 +307,13 @@ fn lower_priority_class_only_while_the_first_is_down() {
         ],
     );
     wait_for_set(&lb, &["primary"], 20);
-    // A few resolutions later, still only the priority-0 backend.
-    std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(keys(&spread(&lb, 20)), ["primary"]);
+    // Three resolutions later, still only the priority-0 backend.
+    let (resolved, _) = discovery_rounds(&admin);
+    wait_until("3 more resolutions", Duration::from_secs(10), || {
+        discovery_rounds(&admin).0 >= resolved + 3.0
+    });
+    admin.wait_settled();
+    assert_eq!(keys(&spread(lb.addr, 20)), ["primary"]);
 
     s[0].stop();
     wait_for_set(&lb, &["backup"], 20);
@@ -414,19 +340,22 @@ fn lower_priority_class_only_while_the_first_is_down() {
 /// is logged for the whole outage, and its return is logged.
 #[test]
 fn resolver_failure_keeps_the_last_set() {
-    let s = servers(&["a", "b"]);
+    let s = name_servers(&["a", "b"]);
     let mut dns = Dns::start(&[
         srv("a.svc.test", &s[0], 0, 0),
         srv("b.svc.test", &s[1], 0, 0),
     ]);
-    let lb = start_lb(&dns, &["--workers", "1", "--health", "none"]);
+    let (lb, admin) = start_lb(&dns, &["--workers", "1", "--health", "none"]);
     wait_for_set(&lb, &["a", "b"], 20);
 
     dns.stop();
     wait_for_log(&lb, &format!("discovery: resolving SRV {SRV_NAME} failed"));
-    // Several failed rounds (300 ms apart, plus the resolver's timeout) later...
-    std::thread::sleep(Duration::from_millis(1500));
-    let got = spread(&lb, 20);
+    // Three more failed rounds later...
+    let (_, failed) = discovery_rounds(&admin);
+    wait_until("3 more failed resolutions", Duration::from_secs(20), || {
+        discovery_rounds(&admin).1 >= failed + 3.0
+    });
+    let got = spread(lb.addr, 20);
     assert_eq!(keys(&got), ["a", "b"], "the last set serves: {got:?}");
     let log = lb.log_text();
     let warnings = log
@@ -447,7 +376,7 @@ fn resolver_failure_keeps_the_last_set() {
 /// tables and send each of 256 client addresses to the same backend.
 #[test]
 fn two_instances_fed_by_the_same_dns_agree_on_256_clients() {
-    let s = servers(&["web-1", "web-2", "web-3", "web-4"]);
+    let s = name_servers(&["web-1", "web-2", "web-3", "web-4"]);
     let records: Vec<Srv> = s
         .iter()
         .enumerate()
@@ -462,20 +391,26 @@ fn two_instances_fed_by_the_same_dns_agree_on_256_clients() {
         "--algorithm",
         "maglev",
     ];
-    let lb1 = start_lb(&dns, &flags);
-    let lb2 = start_lb(&dns, &flags);
+    let (lb1, admin1) = start_lb(&dns, &flags);
+    let (lb2, admin2) = start_lb(&dns, &flags);
     let all = ["web-1", "web-2", "web-3", "web-4"];
     // Maglev sends one client to one backend: wait for the published set instead.
-    for lb in [&lb1, &lb2] {
+    for (lb, admin) in [(&lb1, &admin1), (&lb2, &admin2)] {
         wait_for_log(lb, "4 backend(s) in use, 4 of them from DNS");
+        admin.wait_settled();
     }
-    std::thread::sleep(Duration::from_millis(100));
     let ips: Vec<Ipv4Addr> = (1..=255u8)
         .map(|x| Ipv4Addr::new(127, 0, 0, x))
         .chain([Ipv4Addr::new(127, 0, 1, 1)])
         .collect();
-    let one: Vec<String> = ips.iter().map(|&ip| greet_from(ip, lb1.addr)).collect();
-    let two: Vec<String> = ips.iter().map(|&ip| greet_from(ip, lb2.addr)).collect();
+    let one: Vec<String> = ips
+        .iter()
+        .map(|&ip| greet_from(ip.into(), lb1.addr))
+        .collect();
+    let two: Vec<String> = ips
+        .iter()
+        .map(|&ip| greet_from(ip.into(), lb2.addr))
+        .collect();
     let differ: Vec<_> = ips
         .iter()
         .zip(one.iter().zip(&two))

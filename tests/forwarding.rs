@@ -147,7 +147,9 @@ fn client_reset_resets_backend() {
         let r = loop {
             match s.read(&mut buf) {
                 Ok(0) => break "eof".to_string(),
-                Ok(_) => continue,
+                Ok(n) => {
+                    let _ = tx.lock().unwrap().send(format!("{n} bytes"));
+                }
                 Err(e) => break format!("{:?}", e.kind()),
             }
         };
@@ -156,7 +158,9 @@ fn client_reset_resets_backend() {
     let lb = lb_for(backend, "copy", "1");
     let s = lb.connect();
     (&s).write_all(b"hello").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Forwarded: the backend connection is established and carries data.
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(got, "5 bytes");
     // SO_LINGER 0 then close = RST.
     socket2::SockRef::from(&s)
         .set_linger(Some(Duration::ZERO))

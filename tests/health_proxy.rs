@@ -7,15 +7,11 @@
 //! NGINX comes from Debian's package (`./scripts/install-test-deps.sh`) and runs as a child
 //! of the test (tests/peers).
 
-mod control_util;
-mod peers;
 mod util;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use control_util::*;
-use peers::*;
 use util::*;
 
 /// `uringlb_health_checks_total{backend, result}`.

@@ -18,7 +18,8 @@ fn idle_timeout_closes_an_idle_connection() {
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).unwrap();
     let t = Instant::now();
-    // Activity keeps it open: 1.5 s of traffic every 300 ms.
+    // Activity keeps it open: 1.5 s of traffic every 300 ms (the pause is the point: each
+    // is shorter than the idle timeout, together they are longer).
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(300));
         s.write_all(b"ping").unwrap();
@@ -58,20 +59,26 @@ fn graceful_stop_lets_an_open_transfer_finish() {
     let mut w = s.try_clone().unwrap();
     let to_send = data.clone();
     let writer = std::thread::spawn(move || {
-        // Slowly: about 2 s for 8 MiB.
+        // Slowly (paced): about 2 s for 8 MiB, so that the stop comes in the middle.
         for c in to_send.chunks(256 * 1024) {
             w.write_all(c).unwrap();
             std::thread::sleep(Duration::from_millis(60));
         }
         w.shutdown(Shutdown::Write).unwrap();
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The transfer runs: the balancer has connected it to the backend.
+    wait_until(
+        "the transfer to reach the backend",
+        Duration::from_secs(10),
+        || echo.active() == 1,
+    );
     lb.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
-    // No longer accepting: a new connection is refused.
-    assert!(
-        TcpStream::connect(lb.addr).is_err(),
-        "still accepting after SIGTERM"
+    // Both workers stop accepting: a new connection is refused.
+    lb.wait_log(&["stopping", "worker="], 2, Duration::from_secs(10));
+    wait_until(
+        "new connections to be refused",
+        Duration::from_secs(10),
+        || TcpStream::connect(lb.addr).is_err(),
     );
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
@@ -159,13 +166,16 @@ fn fd_count_returns_to_start_after_10000_connections() {
     for t in threads {
         t.join().unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut now = lb.fd_count();
-    while now != start && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        now = lb.fd_count();
-    }
-    assert_eq!(now, start, "descriptors leaked");
+    // The last connections close a moment after their clients' reads returned.
+    let now = poll(Duration::from_secs(10), || {
+        let n = lb.fd_count();
+        (n == start).then_some(n)
+    });
+    assert_eq!(
+        now.unwrap_or_else(|| lb.fd_count()),
+        start,
+        "descriptors leaked"
+    );
     assert_eq!(name.connections(), 10_000);
 }
 

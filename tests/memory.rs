@@ -34,15 +34,12 @@ fn idle_connections_release_their_buffers_and_still_forward_exactly() {
     let busy = rss_kib(lb.pid());
     let busy_per_conn = (busy.saturating_sub(base)) * 1024 / CONNS as u64;
     // Buffers are reclaimed after a quiet second; poll for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut idle = busy;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(250));
-        idle = rss_kib(lb.pid());
-        if idle.saturating_sub(base) * 1024 / (CONNS as u64) < 2048 {
-            break;
-        }
-    }
+    let per_conn = |rss: u64| rss.saturating_sub(base) * 1024 / CONNS as u64;
+    let idle = poll(Duration::from_secs(10), || {
+        let rss = rss_kib(lb.pid());
+        (per_conn(rss) < 2048).then_some(rss)
+    })
+    .unwrap_or_else(|| rss_kib(lb.pid()));
     let idle_per_conn = idle.saturating_sub(base) * 1024 / CONNS as u64;
     eprintln!(
         "RSS per connection: {busy_per_conn} B after 40 KiB each way, {idle_per_conn} B idle"

@@ -4,7 +4,6 @@
 //! parses with a strict OpenMetrics parser (and, when installed, the Prometheus project's
 //! Python parser).
 
-mod control_util;
 mod util;
 
 use std::io::{Read, Write};
@@ -13,7 +12,6 @@ use std::time::Duration;
 
 use uringlb_bench::EchoServer;
 
-use control_util::*;
 use util::*;
 
 /// Sends `len` pattern bytes through a new connection to an echo backend and reads them
@@ -177,14 +175,29 @@ fn metrics_match_the_traffic_and_parse() {
             "uringlb_connections_active",
             "uringlb_cq_overflows",
             "uringlb_discovery_failures",
+            "uringlb_discovery_resolutions",
             "uringlb_health_checks",
             "uringlb_rejected",
             "uringlb_replays",
-            "uringlb_spliced_bytes",
+            "uringlb_snapshot_published_version",
+            "uringlb_snapshot_version",
+            "uringlb_splice_bytes",
             "uringlb_worker_restarts",
             "uringlb_workers_alive",
         ]
     );
+    // Per worker: the spliced bytes (none: 100 000 bytes are at most three full 32 KiB
+    // reads in a row, one short of what makes `--forward auto` switch) and the snapshot
+    // each routes with (the latest: nothing changed for a while).
+    let published = m.value("uringlb_snapshot_published_version", &[]);
+    assert!(published >= 1.0, "{published}");
+    for w in ["0", "1"] {
+        assert_eq!(m.value("uringlb_splice_bytes_total", &[("worker", w)]), 0.0);
+        assert_eq!(
+            m.value("uringlb_snapshot_version", &[("worker", w)]),
+            published
+        );
+    }
     match python_parse(&text) {
         Ok(true) => println!("metrics: the Prometheus Python client's OpenMetrics parser accepts it"),
         Ok(false) => println!("metrics: SKIPPED the Python parser check (python3 -m pip install prometheus_client to run it)"),

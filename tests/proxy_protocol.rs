@@ -5,10 +5,8 @@
 //! untrusted and LOCAL headers, byte by byte, with a backend that records what it got.
 //!
 //! NGINX and HAProxy come from Debian's packages (`./scripts/install-test-deps.sh`); they run
-//! as children of the test with their own config in a temp dir (tests/peers).
+//! as children of the test with their own config in a temp dir (tests/util/peers.rs).
 
-mod control_util;
-mod peers;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use uringlb_bench::{EchoServer, NameServer};
 
-use control_util::*;
-use peers::*;
 use util::*;
 
 /// One record from a recording backend, waited for.
@@ -467,7 +463,8 @@ fn header_in_pieces_and_header_with_payload() {
     let src: SocketAddr = "203.0.113.5:41000".parse().unwrap();
     let dst: SocketAddr = "198.51.100.1:443".parse().unwrap();
     // In three writes with pauses (TCP_NODELAY: three segments), cut inside the signature
-    // or keyword, and inside the addresses.
+    // or keyword, and inside the addresses. The pauses are the point: each piece arrives
+    // on its own, so the balancer must wait for the rest of the header.
     for header in [v1(src, dst), v2(src, dst)] {
         let mut s = connect_from("127.0.0.1", lb.addr);
         let cuts = [4, header.len() - 7];

@@ -4,7 +4,6 @@
 //! nothing; reloaded settings (health-check interval, idle timeout) take effect; settings
 //! that need a restart are named in a warning.
 
-mod control_util;
 mod util;
 
 use std::collections::BTreeMap;
@@ -13,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use uringlb_bench::NameServer;
 
-use control_util::*;
 use util::*;
 
 fn toml_backends(backends: &[&NameServer]) -> String {
@@ -37,24 +35,6 @@ fn reloads(admin: &Admin, result: &str) -> f64 {
     admin
         .metrics()
         .value("uringlb_config_reloads_total", &[("result", result)])
-}
-
-/// (name -> (addr, weight, state)) of `GET /backends`.
-fn shape(admin: &Admin) -> BTreeMap<String, (String, u64, String)> {
-    admin
-        .backends()
-        .into_iter()
-        .map(|(n, b)| {
-            (
-                n,
-                (
-                    b["addr"].as_str().unwrap_or_default().to_string(),
-                    b["weight"].as_u64().unwrap_or_default(),
-                    b["state"].as_str().unwrap_or_default().to_string(),
-                ),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -112,13 +92,16 @@ fn twenty_reloads_under_load_fail_nothing() {
         for n in names {
             assert_eq!(now[n]["state"], "up", "reload {i}: {now:?}");
         }
-        std::thread::sleep(Duration::from_millis(150));
+        // The new table serves some of the load before the next reload (POST /reload
+        // answered once every worker had it; SIGHUP has no answer to wait for).
+        admin.wait_settled();
+        load.wait_more(40);
     }
     assert_eq!(reloads(&admin, "ok"), 20.0);
     let reloading = t0.elapsed();
 
     // An invalid file changes nothing, through either path; its error has file:line:column.
-    let before = shape(&admin);
+    let before = admin.shape();
     write_atomic(
         &path,
         &format!(
@@ -146,7 +129,7 @@ fn twenty_reloads_under_load_fail_nothing() {
         logged[0].contains("POST /reload") && logged[1].contains("SIGHUP"),
         "{logged:?}"
     );
-    assert_eq!(shape(&admin), before, "an invalid file changed nothing");
+    assert_eq!(admin.shape(), before, "an invalid file changed nothing");
     for _ in 0..20 {
         let n = greet_once(lb.addr).expect("new connections still work");
         assert!(n == "n0" || n == "n1", "{n}");
@@ -228,6 +211,8 @@ fn reloaded_settings_take_effect_and_restart_only_ones_are_named() {
     wait_until("the first check", Duration::from_secs(5), || {
         checks(&admin) >= 1.0
     });
+    // An observation window, not a wait for a change: checks every 100 ms (what the
+    // reload sets below) would be seen about five times in it.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(checks(&admin), 1.0, "one check an hour");
 

@@ -4,7 +4,6 @@
 //! balancer keeps serving and stops on SIGTERM; at start-up each is exit 2 with one line.
 //! A host name in a reloaded file is resolved (off the control thread) as at start.
 
-mod control_util;
 mod util;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +13,6 @@ use std::time::{Duration, Instant};
 use uringlb::config_file::MAX_CONFIG_BYTES;
 use uringlb_bench::NameServer;
 
-use control_util::*;
 use util::*;
 
 /// A fresh directory for this test's files.

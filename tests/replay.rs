@@ -75,6 +75,7 @@ fn nothing_is_replayed_once_the_backend_answered() {
     let partial = serve(|mut s| {
         let _ = read_line(&mut s);
         let _ = s.write_all(b"part");
+        // A backend that answers part, holds the connection a moment, then goes away.
         std::thread::sleep(Duration::from_millis(100));
         let _ = s.shutdown(Shutdown::Both);
     })

@@ -3,7 +3,6 @@
 //! and the round-robin cursor, a failed worker, local resource exhaustion, memory for a
 //! large limit.
 
-mod control_util;
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
@@ -12,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use control_util::*;
 use util::*;
 
 /// A backend that echoes and tracks how many connections it has open at once.

@@ -1,5 +1,7 @@
-//! Splice forwarding limits: kernel worker threads stay bounded with thousands of spliced
-//! connections, and memory stays bounded when a backend stops reading (in every mode).
+//! Splice forwarding: it runs (the workers' `uringlb_splice_bytes_total` counts the bytes it
+//! moved), `--forward auto` switches only streams to it, kernel worker threads stay bounded
+//! with thousands of spliced connections, the pipe pool bounds descriptors, and memory stays
+//! bounded when a backend stops reading (in every mode).
 
 mod util;
 
@@ -10,11 +12,26 @@ use std::time::{Duration, Instant};
 use uringlb_bench::{EchoServer, SinkServer};
 use util::*;
 
+/// Bytes forwarded by splice, summed over workers and directions, once the balancer has
+/// counted `total` bytes forwarded in all (a worker counts a send when its completion
+/// arrives, which may be just after the peer got the bytes).
+fn spliced_of(admin: &Admin, total: u64) -> u64 {
+    let mut last = 0.0;
+    let done = poll(Duration::from_secs(10), || {
+        let m = admin.metrics();
+        last = m.sum("uringlb_bytes_total");
+        (last >= total as f64).then(|| m.sum("uringlb_splice_bytes_total") as u64)
+    });
+    let spliced = done.unwrap_or_else(|| panic!("{last} bytes counted, expected {total}"));
+    assert_eq!(last, total as f64, "more bytes counted than forwarded");
+    spliced
+}
+
 #[test]
 fn iou_wrk_threads_bounded_with_5000_spliced_connections() {
     let echo = EchoServer::start("127.0.0.1:0").unwrap();
     let b = echo.addr().to_string();
-    let lb = Lb::start(&[
+    let (lb, admin) = start_with_admin(&[
         "--backend",
         &b,
         "--workers",
@@ -30,11 +47,9 @@ fn iou_wrk_threads_bounded_with_5000_spliced_connections() {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         conns.push(s);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while echo.active() < 5000 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(echo.active(), 5000, "all connections proxied");
+    wait_until("5000 connections proxied", Duration::from_secs(30), || {
+        echo.active() == 5000
+    });
     let idle_threads = lb.threads_named("iou-wrk");
     // Now every one of them moves bytes through a splice (io-wq work), in waves.
     let mut max_threads = idle_threads;
@@ -50,7 +65,14 @@ fn iou_wrk_threads_bounded_with_5000_spliced_connections() {
         }
     }
     max_threads = max_threads.max(lb.threads_named("iou-wrk"));
-    eprintln!("iou-wrk threads: idle {idle_threads}, busy max {max_threads}");
+    let total = 2 * 5000 * 10;
+    let spliced = spliced_of(&admin, total);
+    eprintln!(
+        "iou-wrk threads: idle {idle_threads}, busy max {max_threads}; {spliced} of {total} bytes spliced"
+    );
+    // The threads counted are splice's: it ran, for most bytes (a chunk finding every pipe
+    // of the pool busy is copied).
+    assert!(spliced * 2 >= total, "{spliced} of {total} bytes spliced");
     // Capped at 4 bounded + 4 unbounded io-wq workers per ring, two rings.
     assert!(max_threads <= 16, "{max_threads} iou-wrk threads");
 }
@@ -76,7 +98,9 @@ fn backend_that_never_reads_keeps_memory_bounded() {
         for s in &conns {
             s.set_nonblocking(true).unwrap();
         }
-        // Push for two seconds; writes stop succeeding once every buffer on the way is full.
+        // Push for two seconds (a fixed window: memory must stay bounded however long it
+        // lasts); writes stop succeeding once every buffer on the way is full, and the loop
+        // then retries every 20 ms.
         let mut pushed = 0usize;
         let end = Instant::now() + Duration::from_secs(2);
         while Instant::now() < end {
@@ -167,7 +191,7 @@ fn exhausted_pipe_pool_copies_byte_exact_and_stays_bounded() {
     let echo = EchoServer::start("127.0.0.1:0").unwrap();
     let b = echo.addr().to_string();
     for pipes in [2usize, 0] {
-        let lb = Lb::start(&[
+        let (lb, admin) = start_with_admin(&[
             "--backend",
             &b,
             "--workers",
@@ -186,11 +210,21 @@ fn exhausted_pipe_pool_copies_byte_exact_and_stays_bounded() {
         // Each connection holds its client and backend sockets; beyond that only the
         // pool's pipes (two descriptors each).
         let bound = base + 2 * n + 2 * pipes;
+        let total = (2 * n * len) as u64;
+        let spliced = spliced_of(&admin, total);
         println!(
             "--splice-pipes {pipes}: {n} x {} MiB echoed byte-exact; fds idle {base}, \
-             busy max {max} (bound {bound})",
+             busy max {max} (bound {bound}); {spliced} of {total} bytes spliced",
             len >> 20
         );
+        if pipes == 0 {
+            assert_eq!(spliced, 0, "no pipe, no splice: every chunk copied");
+        } else {
+            assert!(
+                spliced > 0 && spliced < total,
+                "two pipes for 32 directions: some chunks spliced, the rest copied ({spliced} of {total})"
+            );
+        }
         assert!(
             max <= bound,
             "--splice-pipes {pipes}: {max} descriptors open (idle {base}, bound {bound})"
@@ -198,8 +232,9 @@ fn exhausted_pipe_pool_copies_byte_exact_and_stays_bounded() {
         assert!(max >= base + n, "the sampler saw the transfers ({max})");
     }
     // Control: with the default pool (256) the same load holds more pipes than two at
-    // once, so the bound above is the pool's doing, not the load's.
-    let lb = Lb::start(&[
+    // once, so the bound above is the pool's doing, not the load's; and with a pipe for
+    // every direction every byte is spliced.
+    let (lb, admin) = start_with_admin(&[
         "--backend",
         &b,
         "--workers",
@@ -211,9 +246,65 @@ fn exhausted_pipe_pool_copies_byte_exact_and_stays_bounded() {
     ]);
     let base = lb.fd_count();
     let max = concurrent_echo_transfers(&lb, 16, 8 << 20);
-    println!("default pool: fds idle {base}, busy max {max}");
+    let total = 2 * 16 * (8 << 20);
+    let spliced = spliced_of(&admin, total);
+    println!("default pool: fds idle {base}, busy max {max}; {spliced} of {total} bytes spliced");
+    assert_eq!(
+        spliced, total,
+        "a pipe for every direction: every byte spliced"
+    );
     assert!(
         max > base + 2 * 16 + 2 * 2,
         "with 256 pipes the load never held more than 2 ({max} fds, idle {base})"
+    );
+}
+
+/// `--forward auto` copies request and response traffic and splices streams: a hundred
+/// small exchanges splice nothing; an 8 MiB echo switches to splice after its first
+/// `STREAM_STREAK` full reads in each direction (which are copied).
+#[test]
+fn auto_splices_streams_only() {
+    let echo = EchoServer::start("127.0.0.1:0").unwrap();
+    let b = echo.addr().to_string();
+    let (lb, admin) = start_with_admin(&[
+        "--backend",
+        &b,
+        "--workers",
+        "1",
+        "--forward",
+        "auto",
+        "--health",
+        "none",
+    ]);
+    let mut s = lb.connect();
+    let mut buf = [0u8; 100];
+    for i in 0..100u64 {
+        let msg = pattern(i, 100);
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf[..], &msg[..]);
+    }
+    drop(s);
+    let total = 2 * 100 * 100;
+    let spliced = spliced_of(&admin, total);
+    println!("auto, 100 exchanges of 100 bytes: {spliced} of {total} bytes spliced");
+    assert_eq!(spliced, 0, "request and response traffic is copied");
+
+    let len = 8 << 20;
+    let mut s = lb.connect();
+    let mut r = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || read_stream(&mut r));
+    let sent = write_stream(&mut s, 7, len);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(reader.join().unwrap(), (len, sent), "byte-exact");
+    let total = 2 * 100 * 100 + 2 * len as u64;
+    let spliced = spliced_of(&admin, total);
+    println!("auto, then an 8 MiB echo: {spliced} of {total} bytes spliced");
+    // At least 4 x 32 KiB copied in each direction before the switch, the rest spliced.
+    let copied = total - spliced;
+    assert!(spliced > 0, "the stream was never spliced");
+    assert!(
+        copied >= 2 * 100 * 100 + 2 * 4 * 32 * 1024,
+        "switched before four full reads: only {copied} bytes copied"
     );
 }

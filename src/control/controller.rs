@@ -119,7 +119,8 @@ impl Controller {
         self.admin_addr
     }
 
-    /// Sets a backend to up, drain or maint (see [`AdminState`]); published at once.
+    /// Sets a backend to up, drain or maint (see [`AdminState`]); returns once every worker
+    /// routes new connections with the change.
     pub fn set_state(&self, name: &str, state: AdminState) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::SetState {
@@ -131,7 +132,8 @@ impl Controller {
         Ok(())
     }
 
-    /// Replaces the configured backends: missing ones drain and go, new ones are added.
+    /// Replaces the configured backends: missing ones drain and go, new ones are added;
+    /// returns once every worker routes new connections with the change.
     pub fn set_backends(&self, backends: Vec<BackendSpec>) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::SetBackends { backends, reply })?;

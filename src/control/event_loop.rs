@@ -3,8 +3,9 @@
 //! workers' connect-failure counters (polled every 100 ms), time passing (ejection
 //! back-offs, slow-start steps, removals), commands (the admin API, [`super::Controller`]),
 //! and signals (SIGHUP reloads, see [`super::reload`]). After each event it publishes a new
-//! snapshot if the table or the settings changed, so one event means at most one snapshot,
-//! and a change made through the API reaches every worker before the API answers.
+//! snapshot if the table or the settings changed, so one event means at most one snapshot.
+//! A command that changed the table is answered only once every worker routes with that
+//! snapshot (see [`super::settle`]).
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use super::checker::{CheckResult, Checker};
 use super::discovery::Discovery;
 use super::metrics::{self, BackendSample, Counts};
 use super::reload::{self, Outcome, ReloadError};
+use super::settle::{self, Held};
 use super::slow_start;
 
 /// How often the workers' failure counters and the clock are looked at: the passive
@@ -144,6 +146,8 @@ pub async fn run(
     let mut discovery = Discovery::start(&config);
     // SIGHUP and `POST /reload`: the file is read off this thread; applied below.
     let mut reloads = reload::Queue::default();
+    // Answers to table changes, waiting for the workers to run them.
+    let mut held = Held::default();
     loop {
         tokio::select! {
             sig = next_signal(&mut signals) => match sig {
@@ -153,14 +157,17 @@ pub async fn run(
             },
             Some(cmd) = commands.recv() => match cmd {
                 Command::SetState { name, state, reply } => {
-                    let _ = reply.send(table.set_state(&name, state, Instant::now()));
+                    let r = table.set_state(&name, state, Instant::now());
+                    answer(&mut held, reply, r);
                 }
                 Command::SetBackends { backends, reply } => {
                     let now = Instant::now();
                     if table.set_backends(&backends, now, &mut |name| server.backend_id(name)) {
                         checker.sync(&table.probe_targets());
                     }
-                    let _ = reply.send(());
+                    held.hold(move || {
+                        let _ = reply.send(());
+                    });
                 }
                 Command::Status { reply } => {
                     let _ = reply.send(table.status());
@@ -178,11 +185,11 @@ pub async fn run(
                             checker.sync(&table.probe_targets());
                         }
                     }
-                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
+                    answer(&mut held, reply, r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::Update { name, weight, state, reply } => {
                     let r = update(&mut table, &name, weight, state);
-                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
+                    answer(&mut held, reply, r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::RemoveBackend { name, reply } => {
                     let r = table.remove(&name, Instant::now());
@@ -192,7 +199,7 @@ pub async fn run(
                             checker.sync(&table.probe_targets());
                         }
                     }
-                    let _ = reply.send(r.and_then(|_| sample(&table, &server, &name)));
+                    answer(&mut held, reply, r.and_then(|_| sample(&table, &server, &name)));
                 }
                 Command::Backends { reply } => {
                     let _ = reply.send(samples(&table, &server));
@@ -204,7 +211,9 @@ pub async fn run(
                     let samples = samples(&table, &server);
                     let names = samples.iter().map(|s| s.status.name.as_str()).collect();
                     counts.retain_backends(&names);
-                    let _ = reply.send(metrics::encode(&counts, &samples, server.shared()));
+                    let published = server.published_version();
+                    let text = metrics::encode(&counts, &samples, server.shared(), published);
+                    let _ = reply.send(text);
                 }
                 Command::Health { reply } => {
                     let _ = reply.send(!stopping);
@@ -241,9 +250,10 @@ pub async fn run(
                 let outcome = r.apply(request.why, read);
                 settings_changed |= outcome.is_ok();
                 if let Some(reply) = request.reply {
-                    let _ = reply.send(outcome);
+                    answer(&mut held, reply, outcome);
                 }
             }
+            _ = tokio::time::sleep(settle::POLL), if !held.is_empty() => {}
         }
         reloads.start_next(&config);
         if discovery.reconcile(&mut table, &config.backends, Instant::now(), &mut |name| {
@@ -256,10 +266,29 @@ pub async fn run(
                 tracing::error!("cannot publish the backend table: {e}");
             }
         }
+        let now = Instant::now();
+        held.published(server.published_version(), now);
+        held.release(server.applied_version(), now);
     }
+    held.flush();
     drop(checker);
     server.join();
     tracing::info!("stopped");
+}
+
+/// Answers an error at once (nothing changed); a success once the workers run the change.
+fn answer<T, E>(held: &mut Held, reply: oneshot::Sender<Result<T, E>>, r: Result<T, E>)
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    if r.is_ok() {
+        held.hold(move || {
+            let _ = reply.send(r);
+        });
+    } else {
+        let _ = reply.send(r);
+    }
 }
 
 /// `PATCH /backends/{name}`: both changes or neither (both fail only on an unknown or

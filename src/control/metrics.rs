@@ -109,8 +109,13 @@ fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_string(), value.to_string())]
 }
 
-/// The whole exposition for one scrape.
-pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> String {
+/// The whole exposition for one scrape; `published` is the version of the latest snapshot.
+pub fn encode(
+    counts: &Counts,
+    backends: &[BackendSample],
+    shared: &Shared,
+    published: u64,
+) -> String {
     let mut reg = Registry::default();
 
     let connections = Family::<Labels, Counter>::default();
@@ -170,25 +175,42 @@ pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> S
         shared.stats.iter().map(|s| f(s)).sum()
     };
     let bytes = Family::<Labels, Counter>::default();
-    let spliced = Family::<Labels, Counter>::default();
     for dir in Dir::BOTH {
-        let l = label("direction", dir.label());
         bytes
-            .get_or_create(&l)
+            .get_or_create(&label("direction", dir.label()))
             .inc_by(shared.stats.iter().map(|s| s.bytes(dir)).sum());
-        spliced.get_or_create(&l).inc_by(
-            shared
-                .stats
-                .iter()
-                .map(|s| s.spliced[dir].load(Ordering::Relaxed))
-                .sum(),
-        );
     }
     reg.register("uringlb_bytes", "Bytes forwarded", bytes);
+
+    let spliced = Family::<Labels, Counter>::default();
+    let version = Family::<Labels, Gauge>::default();
+    for (i, s) in shared.stats.iter().enumerate() {
+        let worker = label("worker", &i.to_string());
+        spliced
+            .get_or_create(&worker)
+            .inc_by(s.spliced.iter().map(|n| n.load(Ordering::Relaxed)).sum());
+        let v = s.snapshot_version.load(Ordering::Acquire);
+        version
+            .get_or_create(&worker)
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
+    }
     reg.register(
-        "uringlb_spliced_bytes",
-        "Bytes forwarded by splice (part of uringlb_bytes_total)",
+        "uringlb_splice_bytes",
+        "Bytes the worker forwarded by splice (zero-copy), both directions; part of uringlb_bytes_total",
         spliced,
+    );
+    reg.register(
+        "uringlb_snapshot_version",
+        "Version of the backend table the worker routes new connections with",
+        version,
+    );
+    let latest = Gauge::<i64>::default();
+    latest.set(i64::try_from(published).unwrap_or(i64::MAX));
+    reg.register(
+        "uringlb_snapshot_published_version",
+        "Version of the latest backend table the control thread published; a change has \
+         reached every worker when each uringlb_snapshot_version is at least this",
+        latest,
     );
 
     let accepted = Family::<Labels, Counter>::default();
@@ -244,13 +266,6 @@ pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> S
         "Client first bytes sent again to another backend because theirs closed before answering",
         replays,
     );
-    let discovery = Counter::<u64>::default();
-    discovery.inc_by(super::discovery::failures());
-    reg.register(
-        "uringlb_discovery_failures",
-        "Discovery lookups that failed (the last good set of backends was kept)",
-        discovery,
-    );
     let cq = Counter::<u64>::default();
     cq.inc_by(sum(|s| s.cq_backlogged.load(Ordering::Relaxed)));
     reg.register(
@@ -302,6 +317,21 @@ pub fn encode(counts: &Counts, backends: &[BackendSample], shared: &Shared) -> S
         "uringlb_config_reloads",
         "Configuration reloads (SIGHUP, POST /reload) by result",
         reloads,
+    );
+
+    let resolutions = Counter::<u64>::default();
+    resolutions.inc_by(super::discovery::RESOLUTIONS.load(Ordering::Relaxed));
+    reg.register(
+        "uringlb_discovery_resolutions",
+        "DNS SRV answers received by --discovery",
+        resolutions,
+    );
+    let discovery_failures = Counter::<u64>::default();
+    discovery_failures.inc_by(super::discovery::failures());
+    reg.register(
+        "uringlb_discovery_failures",
+        "--discovery rounds that failed in whole or in part (the last known backends stay)",
+        discovery_failures,
     );
 
     let mut out = String::new();
@@ -425,8 +455,16 @@ mod tests {
         counts.on_check("a", false);
         counts.on_check("a", true);
         counts.on_reload(false);
-        let text = encode(&counts, &backends, &sh);
+        sh.stats[1].spliced[Dir::Down].store(5, Ordering::Relaxed);
+        sh.stats[0].snapshot_version.store(3, Ordering::Relaxed);
+        sh.stats[1].snapshot_version.store(2, Ordering::Relaxed);
+        let text = encode(&counts, &backends, &sh, 3);
         for line in [
+            "uringlb_splice_bytes_total{worker=\"0\"} 0",
+            "uringlb_splice_bytes_total{worker=\"1\"} 5",
+            "uringlb_snapshot_version{worker=\"0\"} 3",
+            "uringlb_snapshot_version{worker=\"1\"} 2",
+            "uringlb_snapshot_published_version 3",
             "uringlb_connections_total{backend=\"a\"} 5",
             "uringlb_connections_active{backend=\"a\"} 1",
             "uringlb_connect_failures_total{backend=\"a\"} 2",

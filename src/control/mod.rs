@@ -11,6 +11,7 @@
 //! - [`admin`]: the HTTP API (`--admin`), which sends the loop [`event_loop::Command`]s;
 //! - [`metrics`]: `/metrics`, summed from the workers' counters at scrape time;
 //! - [`reload`]: SIGHUP and `POST /reload`;
+//! - [`settle`]: answers to table changes held until every worker runs them;
 //! - [`controller`]: the same loop on a thread of its own, behind a handle (tests).
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod discovery;
 pub mod event_loop;
 pub mod metrics;
 pub mod reload;
+pub mod settle;
 pub mod slow_start;
 
 pub use backends::{AdminState, BackendStatus, Table, TableError};

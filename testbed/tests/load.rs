@@ -8,6 +8,15 @@ use uringlb_testbed::{load, EchoServer, HttpServer, LoadConfig, LoadKind};
 
 const LOCAL: &str = "127.0.0.1:0";
 
+/// Waits until `cond` holds, at most 10 s: server counters move on the server's threads.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn http_keepalive_counts_per_backend() {
     let server = HttpServer::start(LOCAL, "alpha").unwrap();
@@ -96,15 +105,17 @@ fn progress_is_reported_each_second() {
 
 #[test]
 fn stop_flag_ends_run_early() {
-    let server = HttpServer::start(LOCAL, "s").unwrap();
+    let server = Arc::new(HttpServer::start(LOCAL, "s").unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let cfg = LoadConfig {
         stop: Some(stop.clone()),
         ..LoadConfig::new(2, Duration::from_secs(60))
     };
     let flag = stop.clone();
+    let watched = server.clone();
+    // Stopped once the run is under way.
     std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until("the load to reach the server", || watched.requests() >= 10);
         flag.store(true, Ordering::Relaxed);
     });
     let t0 = Instant::now();
@@ -132,15 +143,29 @@ fn dead_target_counts_errors_and_returns_on_time() {
 fn survives_backend_restart() {
     let server = HttpServer::start(LOCAL, "first").unwrap();
     let addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = LoadConfig {
+        stop: Some(stop.clone()),
+        ..LoadConfig::new(4, Duration::from_secs(60))
+    };
+    // The backend serves, stops (closing its connections under the load), comes back on
+    // the same address and serves again; then the run ends.
     let restarter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until("the first server to serve", || server.requests() >= 50);
         server.stop();
-        std::thread::sleep(Duration::from_millis(100));
-        let again = HttpServer::start(addr, "second").unwrap();
-        std::thread::sleep(Duration::from_millis(700));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let again = loop {
+            match HttpServer::start(addr, "second") {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "restart on {addr}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        wait_until("the second server to serve", || again.requests() >= 50);
+        stop.store(true, Ordering::Relaxed);
         again
     });
-    let report = load::http_keepalive(addr, 4, Duration::from_millis(1200)).unwrap();
+    let report = load::http_keepalive_with(addr, &cfg).unwrap();
     let _second = restarter.join().unwrap();
     assert!(report.per_backend.get("first").is_some_and(|&n| n > 0));
     assert!(report.per_backend.get("second").is_some_and(|&n| n > 0));

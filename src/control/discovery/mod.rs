@@ -36,7 +36,7 @@ pub use resolve::Source;
 /// Failed resolutions (timeout, SERVFAIL, NXDOMAIN, no usable record, a target's address
 /// lookup failing), since the process started: `uringlb_discovery_failures_total`.
 pub static FAILURES: AtomicU64 = AtomicU64::new(0);
-/// Successful resolutions since the process started.
+/// Successful resolutions since the process started: `uringlb_discovery_resolutions_total`.
 pub static RESOLUTIONS: AtomicU64 = AtomicU64::new(0);
 /// Backends in the latest successful answer (all priority classes).
 pub static DISCOVERED: AtomicU64 = AtomicU64::new(0);

@@ -286,28 +286,41 @@ fn splice_without_a_free_pipe_copies_the_chunk() {
 }
 
 #[test]
-fn auto_switches_after_a_streak_of_full_reads() {
+fn auto_switches_after_exactly_a_streak_of_full_reads() {
     let fwd = Forwarding {
         mode: ForwardMode::Auto,
         ..COPY
     };
     let (mut c, _) = forwarding(fwd);
     let p = &mut FakePipes::new(1);
-    for _ in 0..STREAM_STREAK {
-        assert!(!c.splicing(Dir::Down));
-        feed(&mut c, OpKind::Recv(Dir::Down), 100, p);
-        let a = feed(&mut c, OpKind::Send(Dir::Down), 100, p);
-        if a == vec![Action::Recv(Dir::Down)] {
-            continue;
-        }
-        assert_eq!(
-            a,
-            vec![Action::SpliceIn {
+    let full = c.fwd.buf_size as i32;
+    let (recv, send) = (OpKind::Recv(Dir::Down), OpKind::Send(Dir::Down));
+    // One full read short of a streak, then a short read: the count starts again.
+    for _ in 1..STREAM_STREAK {
+        feed(&mut c, recv, full, p);
+        assert_eq!(feed(&mut c, send, full, p), vec![Action::Recv(Dir::Down)]);
+    }
+    feed(&mut c, recv, full - 1, p);
+    assert_eq!(
+        feed(&mut c, send, full - 1, p),
+        vec![Action::Recv(Dir::Down)]
+    );
+    assert!(!c.splicing(Dir::Down));
+    // Then exactly STREAM_STREAK full reads: copied up to the last, spliced after it.
+    for i in 1..=STREAM_STREAK {
+        feed(&mut c, recv, full, p);
+        let a = feed(&mut c, send, full, p);
+        if i < STREAM_STREAK {
+            assert_eq!(a, vec![Action::Recv(Dir::Down)], "after full read {i}");
+            assert!(!c.splicing(Dir::Down), "switched after {i} full reads");
+        } else {
+            let splice = Action::SpliceIn {
                 dir: Dir::Down,
                 pipe: 0,
-                poll_first: true
-            }]
-        );
+                poll_first: true,
+            };
+            assert_eq!(a, vec![splice], "not switched after {i} full reads");
+        }
     }
     assert!(c.splicing(Dir::Down));
     assert!(!c.splicing(Dir::Up));

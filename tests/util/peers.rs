@@ -5,54 +5,18 @@
 //! Both come from Debian's packages; `./scripts/install-test-deps.sh` installs them. When
 //! one is missing the test fails saying so (a skipped interop test would hide a break).
 //!
-//! Also: clients bound to a chosen loopback source address, PROXY protocol headers built
-//! by hand (independently of the balancer's encoder) and a backend that records the bytes
-//! it received. Test files that use it also declare `mod util;`.
-#![allow(dead_code)]
+//! Also: PROXY protocol headers built by hand (independently of the balancer's encoder).
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use super::net::fixed_port;
+use super::wait::{poll, wait_for};
 
 // ---- clients ------------------------------------------------------------------------------
-
-/// A TCP connection to `dst` from `src_ip` (any address of 127.0.0.0/8 is local), with a
-/// 20 s read timeout.
-pub fn connect_from(src_ip: &str, dst: SocketAddr) -> TcpStream {
-    let ip: IpAddr = src_ip.parse().expect("source IP");
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    s.bind(&SocketAddr::new(ip, 0).into())
-        .unwrap_or_else(|e| panic!("bind {src_ip}: {e}"));
-    s.connect(&dst.into())
-        .unwrap_or_else(|e| panic!("connect {src_ip} -> {dst}: {e}"));
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-/// Sends an HTTP/1.0 GET on `s` and returns (status, body) once the server closed.
-pub fn http_get(mut s: TcpStream) -> (u16, String) {
-    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-        .expect("write request");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
-    (status, body.to_string())
-}
 
 /// Waits until the peer closed `s` (EOF or reset), at most `within`; returns how long it
 /// took, or `None` if it sent data or was still open.
@@ -161,21 +125,6 @@ pub fn parse_v2(data: &[u8]) -> (SocketAddr, SocketAddr, &[u8]) {
     )
 }
 
-// ---- a recording backend -------------------------------------------------------------------
-
-/// A backend that reads each connection to EOF and reports everything it received on the
-/// channel (then closes). Its listener address and the channel.
-pub fn recorder() -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
-    let (tx, rx) = mpsc::channel();
-    let tx = std::sync::Mutex::new(tx);
-    let addr = crate::util::serve(move |mut s| {
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        let _ = tx.lock().unwrap().send(got);
-    });
-    (addr, rx)
-}
-
 /// Sends `data` on `s`, half-closes, and waits until the far end closes.
 pub fn send_and_finish(mut s: TcpStream, data: &[u8]) {
     s.write_all(data).expect("write");
@@ -185,32 +134,6 @@ pub fn send_and_finish(mut s: TcpStream, data: &[u8]) {
 }
 
 // ---- ports ---------------------------------------------------------------------------------
-
-/// A loopback TCP port that is free now, outside the kernel's ephemeral range, so that none
-/// of the thousands of client connections tests make takes it before the peer binds it.
-pub fn free_port() -> u16 {
-    let range =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = range
-        .split_whitespace()
-        .filter_map(|v| v.parse::<u32>().ok());
-    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    for i in 0..5000u32 {
-        let port = 10_000 + seed.wrapping_add(i.wrapping_mul(7919)) % 50_000;
-        if (lo..=hi).contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return port as u16;
-        }
-    }
-    panic!("no free loopback port outside the ephemeral range");
-}
 
 /// Whether something listens on 127.0.0.1:`port` (from /proc/net/tcp, without connecting:
 /// a probe connection would be a client the peer forwards).
@@ -243,7 +166,7 @@ pub fn find_bin(name: &str, package: &str) -> PathBuf {
         }
     }
     panic!(
-        "{name} is not installed: the PROXY protocol interop tests run a real {name}. \
+        "{name} is not installed: these tests run a real {name}. \
          Run ./scripts/install-test-deps.sh (apt-get install {package})"
     );
 }
@@ -275,20 +198,22 @@ impl Peer {
             log,
             ports,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !peer.ports.iter().all(|&p| listening(p)) {
-            if let Ok(Some(st)) = peer.child.try_wait() {
-                panic!("{name} exited ({st}): {}", peer.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not listen on {:?}: {}",
-                peer.ports,
-                peer.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(
+            &format!("{name} to listen on {:?}", peer.ports),
+            Duration::from_secs(10),
+            || {
+                peer.check_alive();
+                peer.ports.iter().all(|&p| listening(p)).then_some(())
+            },
+        );
         peer
+    }
+
+    /// Panics, with its logs, if it has exited.
+    fn check_alive(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("{} exited ({st}): {}", self.name, self.logs());
+        }
     }
 
     pub fn addr(&self, i: usize) -> SocketAddr {
@@ -315,17 +240,13 @@ impl Drop for Peer {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
+        let exited = poll(Duration::from_secs(5), || match self.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(_)) | Err(_) => Some(()),
+        });
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -346,7 +267,7 @@ pub fn nginx(listen_opts: &str, servers: &[&str]) -> Peer {
     let bin = find_bin("nginx", "nginx");
     let dir = peer_dir("nginx");
     let d = dir.display();
-    let ports: Vec<u16> = servers.iter().map(|_| free_port()).collect();
+    let ports: Vec<u16> = servers.iter().map(|_| fixed_port()).collect();
     let mut conf = format!(
         "worker_processes 1;\n\
          pid {d}/nginx.pid;\n\
@@ -384,7 +305,7 @@ pub fn nginx(listen_opts: &str, servers: &[&str]) -> Peer {
 pub fn haproxy(target: SocketAddr, server_opts: &[&str]) -> Peer {
     let bin = find_bin("haproxy", "haproxy");
     let dir = peer_dir("haproxy");
-    let ports: Vec<u16> = server_opts.iter().map(|_| free_port()).collect();
+    let ports: Vec<u16> = server_opts.iter().map(|_| fixed_port()).collect();
     let mut conf = format!(
         "global\n\
          \x20 maxconn 256\n\

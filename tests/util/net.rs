@@ -72,6 +72,17 @@ pub fn try_connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStre
     Ok(s)
 }
 
+/// A connection from `src` that the balancer may refuse at once, with a reset that can
+/// arrive before the connect completes: `None` when it did.
+pub fn connect_or_reset_from(src: &str, dst: SocketAddr) -> Option<TcpStream> {
+    let ip: IpAddr = src.parse().expect("source IP");
+    match try_connect_from(ip, dst) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("connect {src} -> {dst}: {e}"),
+    }
+}
+
 /// Like [`try_connect_from`] with the source written as text; panics on failure.
 pub fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {
     let ip: IpAddr = src.parse().expect("source IP");

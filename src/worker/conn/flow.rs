@@ -376,10 +376,11 @@ impl Conn {
     }
 
     /// Can the client's bytes so far be sent again to another backend? Only while the
-    /// backend has answered nothing, the client has sent one chunk (still in the copy
-    /// buffer: the next read has not completed) and has not half-closed, and no PROXY
+    /// backend has answered nothing, the client has sent at most one chunk (still in the
+    /// copy buffer: the next read has not completed) and has not half-closed, and no PROXY
     /// header took the buffer. This is HAProxy's `retry-on empty-response` at layer 4: a
-    /// backend that dies with a request inside costs the client nothing.
+    /// backend that dies with a request inside, or before the client said anything, costs
+    /// the client nothing.
     ///
     /// After the client half-closed, only a reset counts: a backend that reads a one-way
     /// upload and closes cleanly has done its job, and sending it again would duplicate it.
@@ -388,7 +389,7 @@ impl Conn {
         let client_done = matches!(up.state, FlowState::ShuttingDown | FlowState::Done);
         self.header == 0
             && !self.answered
-            && self.up_chunks == 1
+            && self.up_chunks <= 1
             && !up.splice
             && (matches!(up.state, FlowState::Reading | FlowState::Writing)
                 || (client_done && reset))

@@ -163,6 +163,9 @@ fn half_close_each_way_then_close() {
 fn reset_aborts_both_and_waits_for_inflight() {
     let (mut c, _) = forwarding(COPY);
     let p = &mut FakePipes::new(0);
+    // The backend answered already: its reset is passed on (no replay).
+    feed(&mut c, OpKind::Recv(Dir::Down), 5, p);
+    feed(&mut c, OpKind::Send(Dir::Down), 5, p);
     assert_eq!(
         feed(&mut c, OpKind::Recv(Dir::Down), -libc::ECONNRESET, p),
         vec![Action::CancelAll([None, None])]
@@ -665,4 +668,29 @@ fn every_early_end_resets() {
     c.abort(false, &mut out);
     c.abort(true, &mut out);
     assert!(c.reset());
+}
+
+#[test]
+fn a_backend_gone_before_the_client_said_anything_is_replaced() {
+    let (mut c, _) = forwarding(COPY);
+    let p = &mut FakePipes::new(0);
+    // The backend closes before the client sent a byte (and before answering).
+    assert_eq!(
+        feed(&mut c, OpKind::Recv(Dir::Down), 0, p),
+        vec![Action::CancelAll([None, None])]
+    );
+    assert_eq!(c.phase(), Phase::Replaying);
+    feed(&mut c, OpKind::Recv(Dir::Up), -libc::ECANCELED, p);
+    assert!(c.replay_ready());
+    let mut out = Vec::new();
+    c.start_replay(&mut out);
+    drop(c.take_backend_sock());
+    connect(&mut c, 2);
+    out.clear();
+    c.connected(20, 0, &mut out);
+    assert_eq!(
+        out,
+        vec![Action::Recv(Dir::Up), Action::Recv(Dir::Down)],
+        "nothing to send again"
+    );
 }

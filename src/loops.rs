@@ -13,7 +13,7 @@
 //!   client that happens to use the same port). Whichever side is recorded second sees the
 //!   other, so the check has no race; the loop is cut at its first turn.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
@@ -88,16 +88,77 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 
 const SHARDS: usize = 16;
 
+/// The two ends of a client from this host, as the loop table knows it: its address, our
+/// address it came to, and the address it connected to before NAT changed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientEnds {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub original: Option<SocketAddr>,
+}
+
+impl ClientEnds {
+    fn dsts(&self) -> impl Iterator<Item = SocketAddr> {
+        std::iter::once(self.local).chain(self.original)
+    }
+}
+
+/// A connect to a backend on this host, in progress: its socket's local address is known
+/// only once it completes, so a client that may be that connection waits for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    backend: SocketAddr,
+    n: u64,
+}
+
+/// The connects a client waits for: those to the addresses it came to that were in
+/// progress when it arrived (numbers below the mark, per address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Barrier([Option<(SocketAddr, u64)>; 2]);
+
+/// What a client from this host is, as far as the table can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// One of the balancer's own backend connections: a loop.
+    Loop,
+    /// Not known yet: ask again ([`LoopTable::recheck`]) once these connects are done.
+    Wait(Barrier),
+    /// An ordinary client.
+    Clear,
+}
+
+/// Connects in progress to one backend address: the next number, and those not done.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    open: BTreeSet<u64>,
+}
+
+/// A recorded client, and whether a backend connection of ours found it was itself.
+#[derive(Default)]
+struct Client {
+    count: u32,
+    looped: bool,
+}
+
 /// One shard: the balancer's backend connections (local address -> the backend address it
-/// went to) and its clients from local addresses (client address -> the address they came
-/// to), each with a count (the same pair may be open twice in a row briefly).
+/// went to) with a count (the same pair may be open twice in a row briefly), its clients
+/// from local addresses (client address -> the address they came to), and connects in
+/// progress to local backends (by backend address).
 #[derive(Default)]
 struct Shard {
     outgoing: HashMap<(SocketAddr, SocketAddr), u32>,
-    incoming: HashMap<(SocketAddr, SocketAddr), u32>,
+    incoming: HashMap<(SocketAddr, SocketAddr), Client>,
+    pending: HashMap<SocketAddr, Pending>,
 }
 
 /// Connections with both ends on this host, shared by the workers.
+///
+/// The check has no race: a backend connection takes a [`Ticket`] before its connect is
+/// submitted and gives it back only after recording its local address. A client that
+/// arrives while connects to its destination are in progress waits until those are done
+/// ([`Verdict::Wait`]), so the connection it may be is recorded by the time it is judged.
+/// The loop is cut at its first turn.
 #[derive(Default)]
 pub struct LoopTable {
     shards: [Mutex<Shard>; SHARDS],
@@ -110,50 +171,100 @@ impl std::fmt::Debug for LoopTable {
 }
 
 impl LoopTable {
-    fn shard(&self, local_end: SocketAddr) -> std::sync::MutexGuard<'_, Shard> {
-        let i = (local_end.port() as usize) % SHARDS;
+    /// The shard of an address: the local end of a connection, or a backend's address.
+    fn shard(&self, addr: SocketAddr) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (addr.port() as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A connect to `backend` (on this host) is about to be submitted.
+    pub fn connect_started(&self, backend: SocketAddr) -> Ticket {
+        let mut s = self.shard(backend);
+        let p = s.pending.entry(backend).or_default();
+        let n = p.next;
+        p.next += 1;
+        p.open.insert(n);
+        Ticket { backend, n }
+    }
+
+    /// The connect of `ticket` is done: failed, or its local address recorded
+    /// ([`LoopTable::outgoing`]) first.
+    pub fn connect_done(&self, ticket: Ticket) {
+        let mut s = self.shard(ticket.backend);
+        if let Some(p) = s.pending.get_mut(&ticket.backend) {
+            p.open.remove(&ticket.n);
+            if p.open.is_empty() {
+                s.pending.remove(&ticket.backend);
+            }
+        }
+    }
+
     /// A backend connection from `local` to `backend` is open. Returns true when a client
-    /// from `local` to `backend` was recorded already: the connection is a loop.
+    /// from `local` to `backend` was recorded already: the connection is a loop (and that
+    /// client is marked as one).
     pub fn outgoing(&self, local: SocketAddr, backend: SocketAddr) -> bool {
         let key = (local, backend);
         let mut s = self.shard(local);
         *s.outgoing.entry(key).or_default() += 1;
-        s.incoming.contains_key(&key)
-    }
-
-    /// A client from `peer` to our `local` address was accepted; `original` is the address
-    /// it connected to before NAT, if NAT changed it. Returns true when it is one of the
-    /// balancer's own backend connections.
-    pub fn incoming(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        original: Option<SocketAddr>,
-    ) -> bool {
-        let mut s = self.shard(peer);
-        let mut own = false;
-        for dst in std::iter::once(local).chain(original) {
-            *s.incoming.entry((peer, dst)).or_default() += 1;
-            own |= s.outgoing.contains_key(&(peer, dst));
+        match s.incoming.get_mut(&key) {
+            Some(c) => {
+                c.looped = true;
+                true
+            }
+            None => false,
         }
-        own
     }
 
-    /// Whether a client from `peer` to `local` (or `original` before NAT) is one of the
-    /// balancer's backend connections, without recording anything.
-    pub fn is_outgoing(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        original: Option<SocketAddr>,
-    ) -> bool {
-        let s = self.shard(peer);
-        std::iter::once(local)
-            .chain(original)
-            .any(|dst| s.outgoing.contains_key(&(peer, dst)))
+    /// A client from this host was accepted: record it, and judge it.
+    pub fn incoming(&self, ends: ClientEnds) -> Verdict {
+        // In-progress connects first: one done by now has recorded its address already.
+        let barrier = self.barrier(ends);
+        let mut s = self.shard(ends.peer);
+        let mut own = false;
+        for dst in ends.dsts() {
+            s.incoming.entry((ends.peer, dst)).or_default().count += 1;
+            own |= s.outgoing.contains_key(&(ends.peer, dst));
+        }
+        drop(s);
+        match barrier {
+            _ if own => Verdict::Loop,
+            Some(b) => Verdict::Wait(b),
+            None => Verdict::Clear,
+        }
+    }
+
+    /// Judges again a client that was told to wait.
+    pub fn recheck(&self, ends: ClientEnds, barrier: Barrier) -> Verdict {
+        let waiting = barrier.0.iter().flatten().any(|&(dst, mark)| {
+            self.shard(dst)
+                .pending
+                .get(&dst)
+                .and_then(|p| p.open.first())
+                .is_some_and(|&n| n < mark)
+        });
+        let s = self.shard(ends.peer);
+        let own = ends.dsts().any(|dst| {
+            let key = (ends.peer, dst);
+            s.outgoing.contains_key(&key) || s.incoming.get(&key).is_some_and(|c| c.looped)
+        });
+        match () {
+            _ if own => Verdict::Loop,
+            _ if waiting => Verdict::Wait(barrier),
+            _ => Verdict::Clear,
+        }
+    }
+
+    /// The connects in progress to the client's destinations, if any.
+    fn barrier(&self, ends: ClientEnds) -> Option<Barrier> {
+        let mut b = Barrier::default();
+        let mut any = false;
+        for (i, dst) in ends.dsts().enumerate() {
+            if let Some(p) = self.shard(dst).pending.get(&dst) {
+                b.0[i] = Some((dst, p.next));
+                any = true;
+            }
+        }
+        any.then_some(b)
     }
 
     /// Forgets a backend connection recorded by [`LoopTable::outgoing`].
@@ -162,15 +273,16 @@ impl LoopTable {
     }
 
     /// Forgets a client recorded by [`LoopTable::incoming`].
-    pub fn incoming_closed(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        original: Option<SocketAddr>,
-    ) {
-        let mut s = self.shard(peer);
-        for dst in std::iter::once(local).chain(original) {
-            remove(&mut s.incoming, (peer, dst));
+    pub fn incoming_closed(&self, ends: ClientEnds) {
+        let mut s = self.shard(ends.peer);
+        for dst in ends.dsts() {
+            let key = (ends.peer, dst);
+            if let Some(c) = s.incoming.get_mut(&key) {
+                c.count -= 1;
+                if c.count == 0 {
+                    s.incoming.remove(&key);
+                }
+            }
         }
     }
 
@@ -180,7 +292,7 @@ impl LoopTable {
             .iter()
             .map(|s| {
                 let s = s.lock().unwrap_or_else(|p| p.into_inner());
-                s.outgoing.len() + s.incoming.len()
+                s.outgoing.len() + s.incoming.len() + s.pending.len()
             })
             .sum()
     }
@@ -251,21 +363,28 @@ mod tests {
         );
     }
 
+    fn client(peer: &str, local: &str, original: Option<&str>) -> ClientEnds {
+        ClientEnds {
+            peer: a(peer),
+            local: a(local),
+            original: original.map(a),
+        }
+    }
+
     #[test]
     fn whichever_side_comes_second_sees_the_loop() {
         let t = LoopTable::default();
         let (ours, lb) = (a("127.0.0.1:40000"), a("127.0.0.1:8080"));
+        let c = client("127.0.0.1:40000", "127.0.0.1:8080", None);
         assert!(!t.outgoing(ours, lb));
-        assert!(t.incoming(ours, lb, None));
+        assert_eq!(t.incoming(c), Verdict::Loop);
         t.outgoing_closed(ours, lb);
-        t.incoming_closed(ours, lb, None);
+        t.incoming_closed(c);
         assert!(t.is_empty());
-        assert!(!t.incoming(ours, lb, None));
+        assert_eq!(t.incoming(c), Verdict::Clear);
         assert!(t.outgoing(ours, lb));
-        assert!(
-            !t.incoming(a("127.0.0.1:40001"), lb, None),
-            "another client"
-        );
+        let other = client("127.0.0.1:40001", "127.0.0.1:8080", None);
+        assert_eq!(t.incoming(other), Verdict::Clear, "another client");
         assert!(!t.outgoing(ours, a("127.0.0.1:9000")), "another backend");
     }
 
@@ -273,16 +392,62 @@ mod tests {
     fn a_loop_through_nat_is_seen_by_the_address_before_nat() {
         let t = LoopTable::default();
         // We connect to 127.0.0.1:9999, which a REDIRECT rule sends to our 8080.
-        let (ours, backend, lb) = (
-            a("127.0.0.1:40000"),
-            a("127.0.0.1:9999"),
-            a("127.0.0.1:8080"),
-        );
+        let (ours, backend) = (a("127.0.0.1:40000"), a("127.0.0.1:9999"));
         assert!(!t.outgoing(ours, backend));
-        assert!(t.incoming(ours, lb, Some(backend)));
+        let nat = client("127.0.0.1:40000", "127.0.0.1:8080", Some("127.0.0.1:9999"));
+        assert_eq!(t.incoming(nat), Verdict::Loop);
         // The same port used by an unrelated client to us is no loop.
         let t = LoopTable::default();
         assert!(!t.outgoing(ours, backend));
-        assert!(!t.incoming(ours, lb, None));
+        let direct = client("127.0.0.1:40000", "127.0.0.1:8080", None);
+        assert_eq!(t.incoming(direct), Verdict::Clear);
+    }
+
+    #[test]
+    fn a_client_that_arrives_before_its_connect_is_recorded_waits_for_it() {
+        let t = LoopTable::default();
+        let backend = a("127.0.0.1:9999");
+        let ticket = t.connect_started(backend);
+        // NAT delivered our connection as a client before its completion was handled.
+        let nat = client("127.0.0.1:40000", "127.0.0.1:8080", Some("127.0.0.1:9999"));
+        let Verdict::Wait(barrier) = t.incoming(nat) else {
+            panic!("must wait for the connect in progress");
+        };
+        // A connect begun after the client arrived is not waited for.
+        let later = t.connect_started(backend);
+        assert_eq!(t.recheck(nat, barrier), Verdict::Wait(barrier));
+        // Its completion records it, and finds the client it became.
+        assert!(t.outgoing(a("127.0.0.1:40000"), backend));
+        t.connect_done(ticket);
+        assert_eq!(t.recheck(nat, barrier), Verdict::Loop);
+        t.connect_done(later);
+        t.outgoing_closed(a("127.0.0.1:40000"), backend);
+        // The loop was marked on the client: cutting our side does not clear it.
+        assert_eq!(t.recheck(nat, barrier), Verdict::Loop);
+        t.incoming_closed(nat);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_client_waits_only_for_connects_to_where_it_came() {
+        let t = LoopTable::default();
+        let ticket = t.connect_started(a("127.0.0.1:7000"));
+        let c = client("127.0.0.1:40000", "127.0.0.1:8080", Some("127.0.0.1:9999"));
+        assert_eq!(t.incoming(c), Verdict::Clear);
+        let d = client("127.0.0.1:40001", "127.0.0.1:8080", None);
+        assert_eq!(t.incoming(d), Verdict::Clear);
+        t.connect_done(ticket);
+        // A connect that failed leaves no verdict behind.
+        let ticket = t.connect_started(a("127.0.0.1:9999"));
+        let e = client("127.0.0.1:40002", "127.0.0.1:8080", Some("127.0.0.1:9999"));
+        let Verdict::Wait(b) = t.incoming(e) else {
+            panic!("must wait")
+        };
+        t.connect_done(ticket);
+        assert_eq!(t.recheck(e, b), Verdict::Clear);
+        for x in [c, d, e] {
+            t.incoming_closed(x);
+        }
+        assert!(t.is_empty());
     }
 }

@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::conn::Conn;
 use super::token::{OpKind, Token};
 use super::{Slot, Worker, WorkerStats};
+use crate::loops::{ClientEnds, Verdict};
 use crate::net;
 use crate::uring::Completion;
 
@@ -146,15 +147,22 @@ impl Worker {
         self.open += 1;
         let (fwd, now) = (self.fwd, self.now_ns);
         self.slots[slot].conn.open(fd, peer, fwd, now);
-        if self.is_own_connection(slot, listener) {
-            WorkerStats::add(&self.stats().loops, 1);
-            tracing::warn!(
-                worker = self.index,
-                client = ?peer,
-                "a backend leads back to this balancer: its connection is refused"
-            );
-            return self.abort(slot, true);
+        match self.judge_local_client(slot, listener) {
+            Verdict::Loop => self.cut_loop(slot),
+            Verdict::Wait(barrier) => {
+                // It may be one of our own connects in progress: judged once they are done.
+                self.slots[slot].waiting = Some(barrier);
+                let gen = self.slots[slot].gen;
+                self.loop_waits.push((slot as u32, gen));
+            }
+            Verdict::Clear => self.start(slot),
         }
+    }
+
+    /// A client judged no loop: read the upstream balancer's PROXY header, or apply the
+    /// limits and connect it to a backend.
+    fn start(&mut self, slot: usize) {
+        let peer = self.slots[slot].conn.client_addr;
         if peer.is_some_and(|a| self.snapshot.trusts_proxy(&a)) {
             // The upstream balancer's header comes first; it may change the client address
             // that limits and hashing see, so both wait for it.
@@ -167,30 +175,74 @@ impl Worker {
         }
     }
 
+    fn cut_loop(&mut self, slot: usize) {
+        WorkerStats::add(&self.stats().loops, 1);
+        tracing::warn!(
+            worker = self.index,
+            client = ?self.slots[slot].conn.client_addr,
+            "a backend leads back to this balancer: its connection is refused"
+        );
+        self.abort(slot, true);
+    }
+
+    /// Judges again the clients that waited for connects in progress (see
+    /// [`crate::loops`]); called after each batch of completions.
+    pub(super) fn recheck_loop_waits(&mut self) {
+        if self.loop_waits.is_empty() {
+            return;
+        }
+        for (slot, gen) in std::mem::take(&mut self.loop_waits) {
+            let slot = slot as usize;
+            let s = &self.slots[slot];
+            let (Some(barrier), Some(ends)) = (s.waiting, s.incoming) else {
+                continue;
+            };
+            if !s.in_use || s.gen != gen {
+                continue;
+            }
+            match self.shared.loops.recheck(ends, barrier) {
+                Verdict::Wait(_) => self.loop_waits.push((slot as u32, gen)),
+                Verdict::Loop => {
+                    self.slots[slot].waiting = None;
+                    self.cut_loop(slot);
+                }
+                Verdict::Clear => {
+                    self.slots[slot].waiting = None;
+                    self.start(slot);
+                }
+            }
+        }
+    }
+
     /// A client from one of this host's addresses may be one of the balancer's own backend
-    /// connections coming back: record it, and say whether it is (see [`crate::loops`]).
-    fn is_own_connection(&mut self, slot: usize, listener: usize) -> bool {
+    /// connections coming back: record it, and judge it (see [`crate::loops`]).
+    fn judge_local_client(&mut self, slot: usize, listener: usize) -> Verdict {
         let Some(peer) = self.slots[slot].conn.client_addr else {
-            return false;
+            return Verdict::Clear;
         };
         if !self.snapshot.is_local(peer.ip()) {
-            return false;
+            return Verdict::Clear;
         }
         let bound = self.listeners[listener].addr;
         let Some(client) = self.slots[slot].conn.client() else {
-            return false;
+            return Verdict::Clear;
         };
         let local = if bound.ip().is_unspecified() {
             match net::local_addr(client) {
                 Some(a) => a,
-                None => return false,
+                None => return Verdict::Clear,
             }
         } else {
             bound
         };
         let original = net::original_dst(client, local).filter(|&o| o != local);
-        self.slots[slot].incoming = Some((peer, local, original));
-        self.shared.loops.incoming(peer, local, original)
+        let ends = ClientEnds {
+            peer,
+            local,
+            original,
+        };
+        self.slots[slot].incoming = Some(ends);
+        self.shared.loops.incoming(ends)
     }
 
     /// Applies the per-source limits to the connection's client address; a refused client
@@ -234,6 +286,8 @@ impl Worker {
                 conn: Conn::new(),
                 incoming: None,
                 outgoing: None,
+                ticket: None,
+                waiting: None,
             });
             self.slots.len() - 1
         } else {

@@ -51,6 +51,13 @@ impl Worker {
             }
         };
         net::set_nodelay(&sock);
+        if target.local {
+            // Before the connect is submitted: a client it may turn into waits for it.
+            let ticket = self.shared.loops.connect_started(target.addr);
+            if let Some(old) = self.slots[slot].ticket.replace(ticket) {
+                self.shared.loops.connect_done(old);
+            }
+        }
         self.shared
             .counters
             .get(target.id)
@@ -139,7 +146,9 @@ impl Worker {
             if let Ok(mut h) = self.stats().connect_us.lock() {
                 h.saturating_record((took / 1000).max(1));
             }
-            if self.is_loop(slot) || self.client_is_own_connection(slot) {
+            let looped = self.is_loop(slot);
+            self.connect_done(slot);
+            if looped {
                 WorkerStats::add(&self.stats().loops, 1);
                 tracing::warn!(
                     worker = self.index,
@@ -165,6 +174,7 @@ impl Worker {
                 "connect failed: {}",
                 std::io::Error::from_raw_os_error(-res)
             );
+            self.connect_done(slot);
             let left = self.slots[slot].conn.connect_failed(&mut self.actions);
             self.let_go(left);
             self.perform(slot);
@@ -190,16 +200,12 @@ impl Worker {
         self.shared.loops.outgoing(local, backend)
     }
 
-    /// A second look at a client from this host, now that its own backend connect is done:
-    /// the balancer's connection it may be has been recorded by now even if it was not
-    /// when the client was accepted (the two completions race), so a loop ends within a
-    /// turn or two instead of growing while each turn's check comes too early.
-    fn client_is_own_connection(&self, slot: usize) -> bool {
-        self.slots[slot]
-            .incoming
-            .is_some_and(|(peer, local, original)| {
-                self.shared.loops.is_outgoing(peer, local, original)
-            })
+    /// Gives back the slot's connect ticket (after its address is recorded, if it
+    /// connected): clients waiting for it can be judged.
+    fn connect_done(&mut self, slot: usize) {
+        if let Some(ticket) = self.slots[slot].ticket.take() {
+            self.shared.loops.connect_done(ticket);
+        }
     }
 
     /// Gives back the active-connection count of a backend the connection let go of.

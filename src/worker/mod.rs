@@ -115,8 +115,12 @@ struct Slot {
     conn: Conn,
     /// Recorded in the loop table: the client (peer, our address, the address before NAT)
     /// and the backend connection (our address, backend), both ends local.
-    incoming: Option<(SocketAddr, SocketAddr, Option<SocketAddr>)>,
+    incoming: Option<crate::loops::ClientEnds>,
     outgoing: Option<(SocketAddr, SocketAddr)>,
+    /// The connect in progress to a backend on this host (see [`crate::loops`]).
+    ticket: Option<crate::loops::Ticket>,
+    /// A client from this host waiting to be judged until these connects are done.
+    waiting: Option<crate::loops::Barrier>,
 }
 
 /// The per-worker event loop.
@@ -154,6 +158,8 @@ pub struct Worker {
     due: Vec<usize>,
     /// Connections waiting for a backend below its max-conns (slot, generation).
     queue: Vec<(u32, u32)>,
+    /// Clients from this host waiting to be judged (slot, generation): see [`crate::loops`].
+    loop_waits: Vec<(u32, u32)>,
     next_prune_ns: u64,
     next_reclaim_ns: u64,
     /// Rate-limited warnings: none before this time.
@@ -215,6 +221,7 @@ impl Worker {
             local: Vec::with_capacity(64),
             due: Vec::new(),
             queue: Vec::new(),
+            loop_waits: Vec::new(),
             next_prune_ns: 0,
             next_reclaim_ns: 0,
             next_warn_ns: 0,
@@ -256,6 +263,7 @@ impl Worker {
                 self.dispatch(c);
             }
             self.dispatch_local();
+            self.recheck_loop_waits();
             if self.ring.cq_backlogged() {
                 WorkerStats::add(&self.stats().cq_backlogged, 1);
             }
@@ -495,9 +503,13 @@ impl Worker {
 
     fn forget_loop_entries(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        if let Some((peer, local, original)) = s.incoming.take() {
-            self.shared.loops.incoming_closed(peer, local, original);
+        if let Some(ends) = s.incoming.take() {
+            self.shared.loops.incoming_closed(ends);
         }
+        if let Some(ticket) = s.ticket.take() {
+            self.shared.loops.connect_done(ticket);
+        }
+        s.waiting = None;
         if let Some((local, backend)) = s.outgoing.take() {
             self.shared.loops.outgoing_closed(local, backend);
         }

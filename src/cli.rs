@@ -1,4 +1,4 @@
-//! Command-line flags (DESIGN.md section 6). This module only declares the flags; value
+//! Command-line flags (README "Flags"). This module only declares the flags; value
 //! parsing, the TOML file, merging and validation are in [`crate::config`], shared with
 //! the config file so a value means the same thing in both.
 //!

@@ -77,7 +77,7 @@ pub enum Workers {
 }
 
 impl Default for Config {
-    /// The documented defaults (DESIGN.md section 6) with no backends.
+    /// The documented defaults (README "Flags") with no backends.
     fn default() -> Self {
         Config {
             listen: vec!["127.0.0.1:8080".parse().expect("literal address")],

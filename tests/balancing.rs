@@ -299,7 +299,7 @@ fn source_hash_mapping_is_stable_for_256_clients() {
     assert_eq!(h.len(), 3, "{h:?}");
 }
 
-/// DESIGN.md section 8: two instances with the same backends, listed in different orders,
+/// Consistent hashing across instances: two instances with the same backends, listed in different orders,
 /// send each of 256 client IPs to the same backend without sharing anything.
 #[test]
 fn maglev_two_instances_agree_on_256_clients() {

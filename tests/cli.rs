@@ -1,7 +1,7 @@
 //! The command line through the real binary: `--check`, bad input, config files.
 //!
 //! Every failure must be exit status 2 and exactly one line on stderr that names the
-//! flag or the file:line:column (DESIGN.md section 6).
+//! flag or the file:line:column (README "Flags").
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

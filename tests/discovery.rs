@@ -372,7 +372,7 @@ fn resolver_failure_keeps_the_last_set() {
     wait_for_set(&lb, &["a"], 20);
 }
 
-/// DESIGN.md section 8: two instances fed by the same discovery build identical Maglev
+/// Consistent hashing across instances: two instances fed by the same discovery build identical Maglev
 /// tables and send each of 256 client addresses to the same backend.
 #[test]
 fn two_instances_fed_by_the_same_dns_agree_on_256_clients() {

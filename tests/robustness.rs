@@ -534,6 +534,51 @@ fn no_descriptor_for_the_backend_is_counted_and_logged_once_a_second() {
 }
 
 #[test]
+fn a_health_check_without_a_descriptor_is_not_the_backends_failure() {
+    let echo = counting_echo();
+    let b = echo.addr.to_string();
+    let admin_addr = free_addr();
+    let a = admin_addr.to_string();
+    let named = format!("{b},name=web");
+    let lb = Lb::start(&[
+        "--admin",
+        &a,
+        "--backend",
+        &named,
+        "--health",
+        "tcp",
+        "--health-interval",
+        "100ms",
+        "--fall",
+        "1",
+        "--rise",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    let admin = Admin::new(admin_addr);
+    wait_until("the backend up", Duration::from_secs(10), || {
+        admin.backends()["web"]["state"] == "up"
+    });
+    // Not one descriptor left: every check fails at its socket, for our want, not the
+    // backend's. With --fall 1, one such failure counted would take the backend down.
+    let used: std::collections::BTreeSet<usize> =
+        std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    set_nofile(lb.pid(), lowest_free);
+    wait_until("a check that could not run", Duration::from_secs(10), || {
+        lb.log_text().contains("could not run")
+    });
+    set_nofile(lb.pid(), used.len() + 1000);
+    assert_eq!(admin.backends()["web"]["state"], "up");
+    let log = lb.log_text();
+    assert!(!log.contains("up -> down"), "{log}");
+}
+
+#[test]
 fn a_large_max_conns_costs_memory_only_when_used() {
     let echo = counting_echo();
     let b = echo.addr.to_string();

@@ -105,6 +105,9 @@ impl Drop for Checker {
     }
 }
 
+/// How often a probe that cannot run for a local shortage says so.
+const LOCAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// One check of one backend, as [`probe::check`] runs it.
 struct Probe {
     kind: HealthCheck,
@@ -122,20 +125,30 @@ async fn probe_loop(
     results: UnboundedSender<CheckResult>,
 ) {
     let mut at = Instant::now() + offset;
+    let mut next_warn = at;
     loop {
         tokio::time::sleep_until(at).await;
-        let result = probe::check(target.addr, &how.kind, how.timeout, how.proxy)
-            .await
-            .map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::debug!("health check of {} failed: {e}", target.name);
-        }
-        let msg = CheckResult {
-            target: target.clone(),
-            result,
-        };
-        if results.send(msg).is_err() {
-            return;
+        let result = probe::check(target.addr, &how.kind, how.timeout, how.proxy).await;
+        match &result {
+            Err(e) if e.is_local() => {
+                // Our shortage, not the backend's failure: no result either way.
+                if at >= next_warn {
+                    tracing::warn!("health check of {} could not run: {e}", target.name);
+                    next_warn = at + LOCAL_WARN_EVERY;
+                }
+            }
+            _ => {
+                if let Err(e) = &result {
+                    tracing::debug!("health check of {} failed: {e}", target.name);
+                }
+                let msg = CheckResult {
+                    target: target.clone(),
+                    result: result.map_err(|e| e.to_string()),
+                };
+                if results.send(msg).is_err() {
+                    return;
+                }
+            }
         }
         let jitter = 0.9 + 0.2 * unit(next(&mut rng));
         at += interval.mul_f64(jitter);

@@ -7,7 +7,7 @@
 //! workers' connect-time hdrhistograms into fixed Prometheus buckets. Only what the control
 //! thread itself observes (health-check results, reloads) is counted here, in [`Counts`].
 //!
-//! Names are DESIGN.md section 7's. prometheus-client appends `_total` to counters, so
+//! Names are those the README lists under "Metrics". prometheus-client appends `_total` to counters, so
 //! counters are registered without it (`uringlb_connections` is exposed as
 //! `uringlb_connections_total`).
 

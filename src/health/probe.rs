@@ -36,6 +36,20 @@ pub enum ProbeError {
     Status(u16),
 }
 
+impl ProbeError {
+    /// The check could not run for want of a local resource (descriptors, socket buffers,
+    /// memory): it says nothing about the backend, so it is not counted against it.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ProbeError::Connect(e) | ProbeError::Io(e) => matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Runs one check against `addr`, all of it within `timeout`; with `proxy`, the
 /// connection starts with a PROXY header of that version.
 pub async fn check(
@@ -203,6 +217,19 @@ mod tests {
         );
         assert!(parse_status(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_status(b"200 OK HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn only_a_shortage_of_our_own_is_local() {
+        let os = |n| std::io::Error::from_raw_os_error(n);
+        for n in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(ProbeError::Connect(os(n)).is_local(), "{n}");
+        }
+        for n in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert!(!ProbeError::Connect(os(n)).is_local(), "{n}");
+        }
+        assert!(!ProbeError::Status(503).is_local());
+        assert!(!ProbeError::Timeout(Duration::from_secs(1)).is_local());
     }
 
     #[test]

@@ -17,11 +17,18 @@ impl Worker {
     /// client when none is left.
     pub(super) fn connect_next(&mut self, slot: usize) {
         let attempts = self.slots[slot].conn.tried().len() as u32;
-        let pick = if attempts > self.snapshot.retries {
-            None
-        } else {
-            self.pick(slot)
-        };
+        let mut pick = None;
+        if attempts <= self.snapshot.retries {
+            // A place below a backend's max-conns is taken, not just seen: another worker
+            // may take the last one between the pick and the connect; then pick again.
+            for _ in 0..=self.snapshot.backends.len() {
+                pick = self.pick(slot);
+                match pick {
+                    Some(i) if !self.take_place(i) => pick = None,
+                    _ => break,
+                }
+            }
+        }
         let Some(i) = pick else {
             if attempts <= self.snapshot.retries && self.all_eligible_full(slot) {
                 // Every backend it could go to is at its max-conns: wait in line (HAProxy's
@@ -47,6 +54,10 @@ impl Worker {
                 // Out of descriptors or memory: a local failure, not the backend's.
                 WorkerStats::add(&self.stats().local_error, 1);
                 self.warn_rate_limited(&format!("cannot open a backend socket: {e}"));
+                self.let_go(Some(LeftBackend {
+                    id: target.id,
+                    counted: true,
+                }));
                 return self.abort(slot, true);
             }
         };
@@ -58,16 +69,29 @@ impl Worker {
                 self.shared.loops.connect_done(old);
             }
         }
-        self.shared
-            .counters
-            .get(target.id)
-            .active
-            .fetch_add(1, Ordering::Relaxed);
         let now = self.now_ns;
         self.slots[slot]
             .conn
             .connect(target, sock, now, &mut self.actions);
         self.perform(slot);
+    }
+
+    /// Counts a connection to backend `i` in its active connections, unless it is at its
+    /// max-conns (across all workers): returns whether it was counted.
+    fn take_place(&self, i: usize) -> bool {
+        let b = &self.snapshot.backends[i];
+        let active = &self.shared.counters.get(b.id).active;
+        match b.max_conns {
+            None => {
+                active.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(max) => active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < u64::from(max)).then_some(n + 1)
+                })
+                .is_ok(),
+        }
     }
 
     /// No backend was eligible for the slot, and some were left out only for being at

@@ -1,4 +1,4 @@
-//! The routes of DESIGN.md section 7 and their JSON. Bodies are read and parsed here
+//! The admin routes (README "Admin API") and their JSON. Bodies are read and parsed here
 //! rather than by axum's `Json` extractor so that every refusal (wrong content type, too
 //! large, bad JSON, an unknown field) is a JSON error like the others.
 

@@ -1,4 +1,4 @@
-//! The admin HTTP endpoint (`--admin ADDR`, DESIGN.md section 7), served by axum on the
+//! The admin HTTP endpoint (`--admin ADDR`; README "Admin API"), served by axum on the
 //! control thread's runtime. Handlers hold no state of their own: every request becomes a
 //! [`Command`] to the control loop, which owns the backend table, so the API and the
 //! health checks never race, and a change is published to the workers before the API

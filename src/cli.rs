@@ -1,23 +1,15 @@
-//! Command-line flags (README "Flags"). This module only declares the flags; value
-//! parsing, the TOML file, merging and validation are in [`crate::config`], shared with
-//! the config file so a value means the same thing in both.
-//!
-//! Every flag is optional here (no clap defaults) so that "given on the command line" is
-//! visible: only given flags override the file; the defaults fill in after both.
+//! The command line (README "Flags"): `--check`, `--config`, the `demo` subcommand, and
+//! the settings' flags, which are declared with the settings in [`crate::config`] (shared
+//! with the config file so a value means the same thing in both). Errors become one line.
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 
-use crate::config::{
-    self, AdminToken, Algorithm, BackendSpec, Config, ForwardMode, HashKey, HealthCheck,
-    PartialConfig, ProxyProtocol, Workers,
-};
+use crate::config::{self, Config};
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -67,213 +59,15 @@ struct Args {
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Address to accept clients on (repeatable) [default: 127.0.0.1:8080]
-    #[arg(short = 'l', long, value_name = "ADDR", value_parser = config::parse_listen)]
-    listen: Vec<SocketAddr>,
-
-    /// Backend server (repeatable): ADDR[,weight=N][,name=S][,max-conns=N]
-    #[arg(short = 'b', long, value_name = "SPEC", value_parser = config::parse_backend)]
-    backend: Vec<BackendSpec>,
-
-    /// Balancing algorithm: round-robin, weighted-round-robin, random, weighted-random,
-    /// least-conn, p2c, least-time, source-hash, maglev, ring-hash [default: round-robin]
-    #[arg(short = 'a', long, value_name = "NAME", value_parser = config::parse_algorithm)]
-    algorithm: Option<Algorithm>,
-
-    /// Worker threads; auto = CPUs in this process's affinity mask [default: auto]
-    #[arg(short = 'w', long, value_name = "N|auto", value_parser = config::parse_workers)]
-    workers: Option<Workers>,
-
-    /// Pin each worker to one CPU (the default)
-    #[arg(long, overrides_with = "no_pin")]
-    pin: bool,
-
-    /// Do not pin workers to CPUs
-    #[arg(long, overrides_with = "pin")]
-    no_pin: bool,
-
-    /// How bytes are forwarded: copy, splice or auto [default: auto]
-    #[arg(long, value_name = "MODE", value_parser = config::parse_forward)]
-    forward: Option<ForwardMode>,
-
-    /// Backend connect timeout [default: 2s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
-    connect_timeout: Option<Duration>,
-
-    /// Close a connection idle in both directions this long [default: 5m]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
-    idle_timeout: Option<Duration>,
-
-    /// Other backends tried after a failed connect, 0-100 [default: 2]
-    #[arg(long, value_name = "N", value_parser = config::parse_retries)]
-    retries: Option<u32>,
-
-    /// Client connections for the whole balancer [default: derived from RLIMIT_NOFILE]
-    #[arg(long, value_name = "N", value_parser = config::parse_max_conns)]
-    max_conns: Option<usize>,
-
-    /// Active health check: tcp, http:PATH or none [default: tcp]
-    #[arg(long, value_name = "CHECK", value_parser = config::parse_health)]
-    health: Option<HealthCheck>,
-
-    /// Time between health checks of one backend [default: 2s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
-    health_interval: Option<Duration>,
-
-    /// Health check timeout [default: 1s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
-    health_timeout: Option<Duration>,
-
-    /// Consecutive passed checks that bring a backend up [default: 2]
-    #[arg(long, value_name = "N", value_parser = config::parse_rise_fall)]
-    rise: Option<u32>,
-
-    /// Consecutive failed checks that take a backend down [default: 3]
-    #[arg(long, value_name = "N", value_parser = config::parse_rise_fall)]
-    fall: Option<u32>,
-
-    /// Consecutive connect failures that eject a backend; 0 = never [default: 5]
-    #[arg(long, value_name = "N", value_parser = config::parse_eject_after)]
-    eject_after: Option<u32>,
-
-    /// First ejection's length; doubles with each further one [default: 30s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
-    eject_base: Option<Duration>,
-
-    /// Longest ejection [default: 300s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
-    eject_max: Option<Duration>,
-
-    /// Ramp a recovered backend's weight from 10% to 100% over DUR; 0s = off [default: 0s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
-    slow_start: Option<Duration>,
-
-    /// Key for the hashing algorithms: source-ip or source-ip-port [default: source-ip]
-    #[arg(long, value_name = "KEY", value_parser = config::parse_hash_key)]
-    hash_key: Option<HashKey>,
-
-    /// Bounded loads for the hashing algorithms: skip a backend above PERCENT of the mean
-    /// (at least 100) [default: unbounded]
-    #[arg(long, value_name = "PERCENT", value_parser = config::parse_hash_balance_factor)]
-    hash_balance_factor: Option<u32>,
-
-    /// Send a PROXY protocol header to backends: v1 or v2 [default: off]
-    #[arg(long, value_name = "VERSION", value_parser = config::parse_proxy_protocol)]
-    proxy_protocol: Option<ProxyProtocol>,
-
-    /// Discover backends: dns-srv:NAME[@RESOLVER]
-    #[arg(long, value_name = "SOURCE", value_parser = config::parse_discovery)]
-    discovery: Option<String>,
-
-    /// How often discovery re-resolves [default: 5s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_positive_duration)]
-    discovery_interval: Option<Duration>,
-
-    /// Admin and metrics HTTP endpoint [default: off]
-    #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
-    admin: Option<SocketAddr>,
-
-    /// Bearer token the admin endpoint requires for everything but GET /health
-    /// (visible in `ps`: prefer admin_token in a config file readable only by its owner)
-    /// [default: none]
-    #[arg(long, value_name = "TOKEN", value_parser = config::parse_admin_token)]
-    admin_token: Option<AdminToken>,
-
-    /// Drain time on SIGTERM/SIGINT [default: 30s]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
-    grace: Option<Duration>,
-
-    /// error, warn, info, debug or trace [default: info]
-    #[arg(long, value_name = "LEVEL", value_parser = config::parse_log_level)]
-    log_level: Option<String>,
-
-    /// Maglev lookup table size, a prime [default: 65537]
-    #[arg(long, value_name = "N", value_parser = config::parse_maglev_table_size)]
-    maglev_table_size: Option<u64>,
-
-    /// Read a PROXY protocol header (v1 or v2) from clients in these networks and use the
-    /// address it carries; from anywhere else a header is data [default: none]
-    #[arg(
-        long,
-        value_name = "CIDR[,CIDR...]",
-        value_delimiter = ',',
-        value_parser = config::parse_cidr
-    )]
-    accept_proxy: Vec<ipnet::IpNet>,
-
-    /// Open connections per client IP, across workers; more are refused [default: unlimited]
-    #[arg(long, value_name = "N", value_parser = config::parse_max_conns_per_source)]
-    max_conns_per_source: Option<u32>,
-
-    /// New connections per second per client IP; more are refused [default: unlimited]
-    #[arg(long, value_name = "N", value_parser = config::parse_max_conn_rate_per_source)]
-    max_conn_rate_per_source: Option<u32>,
-
-    /// Splice pipes per worker; when all are busy a chunk is copied; 0 = never splice
-    /// [default: 256]
-    #[arg(long, value_name = "N", value_parser = config::parse_splice_pipes)]
-    splice_pipes: Option<usize>,
+    /// Every setting's flag, declared with the setting in `config::settings`.
+    #[command(flatten)]
+    settings: config::Flags,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start embedded backends, the balancer and a short load; print a report
     Demo,
-}
-
-impl Args {
-    /// The flags that were given, as overrides for the file.
-    fn overrides(self) -> PartialConfig {
-        let pin = match (self.pin, self.no_pin) {
-            (true, _) => Some(true),
-            (_, true) => Some(false),
-            _ => None,
-        };
-        PartialConfig {
-            listen: non_empty(self.listen),
-            backends: non_empty(self.backend),
-            algorithm: self.algorithm,
-            workers: self.workers,
-            pin,
-            forward: self.forward,
-            connect_timeout: self.connect_timeout,
-            idle_timeout: self.idle_timeout,
-            retries: self.retries,
-            max_conns: self.max_conns,
-            health: self.health,
-            health_interval: self.health_interval,
-            health_timeout: self.health_timeout,
-            rise: self.rise,
-            fall: self.fall,
-            eject_after: self.eject_after,
-            eject_base: self.eject_base,
-            eject_max: self.eject_max,
-            slow_start: self.slow_start,
-            hash_key: self.hash_key,
-            hash_balance_factor: self.hash_balance_factor,
-            proxy_protocol: self.proxy_protocol,
-            discovery: self.discovery,
-            discovery_interval: self.discovery_interval,
-            admin: self.admin,
-            admin_token: self.admin_token,
-            grace: self.grace,
-            log_level: self.log_level,
-            maglev_table_size: self.maglev_table_size,
-            accept_proxy: non_empty(self.accept_proxy),
-            max_conns_per_source: self.max_conns_per_source,
-            max_conn_rate_per_source: self.max_conn_rate_per_source,
-            splice_pipes: self.splice_pipes,
-        }
-    }
-}
-
-/// A repeatable flag given zero times says nothing (the file's list stands).
-fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
-    if v.is_empty() {
-        None
-    } else {
-        Some(v)
-    }
 }
 
 /// Parses `args` (the first one is the program name) into an [`Invocation`], reading and
@@ -289,7 +83,7 @@ where
     }
     let check = args.check;
     let file = args.config.clone();
-    let cfg = config::load(file.as_deref(), args.overrides())
+    let cfg = config::load(file.as_deref(), args.settings.into_partial())
         .map_err(|e| CliError::usage(format!("error: {e}")))?;
     Ok(if check {
         Invocation::Check(cfg)
@@ -382,6 +176,11 @@ fn strip_value_names(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{
+        AdminToken, Algorithm, ForwardMode, HashKey, HealthCheck, ProxyProtocol, ServiceSettings,
+        Workers,
+    };
+    use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<Invocation, CliError> {
         parse_from(std::iter::once("uringlb").chain(args.iter().copied()))
@@ -410,12 +209,15 @@ mod tests {
     fn defaults_with_one_backend() {
         let c = config_of(&["-b", "127.0.0.1:9001"]);
         let expected = Config {
-            backends: c.backends.clone(),
+            service: ServiceSettings {
+                backends: c.service.backends.clone(),
+                ..ServiceSettings::default()
+            },
             overrides: c.overrides.clone(),
             ..Config::default()
         };
         assert_eq!(c, expected);
-        assert_eq!(c.backends[0].name, "127.0.0.1:9001");
+        assert_eq!(c.service.backends[0].name, "127.0.0.1:9001");
     }
 
     #[test]
@@ -475,32 +277,32 @@ mod tests {
             "--maglev-table-size",
             "251",
         ]);
-        assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.backends[0].weight, 3);
-        assert_eq!(c.backends[0].name, "a");
-        assert_eq!(c.backends[1].max_conns, Some(10));
-        assert_eq!(c.algorithm, Algorithm::Maglev);
+        assert_eq!(c.service.listen.len(), 2);
+        assert_eq!(c.service.backends[0].weight, 3);
+        assert_eq!(c.service.backends[0].name, "a");
+        assert_eq!(c.service.backends[1].max_conns, Some(10));
+        assert_eq!(c.service.algorithm, Algorithm::Maglev);
         assert_eq!(c.workers, Workers::Count(4));
         assert!(!c.pin);
         assert_eq!(c.forward, ForwardMode::Splice);
-        assert_eq!(c.connect_timeout, Duration::from_millis(500));
-        assert_eq!(c.idle_timeout, Duration::from_secs(3600));
-        assert_eq!(c.retries, 0);
+        assert_eq!(c.service.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.service.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.service.retries, 0);
         assert_eq!(c.max_conns, Some(1000));
-        assert_eq!(c.health, HealthCheck::Http("/healthz".into()));
-        assert_eq!(c.health_interval, Duration::from_secs(5));
-        assert_eq!(c.health_timeout, Duration::from_secs(2));
-        assert_eq!((c.rise, c.fall), (1, 5));
-        assert_eq!(c.hash_key, HashKey::SourceIpPort);
-        assert_eq!(c.hash_balance_factor, Some(125));
-        assert_eq!(c.proxy_protocol, Some(ProxyProtocol::V2));
-        assert!(c.discovery.is_some());
-        assert_eq!(c.discovery_interval, Duration::from_secs(30));
+        assert_eq!(c.service.health, HealthCheck::Http("/healthz".into()));
+        assert_eq!(c.service.health_interval, Duration::from_secs(5));
+        assert_eq!(c.service.health_timeout, Duration::from_secs(2));
+        assert_eq!((c.service.rise, c.service.fall), (1, 5));
+        assert_eq!(c.service.hash_key, HashKey::SourceIpPort);
+        assert_eq!(c.service.hash_balance_factor, Some(125));
+        assert_eq!(c.service.proxy_protocol, Some(ProxyProtocol::V2));
+        assert!(c.service.discovery.is_some());
+        assert_eq!(c.service.discovery_interval, Duration::from_secs(30));
         assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
         assert_eq!(c.admin_token.as_ref().map(AdminToken::expose), Some("tok"));
         assert_eq!(c.grace, Duration::ZERO);
         assert_eq!(c.log_level, "debug");
-        assert_eq!(c.maglev_table_size, 251);
+        assert_eq!(c.service.maglev_table_size, 251);
     }
 
     #[test]
@@ -594,17 +396,21 @@ mod tests {
         std::fs::write(&path, toml).expect("write temp file");
         let p = path.to_str().expect("utf-8 temp path");
         let c = config_of(&["-c", p, "-a", "p2c"]);
-        assert_eq!(c.algorithm, Algorithm::P2c);
-        assert_eq!(c.retries, 5);
-        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.service.algorithm, Algorithm::P2c);
+        assert_eq!(c.service.retries, 5);
+        assert_eq!(c.service.backends.len(), 2);
         let c = config_of(&["-c", p, "-b", "127.0.0.1:9100"]);
-        assert_eq!(c.backends.len(), 1, "--backend replaces the file's list");
-        assert_eq!(c.algorithm, Algorithm::Maglev);
+        assert_eq!(
+            c.service.backends.len(),
+            1,
+            "--backend replaces the file's list"
+        );
+        assert_eq!(c.service.algorithm, Algorithm::Maglev);
         assert_eq!(c.config_file.as_deref(), Some(path.as_path()));
         // A reload keeps the command line's override.
         std::fs::write(&path, toml.replace("retries = 5", "retries = 7")).expect("rewrite");
         let r = config::reload(&c).expect("reload");
-        assert_eq!((r.retries, r.backends.len()), (7, 1));
+        assert_eq!((r.service.retries, r.service.backends.len()), (7, 1));
         let _ = std::fs::remove_file(&path);
     }
 }

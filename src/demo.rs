@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use uringlb_testbed::{HttpServer, LoadConfig, Report};
 
-use crate::config::{Algorithm, BackendSpec, Config, HealthCheck, Workers};
+use crate::config::{Algorithm, BackendSpec, Config, HealthCheck, ServiceSettings, Workers};
 use crate::control::StartFailed;
 use crate::server::Server;
 
@@ -42,7 +42,7 @@ pub fn run() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let cfg = Config {
+    let service = ServiceSettings {
         listen: vec!["127.0.0.1:0".parse()?],
         backends: backends
             .iter()
@@ -57,6 +57,11 @@ pub fn run() -> anyhow::Result<()> {
         // The backends are in-process and cannot go away, so health checks would only add
         // noise to the numbers.
         health: HealthCheck::None,
+        algorithm: Algorithm::RoundRobin,
+        ..Default::default()
+    };
+    let cfg = Config {
+        service,
         // The machine this targets has 2 cores, shared by the balancer, three backend
         // threads and the load generator. A second worker mostly steals CPU from them: in
         // trials it gave no more requests/s and ~40% more balancer CPU per request.
@@ -64,7 +69,6 @@ pub fn run() -> anyhow::Result<()> {
         // Pinning is for dedicated cores; here the scheduler must be free to move the
         // worker away from whichever CPU the backends or the load generator are busy on.
         pin: false,
-        algorithm: Algorithm::RoundRobin,
         ..Default::default()
     };
     // StartFailed keeps main's exit status 2 for start-up errors; its message is the
@@ -74,7 +78,7 @@ pub fn run() -> anyhow::Result<()> {
 
     let summary = format!(
         "{BACKENDS} backends, {}, {WORKERS} worker, {CONNECTIONS} keep-alive connections, {:.1}s",
-        cfg.algorithm.name(),
+        cfg.service.algorithm.name(),
         duration.as_secs_f64(),
     );
     // Progress lines follow on stderr; say what they are about first.

@@ -116,7 +116,7 @@ pub fn config_toml(data: &[u8]) {
         Ok(()) => {
             assert!(cfg.clone().validate().is_ok());
             one_line("summary", &config::summary(&cfg));
-            for b in &cfg.backends {
+            for b in &cfg.service.backends {
                 assert_eq!(config::parse_backend_name(&b.name).as_ref(), Ok(&b.name));
                 assert!(b.weight >= 1 && b.weight <= config::MAX_WEIGHT);
             }

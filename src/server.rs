@@ -142,7 +142,7 @@ impl Server {
             state,
             snapshot,
         } = Plan::new(config)?;
-        let (listeners, local_addrs) = bind_all(&config.listen, n_workers)?;
+        let (listeners, local_addrs) = bind_all(&config.service.listen, n_workers)?;
         let shared = Arc::new(Shared::new(n_workers, max_conns, state.counters.clone()));
         let worker_config = WorkerConfig {
             forward: config.forward,
@@ -199,8 +199,8 @@ impl Server {
             workers = n_workers,
             max_conns,
             listen = ?server.local_addrs,
-            backends = config.backends.len(),
-            algorithm = config.algorithm.name(),
+            backends = config.service.backends.len(),
+            algorithm = config.service.algorithm.name(),
             "uringlb running"
         );
         Ok(server)
@@ -376,7 +376,12 @@ impl Plan {
             .max_conns
             .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
         let mut state = PublishState::new(SharedCounters::new());
-        let entries: Vec<BackendEntry> = config.backends.iter().map(BackendEntry::up).collect();
+        let entries: Vec<BackendEntry> = config
+            .service
+            .backends
+            .iter()
+            .map(BackendEntry::up)
+            .collect();
         let snapshot = build_snapshot(&mut state, &entries, &config.policy())?;
         Ok(Plan {
             cpus,

@@ -548,19 +548,22 @@ fn health_is_503_while_stopping() {
 /// The in-process [`Controller`] serves the same API when `admin` is set.
 #[test]
 fn the_in_process_controller_serves_the_api_too() {
-    use uringlb::config::{BackendSpec, Config, HealthCheck, Workers};
+    use uringlb::config::{BackendSpec, Config, HealthCheck, ServiceSettings, Workers};
     let b0 = NameServer::start("127.0.0.1:0", "b0").unwrap();
     let cfg = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        backends: vec![BackendSpec {
-            addr: b0.addr(),
-            weight: 1,
-            name: "b0".into(),
-            max_conns: None,
-            proxy_protocol: None,
-        }],
+        service: ServiceSettings {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            backends: vec![BackendSpec {
+                addr: b0.addr(),
+                weight: 1,
+                name: "b0".into(),
+                max_conns: None,
+                proxy_protocol: None,
+            }],
+            health: HealthCheck::None,
+            ..Default::default()
+        },
         workers: Workers::Count(1),
-        health: HealthCheck::None,
         admin: Some("127.0.0.1:0".parse().unwrap()),
         ..Config::default()
     };

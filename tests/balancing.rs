@@ -23,7 +23,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use uringlb::config::{Algorithm, BackendSpec, Config, HealthCheck, Workers};
+use uringlb::config::{Algorithm, BackendSpec, Config, HealthCheck, ServiceSettings, Workers};
 use uringlb::server::Server;
 use uringlb_bench::NameServer;
 use util::*;
@@ -100,11 +100,14 @@ fn histogram(names: &[String]) -> BTreeMap<&str, usize> {
 /// An in-process balancer with two workers over `backends`.
 fn start_in_process(algorithm: Algorithm, backends: Vec<BackendSpec>) -> Server {
     let cfg = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        backends,
-        algorithm,
+        service: ServiceSettings {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            backends,
+            algorithm,
+            health: HealthCheck::None,
+            ..Default::default()
+        },
         workers: Workers::Count(2),
-        health: HealthCheck::None,
         ..Default::default()
     };
     Server::start(&cfg).expect("start in-process balancer")
@@ -743,18 +746,21 @@ fn random_choices_do_not_restart_with_each_snapshot() {
         Algorithm::WeightedRoundRobin,
     ] {
         let cfg = Config {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
-            backends: s.iter().map(spec).collect(),
-            algorithm,
+            service: ServiceSettings {
+                listen: vec!["127.0.0.1:0".parse().unwrap()],
+                backends: s.iter().map(spec).collect(),
+                algorithm,
+                health: HealthCheck::None,
+                ..Default::default()
+            },
             workers: Workers::Count(1),
-            health: HealthCheck::None,
             ..Default::default()
         };
         let server = Server::start(&cfg).expect("start");
         let addr = server.local_addrs()[0];
         let mut got: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..40 {
-            publish_and_wait(&server, &cfg.backends);
+            publish_and_wait(&server, &cfg.service.backends);
             let (_c, name) = greet(addr);
             *got.entry(name).or_insert(0) += 1;
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use uringlb::backend::BackendState;
-use uringlb::config::{Config, HealthCheck, Workers};
+use uringlb::config::{Config, HealthCheck, ServiceSettings, Workers};
 use uringlb::control::{AdminState, Controller};
 use uringlb_bench::{HttpServer, NameServer};
 use util::*;
@@ -483,11 +483,14 @@ fn slow_start_ramps_a_recovered_backend() {
 
 fn controller(backends: &[&NameServer], grace: Duration) -> Controller {
     let cfg = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        backends: backends.iter().map(|b| spec(b)).collect(),
+        service: ServiceSettings {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            backends: backends.iter().map(|b| spec(b)).collect(),
+            health: HealthCheck::Tcp,
+            health_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
         workers: Workers::Count(2),
-        health: HealthCheck::Tcp,
-        health_interval: Duration::from_millis(200),
         grace,
         ..Config::default()
     };

@@ -144,10 +144,13 @@ fn new_snapshot_moves_new_connections_open_ones_continue() {
     let old = name_servers(&["b0", "b1"]);
     let new = name_servers(&["n0", "n1"]);
     let cfg = uringlb::config::Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        backends: old.iter().map(spec).collect(),
+        service: uringlb::config::ServiceSettings {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            backends: old.iter().map(spec).collect(),
+            health: uringlb::config::HealthCheck::None,
+            ..Default::default()
+        },
         workers: uringlb::config::Workers::Count(2),
-        health: uringlb::config::HealthCheck::None,
         ..Default::default()
     };
     let server = uringlb::server::Server::start(&cfg).expect("start");

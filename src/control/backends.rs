@@ -182,8 +182,8 @@ impl Table {
             rows: Vec::new(),
             params: config.health_params(),
             grace: config.grace,
-            slow_start: if slow_start::applies_to(config.algorithm) {
-                config.slow_start
+            slow_start: if slow_start::applies_to(config.service.algorithm) {
+                config.service.slow_start
             } else {
                 Duration::ZERO
             },
@@ -192,7 +192,7 @@ impl Table {
             next_generation: 0,
             transitions: Vec::new(),
         };
-        for spec in &config.backends {
+        for spec in &config.service.backends {
             let g = t.generation();
             t.rows.push(Row::new(spec.clone(), ids(&spec.name), g));
         }
@@ -580,8 +580,8 @@ impl Table {
                 }
             }
         }
-        let slow_start = if slow_start::applies_to(config.algorithm) {
-            config.slow_start
+        let slow_start = if slow_start::applies_to(config.service.algorithm) {
+            config.service.slow_start
         } else {
             Duration::ZERO
         };
@@ -623,19 +623,24 @@ impl Table {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{parse_backend, Algorithm, HealthCheck};
+    use crate::config::{parse_backend, Algorithm, HealthCheck, ServiceSettings};
 
     fn config(n: usize) -> Config {
         Config {
-            backends: (0..n)
-                .map(|i| parse_backend(&format!("127.0.0.1:{},name=b{i}", 9000 + i)).expect("spec"))
-                .collect(),
-            health: HealthCheck::Tcp,
-            rise: 2,
-            fall: 2,
-            eject_after: 3,
-            eject_base: Duration::from_secs(10),
-            eject_max: Duration::from_secs(100),
+            service: ServiceSettings {
+                backends: (0..n)
+                    .map(|i| {
+                        parse_backend(&format!("127.0.0.1:{},name=b{i}", 9000 + i)).expect("spec")
+                    })
+                    .collect(),
+                health: HealthCheck::Tcp,
+                rise: 2,
+                fall: 2,
+                eject_after: 3,
+                eject_base: Duration::from_secs(10),
+                eject_max: Duration::from_secs(100),
+                ..Default::default()
+            },
             grace: Duration::from_secs(5),
             ..Config::default()
         }
@@ -796,7 +801,7 @@ pub(crate) mod tests {
         let now = Instant::now();
         let counters = SharedCounters::new();
         let mut cfg = config(2);
-        cfg.health = HealthCheck::None;
+        cfg.service.health = HealthCheck::None;
         let mut t = Table::new(&cfg, &mut ids());
         counters
             .get(BackendId(1))
@@ -847,7 +852,10 @@ pub(crate) mod tests {
             .get(BackendId(1))
             .active
             .store(2, Ordering::Relaxed);
-        let keep = vec![cfg.backends[0].clone(), cfg.backends[2].clone()];
+        let keep = vec![
+            cfg.service.backends[0].clone(),
+            cfg.service.backends[2].clone(),
+        ];
         assert!(
             t.set_backends(&keep, now, &mut ids),
             "b1 is no longer probed"
@@ -883,7 +891,7 @@ pub(crate) mod tests {
         t.tick(&counters, now + Duration::from_secs(7));
         assert_eq!(t.entries().len(), 1);
         // Re-added: a fresh backend, up.
-        assert!(t.set_backends(&cfg.backends, now, &mut ids));
+        assert!(t.set_backends(&cfg.service.backends, now, &mut ids));
         assert_eq!(t.entries().len(), 3);
         assert!(t.entries().iter().all(|e| e.state == BackendState::Up));
     }
@@ -893,9 +901,9 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let counters = SharedCounters::new();
         let mut cfg = config(2);
-        cfg.algorithm = Algorithm::WeightedRoundRobin;
-        cfg.slow_start = Duration::from_secs(10);
-        cfg.backends[1].weight = 2;
+        cfg.service.algorithm = Algorithm::WeightedRoundRobin;
+        cfg.service.slow_start = Duration::from_secs(10);
+        cfg.service.backends[1].weight = 2;
         let mut t = Table::new(&cfg, &mut ids());
         let weights = |t: &Table| t.entries().iter().map(|e| e.weight).collect::<Vec<_>>();
         assert_eq!(weights(&t), vec![1, 2], "no ramp at start-up");
@@ -966,7 +974,7 @@ pub(crate) mod tests {
         fail(&mut t, "b0", now);
         assert_eq!(t.state("b0"), Some(BackendState::Down));
         let mut off = cfg.clone();
-        off.health = HealthCheck::None;
+        off.service.health = HealthCheck::None;
         off.grace = Duration::from_secs(9);
         t.reconfigure(&off, now);
         assert_eq!(t.state("b0"), Some(BackendState::Up));
@@ -981,8 +989,8 @@ pub(crate) mod tests {
     fn slow_start_is_ignored_by_algorithms_without_weights() {
         let t0 = Instant::now();
         let mut cfg = config(2);
-        cfg.slow_start = Duration::from_secs(10);
-        cfg.algorithm = Algorithm::RoundRobin;
+        cfg.service.slow_start = Duration::from_secs(10);
+        cfg.service.algorithm = Algorithm::RoundRobin;
         let mut t = Table::new(&cfg, &mut ids());
         fail(&mut t, "b1", t0);
         fail(&mut t, "b1", t0);

@@ -43,10 +43,10 @@ impl Checker {
             .unwrap_or(0)
             ^ u64::from(std::process::id());
         Checker {
-            kind: config.health.clone(),
-            interval: config.health_interval,
-            timeout: config.health_timeout,
-            proxy_protocol: config.proxy_protocol,
+            kind: config.service.health.clone(),
+            interval: config.service.health_interval,
+            timeout: config.service.health_timeout,
+            proxy_protocol: config.service.proxy_protocol,
             results,
             tasks: HashMap::new(),
             rng: seed | 1,

@@ -126,10 +126,10 @@ pub async fn run(
     mut commands: UnboundedReceiver<Command>,
     mut signals: Option<Signals>,
 ) {
-    if !config.slow_start.is_zero() && !slow_start::applies_to(config.algorithm) {
+    if !config.service.slow_start.is_zero() && !slow_start::applies_to(config.service.algorithm) {
         tracing::warn!(
             "--slow-start has no effect with --algorithm {}; use a weighted or least-* algorithm",
-            config.algorithm.name()
+            config.service.algorithm.name()
         );
     }
     let mut table = Table::new(&config, &mut |name| server.backend_id(name));
@@ -256,9 +256,12 @@ pub async fn run(
             _ = tokio::time::sleep(settle::POLL), if !held.is_empty() => {}
         }
         reloads.start_next(&config);
-        if discovery.reconcile(&mut table, &config.backends, Instant::now(), &mut |name| {
-            server.backend_id(name)
-        }) {
+        if discovery.reconcile(
+            &mut table,
+            &config.service.backends,
+            Instant::now(),
+            &mut |name| server.backend_id(name),
+        ) {
             checker.sync(&table.probe_targets());
         }
         if table.take_dirty() | std::mem::take(&mut settings_changed) {
@@ -400,7 +403,7 @@ impl Reloader<'_> {
             added.join(", "),
             removed.join(", "),
             changed.join(", "),
-            new.algorithm.name()
+            new.service.algorithm.name()
         );
         let outcome = Outcome {
             file,
@@ -420,10 +423,10 @@ impl Reloader<'_> {
 /// until discovery's next reconcile decides, so a reload never drains a discovered
 /// backend only to bring it back.
 fn desired_backends(running: &Config, new: &Config, table: &Table) -> Vec<BackendSpec> {
-    let mut desired = new.backends.clone();
-    if running.discovery.is_some() && new.discovery.is_some() {
+    let mut desired = new.service.backends.clone();
+    if running.service.discovery.is_some() && new.service.discovery.is_some() {
         for s in table.specs() {
-            let from_file = running.backends.iter().any(|b| b.name == s.name);
+            let from_file = running.service.backends.iter().any(|b| b.name == s.name);
             if !from_file && !desired.iter().any(|b| b.name == s.name) {
                 desired.push(s);
             }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::config::{self, BackendSpec, Config, ConfigError};
+use crate::config::{self, BackendSpec, Config, ConfigError, ServiceSettings};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,7 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
             out.push(flag);
         }
     };
-    check(running.listen != new.listen, "--listen");
+    check(running.service.listen != new.service.listen, "--listen");
     check(running.workers != new.workers, "--workers");
     check(running.pin != new.pin, "--pin");
     check(running.forward != new.forward, "--forward");
@@ -155,9 +155,12 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     check(running.admin_token != new.admin_token, "--admin-token");
     check(running.log_level != new.log_level, "--log-level");
     // The discovery task is started once, from the configuration at start.
-    check(running.discovery != new.discovery, "--discovery");
     check(
-        running.discovery_interval != new.discovery_interval,
+        running.service.discovery != new.service.discovery,
+        "--discovery",
+    );
+    check(
+        running.service.discovery_interval != new.service.discovery_interval,
         "--discovery-interval",
     );
     out
@@ -167,7 +170,6 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
 /// what is really in effect (and a later reload warns again about the same difference).
 pub fn in_effect(running: &Config, new: Config) -> Config {
     Config {
-        listen: running.listen.clone(),
         workers: running.workers,
         pin: running.pin,
         forward: running.forward,
@@ -176,8 +178,12 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
         admin: running.admin,
         admin_token: running.admin_token.clone(),
         log_level: running.log_level.clone(),
-        discovery: running.discovery.clone(),
-        discovery_interval: running.discovery_interval,
+        service: ServiceSettings {
+            listen: running.service.listen.clone(),
+            discovery: running.service.discovery.clone(),
+            discovery_interval: running.service.discovery_interval,
+            ..new.service
+        },
         ..new
     }
 }
@@ -185,10 +191,10 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
 /// The active checks must be rescheduled: their kind, interval, timeout or PROXY header
 /// changed.
 pub fn checks_changed(running: &Config, new: &Config) -> bool {
-    running.health != new.health
-        || running.health_interval != new.health_interval
-        || running.health_timeout != new.health_timeout
-        || running.proxy_protocol != new.proxy_protocol
+    running.service.health != new.service.health
+        || running.service.health_interval != new.service.health_interval
+        || running.service.health_timeout != new.service.health_timeout
+        || running.service.proxy_protocol != new.service.proxy_protocol
 }
 
 /// Names added, removed and changed going from `before` to `after`.
@@ -224,7 +230,10 @@ mod tests {
     #[test]
     fn without_a_file_there_is_nothing_to_reload() {
         let c = Config {
-            backends: vec![parse_backend("127.0.0.1:1").expect("b")],
+            service: ServiceSettings {
+                backends: vec![parse_backend("127.0.0.1:1").expect("b")],
+                ..Default::default()
+            },
             ..Config::default()
         };
         assert!(matches!(read(&c), Err(ReloadError::NoConfigFile)));
@@ -234,11 +243,14 @@ mod tests {
     fn start_only_settings_are_named_and_kept() {
         let running = Config::default();
         let new = Config {
-            listen: vec!["127.0.0.1:1".parse().expect("addr")],
+            service: ServiceSettings {
+                listen: vec!["127.0.0.1:1".parse().expect("addr")],
+                retries: 9,
+                health: HealthCheck::None,
+                ..Default::default()
+            },
             workers: Workers::Count(3),
             forward: ForwardMode::Copy,
-            retries: 9,
-            health: HealthCheck::None,
             ..Config::default()
         };
         assert_eq!(
@@ -246,18 +258,27 @@ mod tests {
             vec!["--listen", "--workers", "--forward"]
         );
         let eff = in_effect(&running, new.clone());
-        assert_eq!(eff.listen, running.listen);
+        assert_eq!(eff.service.listen, running.service.listen);
         assert_eq!(eff.workers, Workers::Auto);
-        assert_eq!(eff.retries, 9, "reloadable settings come from the file");
+        assert_eq!(
+            eff.service.retries, 9,
+            "reloadable settings come from the file"
+        );
         assert!(restart_needed(&running, &eff).is_empty());
         assert!(checks_changed(&running, &new));
         let slower = Config {
-            health_interval: Duration::from_secs(9),
+            service: ServiceSettings {
+                health_interval: Duration::from_secs(9),
+                ..Default::default()
+            },
             ..Config::default()
         };
         assert!(checks_changed(&running, &slower));
         let proxied = Config {
-            proxy_protocol: Some(crate::config::ProxyProtocol::V2),
+            service: ServiceSettings {
+                proxy_protocol: Some(crate::config::ProxyProtocol::V2),
+                ..Default::default()
+            },
             ..Config::default()
         };
         assert!(

@@ -66,9 +66,9 @@ impl Discovery {
             answers: None,
             task: None,
             reconciler: Reconciler::new(),
-            listen: config.listen.clone(),
+            listen: config.service.listen.clone(),
         };
-        let Some(spec) = &config.discovery else {
+        let Some(spec) = &config.service.discovery else {
             return off;
         };
         let source = match Source::parse(spec) {
@@ -85,15 +85,15 @@ impl Discovery {
             source
                 .resolver
                 .map_or_else(|| "the system resolver".to_string(), |a| a.to_string()),
-            config.discovery_interval
+            config.service.discovery_interval
         );
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(resolve::run(source, config.discovery_interval, tx));
+        let task = tokio::spawn(resolve::run(source, config.service.discovery_interval, tx));
         Discovery {
             answers: Some(rx),
             task: Some(task),
             reconciler: Reconciler::new(),
-            listen: config.listen.clone(),
+            listen: config.service.listen.clone(),
         }
     }
 

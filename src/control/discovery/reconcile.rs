@@ -148,7 +148,7 @@ impl Reconciler {
 mod tests {
     use super::*;
     use crate::backend::BackendState;
-    use crate::config::{parse_backend, Config, HealthCheck};
+    use crate::config::{parse_backend, Config, HealthCheck, ServiceSettings};
     use crate::control::backends::tests::ids;
     use crate::control::backends::ProbeTarget;
 
@@ -165,11 +165,14 @@ mod tests {
 
     fn config(statics: Vec<BackendSpec>) -> Config {
         Config {
-            backends: statics,
-            health: HealthCheck::Tcp,
-            rise: 1,
-            fall: 1,
-            discovery: Some("dns-srv:_x._tcp.test".into()),
+            service: ServiceSettings {
+                backends: statics,
+                health: HealthCheck::Tcp,
+                rise: 1,
+                fall: 1,
+                discovery: Some("dns-srv:_x._tcp.test".into()),
+                ..Default::default()
+            },
             ..Config::default()
         }
     }

@@ -1,0 +1,235 @@
+//! The rules a resolved [`Config`] must keep whatever the source of its values (a flag,
+//! the file, or a test building it by hand), cross-field rules included.
+
+use std::net::SocketAddr;
+
+use super::address::check_accept_proxy_len;
+use super::backend_spec::{check_backend_name, check_weight};
+use super::duration::{check_duration, check_positive};
+use super::values::*;
+use super::{Algorithm, Config, ConfigError, HealthCheck};
+
+impl Config {
+    /// Checks the rules that hold whatever the source of a value; cross-field rules too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: String) -> ConfigError {
+            ConfigError::Invalid { key, message }
+        }
+        if self.service.listen.is_empty() {
+            return Err(ConfigError::NoListen);
+        }
+        for (i, addr) in self.service.listen.iter().enumerate() {
+            if self.service.listen[..i].contains(addr) {
+                return Err(ConfigError::DuplicateListen(*addr));
+            }
+        }
+        if self.service.backends.is_empty() && self.service.discovery.is_none() {
+            return Err(ConfigError::NoBackends);
+        }
+        if self.service.backends.len() > crate::backend::MAX_BACKENDS {
+            return Err(ConfigError::TooManyBackends(self.service.backends.len()));
+        }
+        // Duplicate addresses are allowed when the names differ: the name, not the
+        // address, is the backend's identity (hashing key, admin API path).
+        let mut names = std::collections::HashSet::new();
+        for b in &self.service.backends {
+            let bad = |message: String| ConfigError::InvalidBackend {
+                name: b.name.clone(),
+                message,
+            };
+            check_backend_name(&b.name).map_err(bad)?;
+            check_weight(u64::from(b.weight)).map_err(bad)?;
+            if b.max_conns == Some(0) {
+                return Err(bad("max-conns must be at least 1".to_string()));
+            }
+            if b.addr.port() == 0 {
+                return Err(bad(
+                    "port 0 is not a port a backend can listen on".to_string()
+                ));
+            }
+            if !names.insert(b.name.as_str()) {
+                return Err(ConfigError::DuplicateBackendName(b.name.clone()));
+            }
+            check_not_self(b.addr, &self.service.listen).map_err(bad)?;
+        }
+        if let Workers::Count(n) = self.workers {
+            check_range(n as u64, 1, MAX_WORKERS as u64).map_err(|m| invalid("--workers", m))?;
+        }
+        check_range(u64::from(self.service.retries), 0, u64::from(MAX_RETRIES))
+            .map_err(|m| invalid("--retries", m))?;
+        check_range(u64::from(self.service.rise), 1, u64::from(MAX_RISE_FALL))
+            .map_err(|m| invalid("--rise", m))?;
+        check_range(u64::from(self.service.fall), 1, u64::from(MAX_RISE_FALL))
+            .map_err(|m| invalid("--fall", m))?;
+        if let Some(n) = self.max_conns {
+            check_range(n as u64, 1, u64::from(u32::MAX)).map_err(|m| invalid("--max-conns", m))?;
+        }
+        for (key, d) in [
+            ("--connect-timeout", self.service.connect_timeout),
+            ("--idle-timeout", self.service.idle_timeout),
+            ("--health-interval", self.service.health_interval),
+            ("--health-timeout", self.service.health_timeout),
+            ("--discovery-interval", self.service.discovery_interval),
+            ("--eject-base", self.service.eject_base),
+            ("--eject-max", self.service.eject_max),
+        ] {
+            check_positive(d).map_err(|m| invalid(key, m))?;
+        }
+        check_duration(self.grace).map_err(|m| invalid("--grace", m))?;
+        check_range(
+            u64::from(self.service.eject_after),
+            0,
+            u64::from(MAX_EJECT_AFTER),
+        )
+        .map_err(|m| invalid("--eject-after", m))?;
+        if self.service.eject_max < self.service.eject_base {
+            return Err(invalid(
+                "--eject-max",
+                format!(
+                    "must be at least --eject-base ({:?}), got {:?}",
+                    self.service.eject_base, self.service.eject_max
+                ),
+            ));
+        }
+        check_duration(self.service.slow_start).map_err(|m| invalid("--slow-start", m))?;
+        if let HealthCheck::Http(path) = &self.service.health {
+            check_http_path(path).map_err(|m| invalid("--health", m))?;
+        }
+        if let Some(f) = self.service.hash_balance_factor {
+            check_range(
+                u64::from(f),
+                u64::from(MIN_HASH_BALANCE_FACTOR),
+                u64::from(MAX_HASH_BALANCE_FACTOR),
+            )
+            .map_err(|m| invalid("--hash-balance-factor", m))?;
+        }
+        if let Some(d) = &self.service.discovery {
+            parse_discovery(d).map_err(|m| invalid("--discovery", m))?;
+        }
+        parse_log_level(&self.log_level).map_err(|m| invalid("--log-level", m))?;
+        check_accept_proxy_len(self.service.accept_proxy.len())
+            .map_err(|m| invalid("--accept-proxy", m))?;
+        if self.splice_pipes > MAX_SPLICE_PIPES {
+            return Err(invalid(
+                "--splice-pipes",
+                format!("at most {MAX_SPLICE_PIPES}, got {}", self.splice_pipes),
+            ));
+        }
+        check_maglev_table_size(self.service.maglev_table_size)
+            .map_err(|m| invalid("--maglev-table-size", m))?;
+        if self.service.algorithm == Algorithm::Maglev {
+            crate::balance::validate_table_size(
+                self.service.maglev_table_size,
+                self.service.backends.len(),
+            )
+            .map_err(|m| invalid("--maglev-table-size", m))?;
+        }
+        Ok(())
+    }
+}
+
+/// A backend at one of the balancer's own listen addresses would send every connection
+/// back to the balancer, which sends it there again.
+pub fn check_not_self(backend: SocketAddr, listen: &[SocketAddr]) -> Result<(), String> {
+    match crate::loops::own_listener(backend, listen, crate::loops::is_local_ip) {
+        Some(l) => Err(format!(
+            "{backend} is the balancer's own listen address {l}: every connection would come back to it"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_backend, ServiceSettings};
+    use std::time::Duration;
+
+    fn valid() -> Config {
+        Config {
+            service: ServiceSettings {
+                backends: vec![parse_backend("127.0.0.1:9001").expect("backend")],
+                ..ServiceSettings::default()
+            },
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn validate_rules() {
+        valid().validate().expect("valid");
+        let fails = |f: &dyn Fn(&mut Config), needle: &str| {
+            let mut c = valid();
+            f(&mut c);
+            let e = c.validate().expect_err(needle).to_string();
+            assert!(e.contains(needle), "{e} should mention {needle}");
+        };
+        fails(&|c| c.service.listen.clear(), "no listen");
+        fails(
+            &|c| c.service.listen.push(c.service.listen[0]),
+            "duplicate listen",
+        );
+        fails(&|c| c.service.backends.clear(), "no backends");
+        fails(
+            &|c| c.service.backends.push(c.service.backends[0].clone()),
+            "duplicate backend name '127.0.0.1:9001'",
+        );
+        fails(&|c| c.service.backends[0].weight = 0, "weight");
+        fails(&|c| c.service.rise = 0, "--rise");
+        fails(&|c| c.service.fall = 0, "--fall");
+        fails(&|c| c.service.retries = 101, "--retries");
+        fails(&|c| c.workers = Workers::Count(0), "--workers");
+        fails(&|c| c.workers = Workers::Count(1025), "--workers");
+        fails(&|c| c.max_conns = Some(0), "--max-conns");
+        fails(
+            &|c| c.service.health_timeout = Duration::ZERO,
+            "--health-timeout",
+        );
+        fails(&|c| c.service.eject_base = Duration::ZERO, "--eject-base");
+        fails(
+            &|c| c.service.eject_max = Duration::from_secs(1),
+            "--eject-max",
+        );
+        fails(
+            &|c| c.service.eject_after = MAX_EJECT_AFTER + 1,
+            "--eject-after",
+        );
+        fails(
+            &|c| c.service.hash_balance_factor = Some(99),
+            "--hash-balance-factor",
+        );
+        fails(
+            &|c| c.service.health = HealthCheck::Http("x".into()),
+            "--health",
+        );
+        fails(&|c| c.log_level = "loud".into(), "--log-level");
+        fails(
+            &|c| c.service.maglev_table_size = 100,
+            "--maglev-table-size",
+        );
+        fails(
+            &|c| {
+                c.service.algorithm = Algorithm::Maglev;
+                c.service.maglev_table_size = 3;
+                for port in 2..6 {
+                    c.service
+                        .backends
+                        .push(parse_backend(&format!("127.0.0.1:{port}")).expect("b"));
+                }
+            },
+            "too small for 5 backends",
+        );
+
+        // The same address twice is fine under distinct names.
+        let mut c = valid();
+        c.service
+            .backends
+            .push(parse_backend("127.0.0.1:9001,name=again").expect("b"));
+        c.validate().expect("same address, distinct names");
+        // Discovery stands in for static backends.
+        let mut c = valid();
+        c.service.backends.clear();
+        c.service.discovery = Some("dns-srv:_web._tcp.example".into());
+        c.validate().expect("discovery without static backends");
+    }
+}

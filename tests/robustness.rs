@@ -569,9 +569,11 @@ fn a_health_check_without_a_descriptor_is_not_the_backends_failure() {
             .collect();
     let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
     set_nofile(lb.pid(), lowest_free);
-    wait_until("a check that could not run", Duration::from_secs(10), || {
-        lb.log_text().contains("could not run")
-    });
+    wait_until(
+        "a check that could not run",
+        Duration::from_secs(10),
+        || lb.log_text().contains("could not run"),
+    );
     set_nofile(lb.pid(), used.len() + 1000);
     assert_eq!(admin.backends()["web"]["state"], "up");
     let log = lb.log_text();

@@ -124,8 +124,13 @@ impl Worker {
     /// cancelled is already waiting; it is served within the grace period).
     fn accepted(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
         WorkerStats::add(&self.stats().accepted, 1);
-        // A multishot accept writes no address.
-        let peer = peer.or_else(|| net::peer_addr(&fd));
+        // A multishot accept writes no address: ask the socket, if anything needs it.
+        let peer = peer.or_else(|| {
+            self.snapshot
+                .needs_client_addr
+                .then(|| net::peer_addr(&fd))
+                .flatten()
+        });
         let open = self.shared.try_open();
         if self.ring.accepting_multi(listener) && self.shared.room() < MULTISHOT_ROOM {
             // The budget runs low: one client at a time from now (re-armed on its end).
@@ -240,7 +245,7 @@ impl Worker {
         let Some(peer) = self.slots[slot].conn.client_addr else {
             return Verdict::Clear;
         };
-        if !self.snapshot.is_local(peer.ip()) {
+        if !self.snapshot.watch_loops || !self.snapshot.is_local(peer.ip()) {
             return Verdict::Clear;
         }
         let bound = self.listeners[listener].addr;

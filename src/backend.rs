@@ -126,6 +126,12 @@ pub struct Snapshot {
     /// This host's addresses, sorted: a client from one of them may be the balancer's own
     /// backend connection coming back.
     pub local_ips: Arc<[std::net::IpAddr]>,
+    /// Some backend is on this host: clients from this host are checked for loops
+    /// ([`crate::loops`], which follows the connections to local backends).
+    pub watch_loops: bool,
+    /// Something needs the client's address (hashing, limits, PROXY headers, loops);
+    /// otherwise a multishot accept's client is not asked for it.
+    pub needs_client_addr: bool,
 }
 
 impl Snapshot {
@@ -150,6 +156,13 @@ impl Snapshot {
             seed: process_seed(),
         };
         let balance = Arc::new(Prepared::new(policy.algorithm, &members, &opts));
+        let watch_loops = backends.iter().any(|b| b.local);
+        let needs_client_addr = watch_loops
+            || policy.algorithm.hashes_client()
+            || policy.limits.any()
+            || !policy.accept_proxy.is_empty()
+            || policy.proxy_protocol.is_some()
+            || backends.iter().any(|b| b.proxy_protocol.is_some());
         Snapshot {
             version,
             backends,
@@ -165,6 +178,8 @@ impl Snapshot {
             limits: policy.limits,
             balance,
             local_ips,
+            watch_loops,
+            needs_client_addr,
         }
     }
 

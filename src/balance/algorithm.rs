@@ -39,6 +39,14 @@ impl Algorithm {
             .unwrap_or("?")
     }
 
+    /// Whether its choice depends on the client's address (the hashing algorithms).
+    pub fn hashes_client(self) -> bool {
+        matches!(
+            self,
+            Algorithm::SourceHash | Algorithm::Maglev | Algorithm::RingHash
+        )
+    }
+
     pub fn from_name(s: &str) -> Option<Algorithm> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, a)| *a)
     }

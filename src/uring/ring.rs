@@ -65,6 +65,10 @@ struct AcceptIo {
     addr_len: libc::socklen_t,
     /// The tagged user data of the accept in flight, 0 when none.
     owner: u64,
+    /// The accept in flight is multishot: it writes no address.
+    multishot: bool,
+    /// A cancel of the accept in flight was submitted.
+    cancelled: bool,
 }
 
 fn zeroed_sockaddr() -> libc::sockaddr_storage {
@@ -105,20 +109,28 @@ impl Owners<'_> {
                 if let Some(a) = self.accepts.get_mut(index) {
                     if a.owner == user_data {
                         a.owner = 0;
-                        peer = read_sockaddr(&a.addr, a.addr_len);
+                        if !a.multishot {
+                            peer = read_sockaddr(&a.addr, a.addr_len);
+                        }
                     }
                 }
-                if result < 0 {
-                    return None;
-                }
-                // SAFETY: a non-negative accept result is a descriptor the kernel created for
-                // this process and nothing else owns.
-                let fd = unsafe { OwnedFd::from_raw_fd(result) };
-                Some(Accepted { fd, peer })
+                accepted_fd(result, peer)
             }
             _ => None,
         }
     }
+}
+
+/// The client socket of a successful accept (`result` a descriptor), with its address when
+/// the accept wrote one.
+fn accepted_fd(result: i32, peer: Option<SocketAddr>) -> Option<Accepted> {
+    if result < 0 {
+        return None;
+    }
+    // SAFETY: a non-negative accept result is a descriptor the kernel created for this
+    // process and nothing else owns; each completion carries a different one.
+    let fd = unsafe { OwnedFd::from_raw_fd(result) };
+    Some(Accepted { fd, peer })
 }
 
 /// Which features the kernel granted when the ring was built (logged at start).
@@ -338,6 +350,9 @@ impl Ring {
             if !more {
                 finals += 1;
                 accepted = owners.finished(user_data, result);
+            } else if user_data & TAG_MASK == TAG_ACCEPT {
+                // A multishot accept's client; the accept stays armed.
+                accepted = accepted_fd(result, None);
             }
             out.push(Completion {
                 user_data: user_data & !TAG_MASK,
@@ -354,17 +369,8 @@ impl Ring {
     /// completion carries it as [`Completion::accepted`]. At most one accept per listener
     /// index is in flight. `user_data`'s low 32 bits must be `index`.
     pub fn accept(&mut self, index: usize, listener: RawFd, user_data: u64) {
-        while self.accepts.len() <= index {
-            self.accepts.push(Box::new(AcceptIo {
-                addr: zeroed_sockaddr(),
-                addr_len: 0,
-                owner: 0,
-            }));
-        }
-        let ud = Self::tagged(user_data, index, TAG_ACCEPT);
+        let ud = self.accept_io(index, user_data, false);
         let a = &mut self.accepts[index];
-        assert_eq!(a.owner, 0, "one accept per listener");
-        a.owner = ud;
         a.addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         let addr = std::ptr::addr_of_mut!(a.addr).cast::<libc::sockaddr>();
         let len = std::ptr::addr_of_mut!(a.addr_len);
@@ -375,20 +381,66 @@ impl Ring {
         self.push(e);
     }
 
+    /// A multishot accept on `listener`: every client the kernel queues completes it, with
+    /// [`Completion::more`] set while it stays armed, and no address (ask the socket).
+    /// Same rules as [`Ring::accept`].
+    pub fn accept_multi(&mut self, index: usize, listener: RawFd, user_data: u64) {
+        let ud = self.accept_io(index, user_data, true);
+        let e = opcode::AcceptMulti::new(Fd(listener))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ud);
+        self.push(e);
+    }
+
+    /// Records listener `index`'s accept as in flight; returns its tagged user data.
+    fn accept_io(&mut self, index: usize, user_data: u64, multishot: bool) -> u64 {
+        while self.accepts.len() <= index {
+            self.accepts.push(Box::new(AcceptIo {
+                addr: zeroed_sockaddr(),
+                addr_len: 0,
+                owner: 0,
+                multishot: false,
+                cancelled: false,
+            }));
+        }
+        let ud = Self::tagged(user_data, index, TAG_ACCEPT);
+        let a = &mut self.accepts[index];
+        assert_eq!(a.owner, 0, "one accept per listener");
+        a.owner = ud;
+        a.multishot = multishot;
+        a.cancelled = false;
+        ud
+    }
+
+    /// Whether the accept in flight on listener `index` is multishot.
+    pub fn accepting_multi(&self, index: usize) -> bool {
+        self.accepts
+            .get(index)
+            .is_some_and(|a| a.owner != 0 && a.multishot)
+    }
+
     /// Whether an accept on listener `index` is in flight.
     pub fn accepting(&self, index: usize) -> bool {
         self.accepts.get(index).is_some_and(|a| a.owner != 0)
     }
 
     /// Cancels the accept in flight on listener `index`, if any.
+    /// Submitted once per accept: asking again changes nothing.
     pub fn cancel_accept(&mut self, index: usize, user_data: u64) {
-        if let Some(owner) = self.accepts.get(index).map(|a| a.owner).filter(|&o| o != 0) {
-            self.push(
-                opcode::AsyncCancel::new(owner)
-                    .build()
-                    .user_data(user_data & !TAG_MASK),
-            );
+        let Some(a) = self.accepts.get_mut(index) else {
+            return;
+        };
+        if a.owner == 0 || a.cancelled {
+            return;
         }
+        a.cancelled = true;
+        let owner = a.owner;
+        self.push(
+            opcode::AsyncCancel::new(owner)
+                .build()
+                .user_data(user_data & !TAG_MASK),
+        );
     }
 
     /// Reads the 8-byte counter of an eventfd (the control thread's wake-up).
@@ -783,6 +835,40 @@ mod tests {
         let mut done = wait(&mut r);
         let a = done.pop().unwrap().accepted.expect("a socket");
         assert_eq!(a.peer, Some(c.local_addr().unwrap()));
+        assert!(!r.accepting(0));
+    }
+
+    #[test]
+    fn a_multishot_accept_hands_over_each_client_and_stays_armed_until_cancelled() {
+        let mut r = ring(1);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        r.accept_multi(0, l.as_raw_fd(), 0);
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap())
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < clients.len() {
+            for c in wait(&mut r) {
+                assert!(c.more, "still armed");
+                let a = c.accepted.expect("a socket");
+                assert_eq!(a.peer, None, "a multishot accept writes no address");
+                got.push(crate::net::peer_addr(&a.fd).unwrap());
+            }
+        }
+        let mut want: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(r.accepting(0) && r.accepting_multi(0));
+        r.cancel_accept(0, 9);
+        r.cancel_accept(0, 9); // submitted once
+        let mut finals = Vec::new();
+        while !finals.iter().any(|c: &Completion| c.user_data == 0) {
+            finals.extend(wait(&mut r));
+        }
+        assert_eq!(finals.iter().filter(|c| c.user_data == 9).count(), 1);
+        let end = finals.iter().find(|c| c.user_data == 0).unwrap();
+        assert_eq!((end.more, end.result), (false, -libc::ECANCELED));
         assert!(!r.accepting(0));
     }
 

@@ -8,9 +8,12 @@
 //! at most one client per listener waits here, and it is served first when a place frees
 //! (this worker's own close, or the tick for another worker's).
 //!
-//! One accept at a time, rather than a multishot accept, is what makes the limit exact: a
-//! multishot accept hands over the whole backlog in one batch, before it can be cancelled.
-//! It also brings the client's address with the socket, at no extra system call.
+//! One accept at a time is what keeps the waiting to one client per listener: a multishot
+//! accept hands over the whole backlog in one batch, before it can be cancelled. But it
+//! costs a trip through the ring per client, so while the budget has [`MULTISHOT_ROOM`]
+//! places or more, a listener accepts multishot (every queued client in one go, the way
+//! the kernel batches them), and it goes back to one at a time as the budget runs low.
+//! Either way no client is served past the limit: each takes its place first.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -21,6 +24,11 @@ use super::{Slot, Worker, WorkerStats};
 use crate::loops::{ClientEnds, Verdict};
 use crate::net;
 use crate::uring::Completion;
+
+/// Places left in the `--max-conns` budget from which listeners accept multishot. A
+/// multishot accept can hand over a whole backlog at once; below this the clients past the
+/// limit would wait accepted (holding a descriptor each) rather than in the kernel.
+pub(super) const MULTISHOT_ROOM: usize = 1024;
 
 /// Wait after EMFILE/ENFILE before accepting again.
 const ACCEPT_BACKOFF_NS: u64 = 100_000_000;
@@ -71,8 +79,12 @@ impl Worker {
             if l.parked || self.ring.accepting(i) {
                 continue;
             }
-            self.ring
-                .accept(i, fd, Token::new(i, 0, OpKind::Accept).encode());
+            let token = Token::new(i, 0, OpKind::Accept).encode();
+            if self.shared.room() >= MULTISHOT_ROOM {
+                self.ring.accept_multi(i, fd, token);
+            } else {
+                self.ring.accept(i, fd, token);
+            }
         }
     }
 
@@ -112,7 +124,20 @@ impl Worker {
     /// cancelled is already waiting; it is served within the grace period).
     fn accepted(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
         WorkerStats::add(&self.stats().accepted, 1);
-        if self.shared.try_open() {
+        // A multishot accept writes no address: ask the socket, if anything needs it.
+        let peer = peer.or_else(|| {
+            self.snapshot
+                .needs_client_addr
+                .then(|| net::peer_addr(&fd))
+                .flatten()
+        });
+        let open = self.shared.try_open();
+        if self.ring.accepting_multi(listener) && self.shared.room() < MULTISHOT_ROOM {
+            // The budget runs low: one client at a time from now (re-armed on its end).
+            self.ring
+                .cancel_accept(listener, Token::new(0, 0, OpKind::Ignore).encode());
+        }
+        if open {
             self.serve(listener, fd, peer);
         } else {
             self.listeners[listener].parked = true;
@@ -220,7 +245,7 @@ impl Worker {
         let Some(peer) = self.slots[slot].conn.client_addr else {
             return Verdict::Clear;
         };
-        if !self.snapshot.is_local(peer.ip()) {
+        if !self.snapshot.watch_loops || !self.snapshot.is_local(peer.ip()) {
             return Verdict::Clear;
         }
         let bound = self.listeners[listener].addr;

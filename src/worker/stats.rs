@@ -142,6 +142,12 @@ impl Shared {
             .is_ok()
     }
 
+    /// Places of the budget not taken.
+    pub fn room(&self) -> usize {
+        self.max_conns
+            .saturating_sub(self.open_clients.load(Ordering::Relaxed))
+    }
+
     /// Gives back the place of a client connection that closed.
     pub fn close_one(&self) {
         let before = self.open_clients.fetch_sub(1, Ordering::AcqRel);

@@ -3,6 +3,8 @@
 //! Reading order: `main.rs` -> [`cli`] / [`config`] -> [`server`] (binds listeners, spawns
 //! one [`worker`] per CPU, runs the control thread) -> [`worker`] (the io_uring loop) ->
 //! [`worker::conn`] (one proxied connection as a state machine). All `unsafe` is in [`uring`].
+//! docs/ARCHITECTURE.md has the threads, the snapshot flow, the connection state machine,
+//! the unsafe contract and where each kind of change goes.
 
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -1,7 +1,8 @@
 //! The control thread: a tokio current_thread runtime that owns everything but the data
 //! path: signal handling (SIGTERM/SIGINT graceful stop; a second one stops at once), the
 //! active health checks, passive ejection, draining and slow start. It never touches a
-//! connection; it talks to the workers through [`Server`] by publishing snapshots.
+//! connection; it talks to the workers through [`Server`] by publishing snapshots (the
+//! way a snapshot reaches the workers: docs/ARCHITECTURE.md).
 //!
 //! - [`backends`]: the backend table and the rules that derive each backend's state;
 //! - [`checker`]: schedules the health probes;

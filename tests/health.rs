@@ -270,9 +270,9 @@ fn flip_backend() -> (SocketAddr, Arc<AtomicU8>) {
 fn http_check_follows_the_status_and_times_out_a_silent_backend() {
     let (flip, mode) = flip_backend();
     let ok = HttpServer::start("127.0.0.1:0", "ok").unwrap();
-    let lb = start_lb(
-        &[(flip, "flip"), (ok.addr(), "ok")],
-        &[
+    let mut args = named(&[(flip, "flip"), (ok.addr(), "ok")]);
+    args.extend(
+        [
             "--workers",
             "1",
             "--health",
@@ -285,8 +285,10 @@ fn http_check_follows_the_status_and_times_out_a_silent_backend() {
             "2",
             "--fall",
             "2",
-        ],
+        ]
+        .map(String::from),
     );
+    let (lb, admin) = start_with_admin(&args.iter().map(String::as_str).collect::<Vec<_>>());
     // Healthy at first: it takes connections.
     let first: Vec<String> = (0..4).filter_map(|_| http_name(lb.addr).ok()).collect();
     assert!(first.iter().any(|n| n == "flip"), "{first:?}");
@@ -294,6 +296,9 @@ fn http_check_follows_the_status_and_times_out_a_silent_backend() {
     mode.store(1, Ordering::Relaxed);
     let line = lb.wait_log(&["backend flip: up -> down"], 1, Duration::from_secs(10));
     assert!(line.contains("HTTP status 500"), "{line}");
+    // The log line is the control thread's; the worker routes with it once it has the
+    // snapshot.
+    admin.wait_settled();
     for _ in 0..20 {
         assert_eq!(http_name(lb.addr).as_deref(), Ok("ok"));
     }
@@ -301,6 +306,7 @@ fn http_check_follows_the_status_and_times_out_a_silent_backend() {
     mode.store(0, Ordering::Relaxed);
     let line = lb.wait_log(&["backend flip: down -> up"], 1, Duration::from_secs(10));
     assert!(line.contains("2 health check(s) passed"), "{line}");
+    admin.wait_settled();
     let back: Vec<String> = (0..4).filter_map(|_| http_name(lb.addr).ok()).collect();
     assert!(back.iter().any(|n| n == "flip"), "{back:?}");
 

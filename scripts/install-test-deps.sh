@@ -16,6 +16,8 @@
 #   iptables  tests/robustness.rs makes a NAT rule (in a network namespace of its own) that
 #             leads a backend address back to the balancer.
 #   prlimit   tests/robustness.rs lowers the balancer's open-file limit while it runs.
+#   ip, ss    (iproute2) tests/robustness.rs brings up loopback in its namespace;
+#             tests/keepalive.rs reads the kernel's keepalive timers of the balancer's sockets.
 #
 # Extra package names given as arguments are installed as well (when not installed).
 set -euo pipefail
@@ -26,6 +28,8 @@ DEPS=(
   "haproxy:haproxy"
   "iptables:iptables"
   "prlimit:util-linux"
+  "ip:iproute2"
+  "ss:iproute2"
 )
 # tests/metrics.rs also checks the /metrics text with the official Python parser.
 PY_DEPS=(python3-prometheus-client)

@@ -93,6 +93,8 @@ pub struct Policy {
     pub accept_proxy: Vec<ipnet::IpNet>,
     /// Per-source limits.
     pub limits: crate::limits::Limits,
+    /// TCP keepalive on both sockets of new connections, probing after this idle time.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// The backend table a worker routes with. Immutable: a change is a new snapshot.
@@ -120,6 +122,8 @@ pub struct Snapshot {
     pub accept_proxy: Vec<ipnet::IpNet>,
     /// Per-source limits.
     pub limits: crate::limits::Limits,
+    /// TCP keepalive on both sockets of new connections, probing after this idle time.
+    pub tcp_keepalive: Option<Duration>,
     /// The algorithm's shared, prebuilt part (e.g. the Maglev table), built once here on
     /// the control thread; each worker makes its own selector from it.
     pub balance: Arc<Prepared>,
@@ -176,6 +180,7 @@ impl Snapshot {
             proxy_protocol: policy.proxy_protocol,
             accept_proxy: policy.accept_proxy.clone(),
             limits: policy.limits,
+            tcp_keepalive: policy.tcp_keepalive,
             balance,
             local_ips,
             watch_loops,

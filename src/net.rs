@@ -124,3 +124,10 @@ mod tests {
         assert!(shutdown_write(&fresh) < 0, "not connected");
     }
 }
+
+/// Turns TCP keepalive on, the first probe after `idle` without traffic (the interval and
+/// count of probes are the system's). Best effort: a socket that refuses is left as it is.
+pub fn set_keepalive(fd: impl AsFd, idle: Duration) {
+    let ka = socket2::TcpKeepalive::new().with_time(idle);
+    let _ = SockRef::from(&fd).set_tcp_keepalive(&ka);
+}

@@ -20,6 +20,7 @@ impl Config {
                 max_open: self.service.max_conns_per_source,
                 max_rate: self.service.max_conn_rate_per_source,
             },
+            tcp_keepalive: self.service.tcp_keepalive.0,
         }
     }
 

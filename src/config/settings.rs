@@ -251,6 +251,14 @@ settings! {
         example "7",
     }
 
+    /// TCP keepalive on both sides of a connection, probing after DUR idle, so long idle
+    /// flows survive NAT and firewall timeouts: DUR or off [default: off]
+    service tcp_keepalive: TcpKeepalive {
+        one = TcpKeepalive(None), parse = parse_tcp_keepalive,
+        arg(long, value_name = "DUR|off"),
+        example "61s",
+    }
+
     /// Splice pipes per worker; when all are busy a chunk is copied; 0 = never splice
     /// [default: 256]
     process splice_pipes: usize {

@@ -15,6 +15,26 @@ pub enum Workers {
     Count(usize),
 }
 
+/// `--tcp-keepalive`: probe a connection idle this long (both sides), or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpKeepalive(pub Option<std::time::Duration>);
+
+/// `DUR` (at least 1s: the kernel counts whole seconds) or `off`.
+pub fn parse_tcp_keepalive(s: &str) -> Result<TcpKeepalive, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(TcpKeepalive(None));
+    }
+    let d = super::duration::parse_duration(t)
+        .map_err(|_| format!("expected a duration such as 60s, or 'off', got '{t}'"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(32767) {
+        return Err(format!(
+            "expected a duration from 1s to 32767s, or 'off', got '{t}'"
+        ));
+    }
+    Ok(TcpKeepalive(Some(d)))
+}
+
 /// Highest `--workers`.
 pub const MAX_WORKERS: usize = 1024;
 /// Highest `--retries`.

@@ -170,6 +170,9 @@ impl Worker {
             return;
         };
         self.open += 1;
+        if let Some(idle) = self.snapshot.tcp_keepalive {
+            net::set_keepalive(&fd, idle);
+        }
         let (fwd, now) = (self.fwd, self.now_ns);
         self.slots[slot].conn.open(fd, peer, fwd, now);
         match self.judge_local_client(slot, listener) {

@@ -62,6 +62,9 @@ impl Worker {
             }
         };
         net::set_nodelay(&sock);
+        if let Some(idle) = self.snapshot.tcp_keepalive {
+            net::set_keepalive(&sock, idle);
+        }
         if target.local {
             // Before the connect is submitted: a client it may turn into waits for it.
             let ticket = self.shared.loops.connect_started(target.addr);

@@ -87,6 +87,13 @@ pub fn eventfd_signal(fd: impl AsFd) {
     let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
 }
 
+/// Turns TCP keepalive on, the first probe after `idle` without traffic (the interval and
+/// count of probes are the system's). Best effort: a socket that refuses is left as it is.
+pub fn set_keepalive(fd: impl AsFd, idle: Duration) {
+    let ka = socket2::TcpKeepalive::new().with_time(idle);
+    let _ = SockRef::from(&fd).set_tcp_keepalive(&ka);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,11 +130,4 @@ mod tests {
         set_linger_zero(&fresh);
         assert!(shutdown_write(&fresh) < 0, "not connected");
     }
-}
-
-/// Turns TCP keepalive on, the first probe after `idle` without traffic (the interval and
-/// count of probes are the system's). Best effort: a socket that refuses is left as it is.
-pub fn set_keepalive(fd: impl AsFd, idle: Duration) {
-    let ka = socket2::TcpKeepalive::new().with_time(idle);
-    let _ = SockRef::from(&fd).set_tcp_keepalive(&ka);
 }

@@ -463,6 +463,14 @@ fn a_failed_worker_is_replaced_and_gives_back_what_it_held() {
 }
 
 /// Sets the soft open-file limit of process `pid` (the hard one stays).
+/// The descriptor numbers process `pid` has open.
+fn open_fds(pid: i32) -> std::collections::BTreeSet<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 fn set_nofile(pid: i32, n: usize) {
     let st = std::process::Command::new("prlimit")
         .args([format!("--pid={pid}"), format!("--nofile={n}:")])
@@ -492,11 +500,7 @@ fn no_descriptor_for_the_backend_is_counted_and_logged_once_a_second() {
     let admin = Admin::new(admin_addr);
     // No descriptor left for a backend socket once a client is accepted: the limit is on
     // descriptor numbers, so it goes right above the second free number.
-    let used: std::collections::BTreeSet<usize> =
-        std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+    let used = open_fds(lb.pid());
     let second_free = (0..).filter(|n| !used.contains(n)).nth(1).unwrap();
     set_nofile(lb.pid(), second_free);
     let open = used.len();
@@ -560,11 +564,7 @@ fn a_health_check_without_a_descriptor_is_not_the_backends_failure() {
     // A backend starts up. Not one descriptor left: every check fails at its socket, for
     // our want, not the backend's; with --fall 1, one such failure counted would take the
     // backend down. (No admin request before the limit: its descriptors would come and go.)
-    let used: std::collections::BTreeSet<usize> =
-        std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+    let used = open_fds(lb.pid());
     let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
     set_nofile(lb.pid(), lowest_free);
     wait_until("a check under the limit", Duration::from_secs(10), || {

@@ -75,6 +75,29 @@ pub struct Backend {
     pub local: bool,
 }
 
+/// A service's index in [`Routing::services`]: given to a name once and never to another
+/// name in the life of the process, so a connection's service id always means the same
+/// service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+/// Everything a worker routes with: one [`Snapshot`] per service, replaced whole. A new
+/// routing shares the snapshots of the services that did not change.
+#[derive(Debug)]
+pub struct Routing {
+    /// Increases with every routing the control thread publishes; what the workers report
+    /// in `uringlb_snapshot_version`.
+    pub version: u64,
+    /// By [`ServiceId`]; `None` for a service that is gone.
+    pub services: Vec<Option<Arc<Snapshot>>>,
+}
+
+impl Routing {
+    pub fn get(&self, id: ServiceId) -> Option<&Arc<Snapshot>> {
+        self.services.get(id.0 as usize).and_then(Option::as_ref)
+    }
+}
+
 /// How new connections are routed, besides the backends: the settings a snapshot carries
 /// (a reload changes them the same way a health change changes the backends).
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +159,11 @@ pub struct Snapshot {
     /// Something needs the client's address (hashing, limits, PROXY headers, loops);
     /// otherwise a multishot accept's client is not asked for it.
     pub needs_client_addr: bool,
+    /// The service's listen addresses as bound: a worker closes its listeners of the
+    /// service that are not among them.
+    pub listen: Vec<SocketAddr>,
+    /// False for a service being removed: its listeners close, its connections drain.
+    pub accepting: bool,
 }
 
 impl Snapshot {
@@ -185,6 +213,8 @@ impl Snapshot {
             local_ips,
             watch_loops,
             needs_client_addr,
+            listen: Vec::new(),
+            accepting: true,
         }
     }
 

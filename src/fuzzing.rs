@@ -115,7 +115,9 @@ pub fn config_toml(data: &[u8]) {
     match cfg.validate() {
         Ok(()) => {
             assert!(cfg.clone().validate().is_ok());
-            one_line("summary", &config::summary(&cfg));
+            for line in config::summary(&cfg).lines() {
+                one_line("summary", line);
+            }
             for b in &cfg.service.backends {
                 assert_eq!(config::parse_backend_name(&b.name).as_ref(), Ok(&b.name));
                 assert!(b.weight >= 1 && b.weight <= config::MAX_WEIGHT);

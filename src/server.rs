@@ -18,9 +18,11 @@ use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use crate::backend::BackendEntry;
-use crate::backend::{Backend, BackendId, Policy, SharedCounters, Snapshot, MAX_BACKENDS};
+use crate::backend::{
+    Backend, BackendId, Policy, Routing, ServiceId, SharedCounters, Snapshot, MAX_BACKENDS,
+};
 use crate::backend_ids::BackendIds;
-use crate::config::{BackendSpec, Config, Workers};
+use crate::config::{Config, Workers};
 use crate::net;
 use crate::uring::RingError;
 use crate::worker::{Command, Shared, Worker, WorkerConfig, WorkerSetup};
@@ -51,12 +53,34 @@ const FD_RESERVE: usize = 128;
 /// Splice pipe size (`--splice-pipes` sets how many per worker).
 pub const PIPE_SIZE: usize = 256 * 1024;
 
+/// A listening socket handed to a worker: the address it is bound to and its service.
+pub type ListenerFd = (OwnedFd, SocketAddr, ServiceId);
+
+/// One service's backends and policy, as [`Server::publish`] takes them.
+pub struct ServiceTable<'a> {
+    pub name: &'a str,
+    pub entries: &'a [BackendEntry],
+    pub policy: Policy,
+    /// False while the service is being removed: its listeners close.
+    pub accepting: bool,
+}
+
+/// A listen address as bound (port 0 resolved), and the service it belongs to.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// As the configuration gives it (port 0 unresolved).
+    pub wanted: SocketAddr,
+    pub addr: SocketAddr,
+    pub service: String,
+    pub id: ServiceId,
+}
+
 /// A running balancer.
 pub struct Server {
     workers: Vec<WorkerHandle>,
-    local_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     state: Mutex<PublishState>,
+    /// The configuration it started with.
     config: Config,
     worker_config: WorkerConfig,
     /// Slots per worker: any worker may hold every place of `--max-conns`.
@@ -71,16 +95,27 @@ struct WorkerHandle {
     thread: Option<JoinHandle<Result<(), RingError>>>,
 }
 
-/// What `publish` needs to give backends stable ids, and to know when one may be reused.
+/// What `publish` needs to give backends and services stable ids, and to know when a
+/// backend's id may be reused.
 struct PublishState {
     version: u64,
+    /// Backend ids, keyed by [`backend_key`] (a backend is its service's).
     ids: BackendIds,
     /// Every snapshot published that may still be alive (a worker routes with it, or it
     /// waits in a worker's channel).
     published: Vec<Weak<Snapshot>>,
     counters: Arc<SharedCounters>,
-    /// The snapshot published last (a restarted worker starts with it).
-    last: Option<Arc<Snapshot>>,
+    /// The routing published last (a restarted worker starts with it).
+    last: Option<Arc<Routing>>,
+    /// Service names by [`ServiceId`]: an id is never given to another name.
+    services: Vec<String>,
+    /// Every listen address bound now.
+    bound: Vec<Bound>,
+}
+
+/// The key of a backend in [`BackendIds`]: names are unique within a service only.
+fn backend_key(service: &str, name: &str) -> String {
+    format!("{service}\u{0}{name}")
 }
 
 impl PublishState {
@@ -91,20 +126,35 @@ impl PublishState {
             published: Vec::new(),
             counters,
             last: None,
+            services: Vec::new(),
+            bound: Vec::new(),
         }
     }
 
-    /// The id of `name`: the one it holds, or a free one (reclaiming unreferenced ids if
-    /// none is free). `None` when [`MAX_BACKENDS`] backends are held.
-    fn id_for(&mut self, name: &str) -> Option<BackendId> {
-        if let Some(id) = self.ids.lookup(name) {
+    /// The id of service `name`, given now if it has none.
+    fn service_id(&mut self, name: &str) -> ServiceId {
+        let i = match self.services.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                self.services.push(name.to_string());
+                self.services.len() - 1
+            }
+        };
+        ServiceId(i as u32)
+    }
+
+    /// The id of backend `name` of `service`: the one it holds, or a free one (reclaiming
+    /// unreferenced ids if none is free). `None` when [`MAX_BACKENDS`] backends are held.
+    fn id_for(&mut self, service: &str, name: &str) -> Option<BackendId> {
+        let key = backend_key(service, name);
+        if let Some(id) = self.ids.lookup(&key) {
             return Some(id);
         }
-        if let Some(id) = self.ids.assign(name) {
+        if let Some(id) = self.ids.assign(&key) {
             return Some(id);
         }
         self.reclaim();
-        self.ids.assign(name)
+        self.ids.assign(&key)
     }
 
     /// Frees every retired id that nothing refers to any more: no snapshot that is still
@@ -139,10 +189,23 @@ impl Server {
             cpus,
             n_workers,
             max_conns,
-            state,
-            snapshot,
+            mut state,
         } = Plan::new(config)?;
-        let (listeners, local_addrs) = bind_all(&config.service.listen, n_workers)?;
+        let wanted: Vec<(SocketAddr, String, ServiceId)> = config
+            .services()
+            .iter()
+            .flat_map(|s| {
+                let id = state.service_id(&s.name);
+                s.settings
+                    .listen
+                    .iter()
+                    .map(move |a| (*a, s.name.clone(), id))
+            })
+            .collect();
+        let (listeners, bound) = bind_all(&wanted, n_workers)?;
+        // Again, now that the listen addresses are known (port 0 resolved).
+        state.bound = bound;
+        let routing = republish_all(&mut state, config)?;
         let shared = Arc::new(Shared::new(n_workers, max_conns, state.counters.clone()));
         let worker_config = WorkerConfig {
             forward: config.forward,
@@ -169,7 +232,7 @@ impl Server {
                 index,
                 cpu,
                 listeners,
-                snapshot.clone(),
+                routing.clone(),
                 shared.clone(),
                 &wc,
                 slots,
@@ -183,7 +246,6 @@ impl Server {
         }
         let server = Server {
             workers,
-            local_addrs,
             shared,
             state: Mutex::new(state),
             config: config.clone(),
@@ -198,57 +260,108 @@ impl Server {
         tracing::info!(
             workers = n_workers,
             max_conns,
-            listen = ?server.local_addrs,
-            backends = config.service.backends.len(),
-            algorithm = config.service.algorithm.name(),
+            listen = ?server.local_addrs(),
+            services = config.services().len(),
             "uringlb running"
         );
         Ok(server)
     }
 
-    /// The bound listen addresses (port 0 resolved).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+    /// Every bound listen address (port 0 resolved), of every service.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound().into_iter().map(|b| b.addr).collect()
+    }
+
+    /// The bound listen addresses with their services.
+    pub fn bound(&self) -> Vec<Bound> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bound
+            .clone()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
-    /// Routes new connections over `backends` (all up, configured weights) from the moment
-    /// each worker swaps the snapshot in (see [`Server::applied`]); open connections keep
-    /// theirs. Returns the snapshot's version.
-    pub fn publish(&self, backends: &[BackendSpec]) -> Result<u64, StartError> {
-        let entries: Vec<BackendEntry> = backends.iter().map(BackendEntry::up).collect();
-        self.publish_entries(&entries, &self.config)
-    }
-
-    /// Publishes backends with their states and effective weights, and the reloadable
-    /// settings of `settings` (algorithm, hashing, timeouts, retries). A backend keeps its
-    /// id (and so its shared counters) as long as its name stays.
-    pub fn publish_entries(
-        &self,
-        entries: &[BackendEntry],
-        settings: &Config,
-    ) -> Result<u64, StartError> {
+    /// Publishes a new routing: the services in `changed` get new snapshots (backends with
+    /// their states and effective weights, and their policy); the other services in `live`
+    /// keep theirs; a service in neither is gone. A backend keeps its id (and so its shared
+    /// counters) as long as its name stays in its service. Returns the routing's version;
+    /// each worker routes new connections with it from the moment it swaps it in (see
+    /// [`Server::applied`]); open connections keep their backends.
+    pub fn publish(&self, changed: &[ServiceTable<'_>], live: &[&str]) -> Result<u64, StartError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshot = build_snapshot(&mut state, entries, &settings.policy())?;
-        let version = snapshot.version;
+        let routing = build_routing(&mut state, changed, live)?;
+        let version = routing.version;
         for w in &self.workers {
-            if w.commands.send(Command::Snapshot(snapshot.clone())).is_ok() {
+            if w.commands.send(Command::Routing(routing.clone())).is_ok() {
                 net::eventfd_signal(&w.wake);
             }
         }
         Ok(version)
     }
 
-    /// The version of the snapshot published last.
+    /// Makes the bound listen addresses `wanted` (address as configured, service): binds
+    /// every one not bound yet (one socket per worker, handed to each worker now) and
+    /// forgets the others (each worker closes them when the next routing no longer lists
+    /// them). All or nothing: if one cannot be bound, none is, and nothing changes.
+    pub fn update_listeners(&self, wanted: &[(SocketAddr, String)]) -> Result<(), StartError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let is_bound = |b: &Bound, (addr, service): &(SocketAddr, String)| {
+            b.wanted == *addr && b.service == *service
+        };
+        let mut new: Vec<(SocketAddr, String, ServiceId)> = Vec::new();
+        for w in wanted {
+            if !state.bound.iter().any(|b| is_bound(b, w)) {
+                let id = state.service_id(&w.1);
+                new.push((w.0, w.1.clone(), id));
+            }
+        }
+        let (listeners, bound) = bind_all(&new, self.workers.len())?;
+        for (w, l) in self.workers.iter().zip(listeners) {
+            if !l.is_empty() && w.commands.send(Command::Listen(l)).is_ok() {
+                net::eventfd_signal(&w.wake);
+            }
+        }
+        state
+            .bound
+            .retain(|b| wanted.iter().any(|w| is_bound(b, w)));
+        for b in &bound {
+            tracing::info!("service {}: listening on {}", b.service, b.addr);
+        }
+        state.bound.extend(bound);
+        Ok(())
+    }
+
+    /// Routes new connections of the first service over `backends` (all up, configured
+    /// weights), with the policy it started with: for embedders and tests that manage
+    /// backends themselves. Returns the routing's version.
+    pub fn publish_backends(
+        &self,
+        backends: &[crate::config::BackendSpec],
+    ) -> Result<u64, StartError> {
+        let services = self.config.services();
+        let first = &services[0];
+        let entries: Vec<BackendEntry> = backends.iter().map(BackendEntry::up).collect();
+        let live: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        let table = ServiceTable {
+            name: &first.name,
+            entries: &entries,
+            policy: first.settings.policy(),
+            accepting: true,
+        };
+        self.publish(&[table], &live)
+    }
+
+    /// The version of the routing published last.
     pub fn published_version(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).version
     }
 
-    /// The oldest snapshot version a running worker routes with: every new connection is
-    /// placed by that snapshot or a later one. `None` once every worker has exited (a
+    /// The oldest routing version a running worker routes with: every new connection is
+    /// placed by that routing or a later one. `None` once every worker has exited (a
     /// worker that died must not hold up whoever waits for it).
     pub fn applied_version(&self) -> Option<u64> {
         self.workers
@@ -259,7 +372,7 @@ impl Server {
             .min()
     }
 
-    /// Whether every running worker routes with snapshot `version` or a later one.
+    /// Whether every running worker routes with routing `version` or a later one.
     pub fn applied(&self, version: u64) -> bool {
         self.applied_version().is_none_or(|v| v >= version)
     }
@@ -280,7 +393,7 @@ impl Server {
 
     /// Starts a new worker in the place of each one whose loop failed (its connections
     /// were reset and their counts given back); the new one binds its own listeners and
-    /// routes with the last snapshot. A worker that ended because the balancer is stopping
+    /// routes with the last routing. A worker that ended because the balancer is stopping
     /// is left alone. Returns how many were restarted; an error if one cannot be (its
     /// listeners cannot be bound): the balancer then goes on with fewer workers.
     pub fn supervise(&mut self) -> Result<usize, StartError> {
@@ -305,8 +418,13 @@ impl Server {
                 worker = index,
                 "worker loop ended: {why}; starting a new one"
             );
-            let (mut listeners, _) = bind_all(&self.local_addrs, 1)?;
-            let snapshot = self
+            let wanted: Vec<(SocketAddr, String, ServiceId)> = self
+                .bound()
+                .into_iter()
+                .map(|b| (b.addr, b.service, b.id))
+                .collect();
+            let (mut listeners, _) = bind_all(&wanted, 1)?;
+            let routing = self
                 .state
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -317,7 +435,7 @@ impl Server {
                 index,
                 cpu,
                 listeners.pop().unwrap_or_default(),
-                snapshot,
+                routing,
                 self.shared.clone(),
                 &self.worker_config,
                 self.slots,
@@ -347,10 +465,10 @@ impl Server {
 }
 
 impl Server {
-    /// The id a backend name has (or gets) in the shared counters.
-    pub fn backend_id(&self, name: &str) -> Option<BackendId> {
+    /// The id backend `name` of `service` has (or gets) in the shared counters.
+    pub fn backend_id(&self, service: &str, name: &str) -> Option<BackendId> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.id_for(name)
+        state.id_for(service, name)
     }
 }
 
@@ -361,8 +479,6 @@ struct Plan {
     n_workers: usize,
     max_conns: usize,
     state: PublishState,
-    /// The first snapshot: every configured backend, up.
-    snapshot: Arc<Snapshot>,
 }
 
 impl Plan {
@@ -376,21 +492,36 @@ impl Plan {
             .max_conns
             .unwrap_or_else(|| default_max_conns(n_workers, config.splice_pipes));
         let mut state = PublishState::new(SharedCounters::new());
-        let entries: Vec<BackendEntry> = config
-            .service
-            .backends
-            .iter()
-            .map(BackendEntry::up)
-            .collect();
-        let snapshot = build_snapshot(&mut state, &entries, &config.policy())?;
+        // What a start publishes first, built here so that `--check` refuses what it would.
+        republish_all(&mut state, config)?;
         Ok(Plan {
             cpus,
             n_workers,
             max_conns,
             state,
-            snapshot,
         })
     }
+}
+
+/// A routing with every service of `config` and every configured backend, up.
+fn republish_all(state: &mut PublishState, config: &Config) -> Result<Arc<Routing>, StartError> {
+    let services = config.services();
+    let entries: Vec<Vec<BackendEntry>> = services
+        .iter()
+        .map(|s| s.settings.backends.iter().map(BackendEntry::up).collect())
+        .collect();
+    let tables: Vec<ServiceTable<'_>> = services
+        .iter()
+        .zip(&entries)
+        .map(|(s, e)| ServiceTable {
+            name: &s.name,
+            entries: e,
+            policy: s.settings.policy(),
+            accepting: true,
+        })
+        .collect();
+    let live: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    build_routing(state, &tables, &live)
 }
 
 /// Runs every check a start runs, short of binding the listeners and starting workers
@@ -399,26 +530,75 @@ pub fn check(config: &Config) -> Result<(), StartError> {
     Plan::new(config).map(|_| ())
 }
 
-/// Builds the next snapshot and records it as published; ids of backends it no longer
-/// holds are retired, and those nothing refers to any more are reclaimed.
-fn build_snapshot(
+/// Builds the next routing and records it as published (see [`Server::publish`]); ids of
+/// backends it no longer holds are retired, and those nothing refers to any more are
+/// reclaimed.
+fn build_routing(
     state: &mut PublishState,
-    entries: &[BackendEntry],
-    policy: &Policy,
-) -> Result<Arc<Snapshot>, StartError> {
-    if entries.len() > MAX_BACKENDS {
-        return Err(StartError::TooManyBackends(entries.len()));
+    changed: &[ServiceTable<'_>],
+    live: &[&str],
+) -> Result<Arc<Routing>, StartError> {
+    let total: usize = changed.iter().map(|t| t.entries.len()).sum();
+    if total > MAX_BACKENDS {
+        return Err(StartError::TooManyBackends(total));
     }
     let local_ips: Arc<[IpAddr]> = crate::loops::local_ips().into();
+    let version = state.version + 1;
+    let mut services = state
+        .last
+        .as_ref()
+        .map(|r| r.services.clone())
+        .unwrap_or_default();
+    for t in changed {
+        let id = state.service_id(t.name);
+        let snapshot = build_snapshot(state, version, t, local_ips.clone())?;
+        if services.len() <= id.0 as usize {
+            services.resize(id.0 as usize + 1, None);
+        }
+        services[id.0 as usize] = Some(snapshot);
+    }
+    let live_ids: Vec<ServiceId> = live.iter().map(|n| state.service_id(n)).collect();
+    if services.len() < state.services.len() {
+        services.resize(state.services.len(), None);
+    }
+    for (i, s) in services.iter_mut().enumerate() {
+        if !live_ids.contains(&ServiceId(i as u32)) {
+            *s = None;
+        }
+    }
+    state.version = version;
+    let mut keys = HashSet::new();
+    for (i, s) in services.iter().enumerate() {
+        if let Some(s) = s {
+            for b in &s.backends {
+                keys.insert(backend_key(&state.services[i], &b.name));
+            }
+        }
+    }
+    let key_refs: HashSet<&str> = keys.iter().map(String::as_str).collect();
+    state.ids.retire_absent(&key_refs);
+    state.reclaim();
+    let routing = Arc::new(Routing { version, services });
+    state.last = Some(routing.clone());
+    Ok(routing)
+}
+
+/// One service's snapshot, recorded as published.
+fn build_snapshot(
+    state: &mut PublishState,
+    version: u64,
+    table: &ServiceTable<'_>,
+    local_ips: Arc<[IpAddr]>,
+) -> Result<Arc<Snapshot>, StartError> {
     let is_local = |ip: IpAddr| {
         let ip = crate::loops::canonical(ip);
         ip.is_loopback() || ip.is_unspecified() || local_ips.binary_search(&ip).is_ok()
     };
-    let mut backends = Vec::with_capacity(entries.len());
-    for e in entries {
+    let mut backends = Vec::with_capacity(table.entries.len());
+    for e in table.entries {
         // Fails only while backends removed earlier still hold connections.
         let id = state
-            .id_for(&e.spec.name)
+            .id_for(table.name, &e.spec.name)
             .ok_or(StartError::TooManyBackends(state.ids.taken() + 1))?;
         backends.push(Backend {
             id,
@@ -432,13 +612,16 @@ fn build_snapshot(
             local: is_local(e.spec.addr.ip()),
         });
     }
-    state.version += 1;
-    let snapshot = Arc::new(Snapshot::new(state.version, backends, policy, local_ips));
-    let names: HashSet<&str> = snapshot.backends.iter().map(|b| b.name.as_str()).collect();
-    state.ids.retire_absent(&names);
-    state.reclaim();
+    let mut snapshot = Snapshot::new(version, backends, &table.policy, local_ips.clone());
+    snapshot.accepting = table.accepting;
+    snapshot.listen = state
+        .bound
+        .iter()
+        .filter(|b| b.service == table.name)
+        .map(|b| b.addr)
+        .collect();
+    let snapshot = Arc::new(snapshot);
     state.published.push(Arc::downgrade(&snapshot));
-    state.last = Some(snapshot.clone());
     Ok(snapshot)
 }
 
@@ -454,8 +637,8 @@ fn injected_failure(index: usize) -> Option<u64> {
 fn spawn_worker(
     index: usize,
     cpu: Option<usize>,
-    listeners: Vec<(OwnedFd, SocketAddr)>,
-    snapshot: Arc<Snapshot>,
+    listeners: Vec<ListenerFd>,
+    routing: Arc<Routing>,
     shared: Arc<Shared>,
     config: &WorkerConfig,
     slots: usize,
@@ -471,7 +654,7 @@ fn spawn_worker(
         listeners,
         wake: wake_for_worker,
         commands: rx,
-        snapshot,
+        routing,
         shared,
         config: config.clone(),
         slots,
@@ -516,17 +699,17 @@ fn spawn_worker(
     }
 }
 
-/// One SO_REUSEPORT listener per worker per address, with the address it is bound to. With
-/// port 0 the first socket's kernel-chosen port is reused for the others.
+/// One SO_REUSEPORT listener per worker per address, with the address it is bound to and
+/// its service. With port 0 the first socket's kernel-chosen port is reused for the others.
 #[allow(clippy::type_complexity)]
 fn bind_all(
-    addrs: &[SocketAddr],
+    wanted: &[(SocketAddr, String, ServiceId)],
     workers: usize,
-) -> Result<(Vec<Vec<(OwnedFd, SocketAddr)>>, Vec<SocketAddr>), StartError> {
-    let mut per_worker: Vec<Vec<(OwnedFd, SocketAddr)>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
+) -> Result<(Vec<Vec<ListenerFd>>, Vec<Bound>), StartError> {
+    let mut per_worker: Vec<Vec<ListenerFd>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(wanted.len());
+    for (addr, service, id) in wanted {
+        let addr = *addr;
         let mut actual = addr;
         for sockets in per_worker.iter_mut() {
             let sock =
@@ -536,9 +719,14 @@ fn bind_all(
                     actual = a;
                 }
             }
-            sockets.push((OwnedFd::from(sock), actual));
+            sockets.push((OwnedFd::from(sock), actual, *id));
         }
-        bound.push(actual);
+        bound.push(Bound {
+            wanted: addr,
+            addr: actual,
+            service: service.clone(),
+            id: *id,
+        });
     }
     Ok((per_worker, bound))
 }

@@ -269,7 +269,8 @@ fn check_prints_the_effective_configuration() {
     assert_mentions(
         &out,
         &[
-            "ok: 1 listener(s), 3 backend(s)",
+            "ok: 1 service(s)",
+            "service default: listen 127.0.0.1:8080; 3 backend(s)",
             "algorithm round-robin",
             "workers auto",
         ],
@@ -298,7 +299,10 @@ fn flags_override_the_file() {
     assert_mentions(&out, &["algorithm round-robin", "workers 2", "health none"]);
     // A --backend / --listen on the command line replaces the file's list.
     let out = ok(&["--check", "-c", &basic, "-b", "127.0.0.1:9100"]);
-    assert_mentions(&out, &["1 listener(s), 1 backend(s)"]);
+    assert_mentions(
+        &out,
+        &["listen 127.0.0.1:8080; 1 backend(s) [127.0.0.1:9100]"],
+    );
     let out = ok(&[
         "--check",
         "-c",
@@ -308,7 +312,10 @@ fn flags_override_the_file() {
         "-l",
         "127.0.0.1:8082",
     ]);
-    assert_mentions(&out, &["2 listener(s), 3 backend(s)"]);
+    assert_mentions(
+        &out,
+        &["listen 127.0.0.1:8081, 127.0.0.1:8082; 3 backend(s)"],
+    );
 }
 
 #[test]

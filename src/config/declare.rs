@@ -117,7 +117,7 @@ macro_rules! settings {
         [$({ $pname:ident $pkind:ident ($pty:ty) ($pdefault:expr) [$(#[$pmeta:meta])*]
              $($_p:tt)* })*]
         [$({ $sname:ident $skind:ident ($sty:ty) ($sdefault:expr) [$(#[$smeta:meta])*]
-             $($_s:tt)* })*]
+             ($skey:expr) ($($sparse:path)?) ($($sfile:expr)?) $($_s:tt)* })*]
     ) => {
         /// A service's settings, resolved: what a service that inherits the top-level
         /// settings (and overrides some) runs with.
@@ -157,15 +157,48 @@ macro_rules! settings {
                     $( $sname: settings!(@apply $skind (self.$sname) (base.$sname)), )*
                 }
             }
+
+            /// Reads the value of file key `key` if it is a service setting (a key of a
+            /// `[[service]]` table); `false` if it is not one.
+            pub(crate) fn read_file_value<'de, A: ::serde::de::MapAccess<'de>>(
+                &mut self,
+                key: &str,
+                map: &mut A,
+            ) -> Result<bool, A::Error> {
+                $(
+                    if key == $skey {
+                        let value = map.next_value_seed(
+                            settings!(@seed $skind ($sty) ($skey) ($($sparse)?) ($($sfile)?))
+                        )?;
+                        self.$sname = Some(value);
+                        return Ok(true);
+                    }
+                )*
+                Ok(false)
+            }
+
+            /// The names of the settings this says something about.
+            pub fn given(&self) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$sname.is_some() { out.push($skey); } )*
+                out
+            }
         }
+
+        /// The keys of a `[[service]]` table, in the order an unknown key's error lists them.
+        pub(crate) const SERVICE_TABLE_KEYS: &[&str] = &["name", $($skey),*];
 
         /// Everything a running balancer needs. Built by [`load`](crate::config::load),
         /// never by hand outside tests.
         #[derive(Debug, Clone, PartialEq)]
         pub struct Config {
             $( $(#[$pmeta])* pub $pname: settings!(@cfg_ty $pkind $pty), )*
-            /// The settings of the one service.
+            /// The top-level service settings: the one service of a configuration without
+            /// `[[service]]` tables, or the defaults those tables inherit.
             pub service: ServiceSettings,
+            /// The `[[service]]` tables, resolved (inheritance applied). Empty: the one
+            /// service `default` that `service` describes (see [`Config::services`]).
+            pub services: Vec<$crate::config::services::ServiceConfig>,
             /// The file the configuration came from, if any (reload re-reads it).
             pub config_file: Option<::std::path::PathBuf>,
             /// The values given as command-line flags: a reload re-reads the file and lays
@@ -179,6 +212,7 @@ macro_rules! settings {
                 Config {
                     $( $pname: settings!(@default $pkind ($pdefault)), )*
                     service: ServiceSettings::default(),
+                    services: Vec::new(),
                     config_file: None,
                     overrides: PartialConfig::default(),
                 }
@@ -192,6 +226,8 @@ macro_rules! settings {
         pub struct PartialConfig {
             $( pub $pname: settings!(@partial_ty $pkind $pty), )*
             pub service: PartialServiceSettings,
+            /// The file's `[[service]]` tables, unresolved; `None` when it has none.
+            pub services: Option<Vec<$crate::config::services::PartialService>>,
         }
 
         impl PartialConfig {
@@ -202,6 +238,7 @@ macro_rules! settings {
                 PartialConfig {
                     $( $pname: top.$pname.or(self.$pname), )*
                     service: self.service.overlay(top.service),
+                    services: top.services.or(self.services),
                 }
             }
 
@@ -210,6 +247,7 @@ macro_rules! settings {
                 Config {
                     $( $pname: settings!(@apply $pkind (self.$pname) (base.$pname)), )*
                     service: self.service.apply_to(base.service),
+                    services: base.services,
                     config_file: base.config_file,
                     overrides: base.overrides,
                 }
@@ -222,6 +260,11 @@ macro_rules! settings {
                 map: &mut A,
             ) -> Result<(), A::Error> {
                 let p = self;
+                if key == "service" {
+                    let tables = map.next_value_seed($crate::config::services::ServiceTables)?;
+                    p.services = Some(tables);
+                    return Ok(());
+                }
                 $(
                     if key == $key {
                         let value = map.next_value_seed(
@@ -236,7 +279,7 @@ macro_rules! settings {
         }
 
         /// Every TOML key, in the order an unknown key's error lists them.
-        pub(crate) const FILE_KEYS: &[&str] = &[$($key),*];
+        pub(crate) const FILE_KEYS: &[&str] = &[$($key,)* "service"];
 
         /// The command-line flags that are settings (`--config` and `--check` are not).
         /// Every flag is optional here (no clap defaults) so that "given on the command

@@ -1,59 +1,82 @@
 //! What other modules take from a [`Config`]: a snapshot's routing policy, the health
 //! state machine's parameters, the `--check` summary line.
 
-use super::{Config, HealthCheck, Workers};
+use super::{Config, HealthCheck, ServiceSettings, Workers};
 
-impl Config {
+impl ServiceSettings {
     /// The routing settings a snapshot carries.
     pub fn policy(&self) -> crate::backend::Policy {
         crate::backend::Policy {
-            algorithm: self.service.algorithm,
-            hash_key: self.service.hash_key,
-            hash_balance_factor: self.service.hash_balance_factor,
-            maglev_table_size: self.service.maglev_table_size,
-            connect_timeout: self.service.connect_timeout,
-            idle_timeout: self.service.idle_timeout,
-            retries: self.service.retries,
-            proxy_protocol: self.service.proxy_protocol,
-            accept_proxy: self.service.accept_proxy.clone(),
+            algorithm: self.algorithm,
+            hash_key: self.hash_key,
+            hash_balance_factor: self.hash_balance_factor,
+            maglev_table_size: self.maglev_table_size,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            retries: self.retries,
+            proxy_protocol: self.proxy_protocol,
+            accept_proxy: self.accept_proxy.clone(),
             limits: crate::limits::Limits {
-                max_open: self.service.max_conns_per_source,
-                max_rate: self.service.max_conn_rate_per_source,
+                max_open: self.max_conns_per_source,
+                max_rate: self.max_conn_rate_per_source,
             },
-            tcp_keepalive: self.service.tcp_keepalive.0,
+            tcp_keepalive: self.tcp_keepalive.0,
         }
     }
 
     /// The health state machine's settings.
     pub fn health_params(&self) -> crate::health::Params {
         crate::health::Params {
-            rise: self.service.rise.max(1),
-            fall: self.service.fall.max(1),
-            active: self.service.health != HealthCheck::None,
-            eject_after: self.service.eject_after,
-            eject_base: self.service.eject_base,
-            eject_max: self.service.eject_max.max(self.service.eject_base),
+            rise: self.rise.max(1),
+            fall: self.fall.max(1),
+            active: self.health != HealthCheck::None,
+            eject_after: self.eject_after,
+            eject_base: self.eject_base,
+            eject_max: self.eject_max.max(self.eject_base),
         }
     }
 }
 
-/// One line for `--check`: what the merged configuration amounts to.
+/// What `--check` prints: one line for the balancer, then one per service with its
+/// listeners and backends.
 pub fn summary(cfg: &Config) -> String {
     let workers = match cfg.workers {
         Workers::Auto => "auto".to_string(),
         Workers::Count(n) => n.to_string(),
     };
+    let services = cfg.services();
     let mut s = format!(
-        "ok: {} listener(s), {} backend(s), algorithm {}, workers {}, forward {}, health {}",
-        cfg.service.listen.len(),
-        cfg.service.backends.len(),
-        cfg.service.algorithm.name(),
+        "ok: {} service(s), workers {}, forward {}",
+        services.len(),
         workers,
         cfg.forward.name(),
-        cfg.service.health,
     );
-    if let Some(d) = &cfg.service.discovery {
-        s.push_str(&format!(", discovery {d}"));
+    for svc in &services {
+        let c = &svc.settings;
+        let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+        let backends: Vec<String> = c
+            .backends
+            .iter()
+            .map(|b| {
+                if b.name == b.addr.to_string() {
+                    b.name.clone()
+                } else {
+                    format!("{}={}", b.name, b.addr)
+                }
+            })
+            .collect();
+        s.push_str(&format!(
+            "\nservice {}: listen {}; {} backend(s) [{}]; algorithm {}, health {}",
+            svc.name,
+            listen.join(", "),
+            c.backends.len(),
+            backends.join(", "),
+            c.algorithm.name(),
+            c.health,
+        ));
+        if let Some(d) = &c.discovery {
+            s.push_str(&format!(", discovery {d}"));
+        }
     }
     s
 }
@@ -78,7 +101,7 @@ mod tests {
         let c = valid();
         assert_eq!(
             summary(&c),
-            "ok: 1 listener(s), 1 backend(s), algorithm round-robin, workers auto, forward auto, health tcp"
+            "ok: 1 service(s), workers auto, forward auto\nservice default: listen 127.0.0.1:8080; 1 backend(s) [127.0.0.1:9001]; algorithm round-robin, health tcp"
         );
     }
 }

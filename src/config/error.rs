@@ -33,6 +33,22 @@ pub enum ConfigError {
     DuplicateBackendName(String),
     #[error("backend '{name}': {message}")]
     InvalidBackend { name: String, message: String },
+    /// What a file with `[[service]]` tables cannot say.
+    #[error("{0}")]
+    Services(String),
+    #[error("service '{service}': {source}")]
+    InService {
+        service: String,
+        source: Box<ConfigError>,
+    },
+    #[error("duplicate service name '{0}'")]
+    DuplicateService(String),
+    #[error("{addr} is the listen address of services '{first}' and '{second}': each address belongs to one service")]
+    SharedListen {
+        addr: SocketAddr,
+        first: String,
+        second: String,
+    },
     /// A setting out of range; `key` is the flag name.
     #[error("invalid {key}: {message}")]
     Invalid { key: &'static str, message: String },

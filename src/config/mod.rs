@@ -50,6 +50,7 @@ pub mod duration;
 pub mod error;
 pub mod file;
 pub mod flags;
+pub mod services;
 mod settings;
 pub mod validate;
 pub mod values;
@@ -61,6 +62,7 @@ pub use derived::summary;
 pub use duration::*;
 pub use error::ConfigError;
 pub use file::{load_file, parse_toml};
+pub use services::{ServiceConfig, DEFAULT_SERVICE};
 pub use settings::{Config, Flags, PartialConfig, PartialServiceSettings, ServiceSettings};
 pub use validate::check_not_self;
 pub use values::*;
@@ -77,7 +79,13 @@ pub fn load(file: Option<&Path>, overrides: PartialConfig) -> Result<Config, Con
         overrides: overrides.clone(),
         ..Config::default()
     };
-    let cfg = from_file.overlay(overrides).apply_to(base);
+    let tables = from_file.services.clone();
+    let merged = from_file.clone().overlay(overrides.clone());
+    let top = merged.service.clone();
+    let mut cfg = merged.apply_to(base);
+    if let Some(tables) = tables {
+        cfg.services = services::resolve(tables, &from_file, &overrides, &top)?;
+    }
     cfg.validate()?;
     Ok(cfg)
 }

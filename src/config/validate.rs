@@ -6,33 +6,94 @@ use std::net::SocketAddr;
 use super::address::check_accept_proxy_len;
 use super::backend_spec::{check_backend_name, check_weight};
 use super::duration::{check_duration, check_positive};
+use super::services::check_service_name;
 use super::values::*;
-use super::{Algorithm, Config, ConfigError, HealthCheck};
+use super::{Algorithm, Config, ConfigError, HealthCheck, ServiceSettings};
 
 impl Config {
     /// Checks the rules that hold whatever the source of a value; cross-field rules too.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, message: String) -> ConfigError {
-            ConfigError::Invalid { key, message }
+        if let Workers::Count(n) = self.workers {
+            check_range(n as u64, 1, MAX_WORKERS as u64).map_err(|m| invalid("--workers", m))?;
         }
-        if self.service.listen.is_empty() {
+        if let Some(n) = self.max_conns {
+            check_range(n as u64, 1, u64::from(u32::MAX)).map_err(|m| invalid("--max-conns", m))?;
+        }
+        check_duration(self.grace).map_err(|m| invalid("--grace", m))?;
+        parse_log_level(&self.log_level).map_err(|m| invalid("--log-level", m))?;
+        if self.splice_pipes > MAX_SPLICE_PIPES {
+            return Err(invalid(
+                "--splice-pipes",
+                format!("at most {MAX_SPLICE_PIPES}, got {}", self.splice_pipes),
+            ));
+        }
+        let services = self.services();
+        let mut names = std::collections::HashSet::new();
+        let mut listen: Vec<(SocketAddr, &str)> = Vec::new();
+        let mut backends = 0;
+        for s in &services {
+            check_service_name(&s.name).map_err(ConfigError::Services)?;
+            if !names.insert(s.name.as_str()) {
+                return Err(ConfigError::DuplicateService(s.name.clone()));
+            }
+            for addr in &s.settings.listen {
+                if let Some((_, first)) = listen.iter().find(|(a, n)| a == addr && *n != s.name) {
+                    return Err(ConfigError::SharedListen {
+                        addr: *addr,
+                        first: first.to_string(),
+                        second: s.name.clone(),
+                    });
+                }
+                listen.push((*addr, &s.name));
+            }
+            backends += s.settings.backends.len();
+        }
+        if backends > crate::backend::MAX_BACKENDS {
+            return Err(ConfigError::TooManyBackends(backends));
+        }
+        let all_listen: Vec<SocketAddr> = listen.iter().map(|(a, _)| *a).collect();
+        for s in &services {
+            s.settings.validate(&all_listen).map_err(|e| {
+                if self.has_service_tables() {
+                    ConfigError::InService {
+                        service: s.name.clone(),
+                        source: Box::new(e),
+                    }
+                } else {
+                    e
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { key, message }
+}
+
+impl ServiceSettings {
+    /// The rules of one service; `all_listen` are the listen addresses of every service
+    /// (a backend at any of them would loop).
+    pub fn validate(&self, all_listen: &[SocketAddr]) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
             return Err(ConfigError::NoListen);
         }
-        for (i, addr) in self.service.listen.iter().enumerate() {
-            if self.service.listen[..i].contains(addr) {
+        for (i, addr) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(addr) {
                 return Err(ConfigError::DuplicateListen(*addr));
             }
         }
-        if self.service.backends.is_empty() && self.service.discovery.is_none() {
+        if self.backends.is_empty() && self.discovery.is_none() {
             return Err(ConfigError::NoBackends);
         }
-        if self.service.backends.len() > crate::backend::MAX_BACKENDS {
-            return Err(ConfigError::TooManyBackends(self.service.backends.len()));
+        if self.backends.len() > crate::backend::MAX_BACKENDS {
+            return Err(ConfigError::TooManyBackends(self.backends.len()));
         }
         // Duplicate addresses are allowed when the names differ: the name, not the
         // address, is the backend's identity (hashing key, admin API path).
         let mut names = std::collections::HashSet::new();
-        for b in &self.service.backends {
+        for b in &self.backends {
             let bad = |message: String| ConfigError::InvalidBackend {
                 name: b.name.clone(),
                 message,
@@ -50,52 +111,41 @@ impl Config {
             if !names.insert(b.name.as_str()) {
                 return Err(ConfigError::DuplicateBackendName(b.name.clone()));
             }
-            check_not_self(b.addr, &self.service.listen).map_err(bad)?;
+            check_not_self(b.addr, all_listen).map_err(bad)?;
         }
-        if let Workers::Count(n) = self.workers {
-            check_range(n as u64, 1, MAX_WORKERS as u64).map_err(|m| invalid("--workers", m))?;
-        }
-        check_range(u64::from(self.service.retries), 0, u64::from(MAX_RETRIES))
+        check_range(u64::from(self.retries), 0, u64::from(MAX_RETRIES))
             .map_err(|m| invalid("--retries", m))?;
-        check_range(u64::from(self.service.rise), 1, u64::from(MAX_RISE_FALL))
+        check_range(u64::from(self.rise), 1, u64::from(MAX_RISE_FALL))
             .map_err(|m| invalid("--rise", m))?;
-        check_range(u64::from(self.service.fall), 1, u64::from(MAX_RISE_FALL))
+        check_range(u64::from(self.fall), 1, u64::from(MAX_RISE_FALL))
             .map_err(|m| invalid("--fall", m))?;
-        if let Some(n) = self.max_conns {
-            check_range(n as u64, 1, u64::from(u32::MAX)).map_err(|m| invalid("--max-conns", m))?;
-        }
         for (key, d) in [
-            ("--connect-timeout", self.service.connect_timeout),
-            ("--idle-timeout", self.service.idle_timeout),
-            ("--health-interval", self.service.health_interval),
-            ("--health-timeout", self.service.health_timeout),
-            ("--discovery-interval", self.service.discovery_interval),
-            ("--eject-base", self.service.eject_base),
-            ("--eject-max", self.service.eject_max),
+            ("--connect-timeout", self.connect_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--health-interval", self.health_interval),
+            ("--health-timeout", self.health_timeout),
+            ("--discovery-interval", self.discovery_interval),
+            ("--eject-base", self.eject_base),
+            ("--eject-max", self.eject_max),
         ] {
             check_positive(d).map_err(|m| invalid(key, m))?;
         }
-        check_duration(self.grace).map_err(|m| invalid("--grace", m))?;
-        check_range(
-            u64::from(self.service.eject_after),
-            0,
-            u64::from(MAX_EJECT_AFTER),
-        )
-        .map_err(|m| invalid("--eject-after", m))?;
-        if self.service.eject_max < self.service.eject_base {
+        check_range(u64::from(self.eject_after), 0, u64::from(MAX_EJECT_AFTER))
+            .map_err(|m| invalid("--eject-after", m))?;
+        if self.eject_max < self.eject_base {
             return Err(invalid(
                 "--eject-max",
                 format!(
                     "must be at least --eject-base ({:?}), got {:?}",
-                    self.service.eject_base, self.service.eject_max
+                    self.eject_base, self.eject_max
                 ),
             ));
         }
-        check_duration(self.service.slow_start).map_err(|m| invalid("--slow-start", m))?;
-        if let HealthCheck::Http(path) = &self.service.health {
+        check_duration(self.slow_start).map_err(|m| invalid("--slow-start", m))?;
+        if let HealthCheck::Http(path) = &self.health {
             check_http_path(path).map_err(|m| invalid("--health", m))?;
         }
-        if let Some(f) = self.service.hash_balance_factor {
+        if let Some(f) = self.hash_balance_factor {
             check_range(
                 u64::from(f),
                 u64::from(MIN_HASH_BALANCE_FACTOR),
@@ -103,26 +153,16 @@ impl Config {
             )
             .map_err(|m| invalid("--hash-balance-factor", m))?;
         }
-        if let Some(d) = &self.service.discovery {
+        if let Some(d) = &self.discovery {
             parse_discovery(d).map_err(|m| invalid("--discovery", m))?;
         }
-        parse_log_level(&self.log_level).map_err(|m| invalid("--log-level", m))?;
-        check_accept_proxy_len(self.service.accept_proxy.len())
+        check_accept_proxy_len(self.accept_proxy.len())
             .map_err(|m| invalid("--accept-proxy", m))?;
-        if self.splice_pipes > MAX_SPLICE_PIPES {
-            return Err(invalid(
-                "--splice-pipes",
-                format!("at most {MAX_SPLICE_PIPES}, got {}", self.splice_pipes),
-            ));
-        }
-        check_maglev_table_size(self.service.maglev_table_size)
+        check_maglev_table_size(self.maglev_table_size)
             .map_err(|m| invalid("--maglev-table-size", m))?;
-        if self.service.algorithm == Algorithm::Maglev {
-            crate::balance::validate_table_size(
-                self.service.maglev_table_size,
-                self.service.backends.len(),
-            )
-            .map_err(|m| invalid("--maglev-table-size", m))?;
+        if self.algorithm == Algorithm::Maglev {
+            crate::balance::validate_table_size(self.maglev_table_size, self.backends.len())
+                .map_err(|m| invalid("--maglev-table-size", m))?;
         }
         Ok(())
     }

@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::backend::{BackendId, BackendState, SharedCounters};
-use crate::config::{BackendSpec, Config, ProxyProtocol};
+#[cfg(test)]
+use crate::config::Config;
+use crate::config::{BackendSpec, ProxyProtocol, ServiceSettings};
 use crate::health::{Health, Params};
 use crate::server::BackendEntry;
 
@@ -58,6 +60,11 @@ impl AdminState {
 pub enum TableError {
     #[error("no backend named '{0}'")]
     Unknown(String),
+    #[error("no service named '{0}'")]
+    UnknownService(String),
+    /// A route without a service name while there are several.
+    #[error("there are several services ({}): name one, as /services/{{service}}/backends", .0.join(", "))]
+    Ambiguous(Vec<String>),
     #[error("backend '{0}' is being removed")]
     Removing(String),
     #[error("a backend named '{0}' exists already")]
@@ -175,15 +182,25 @@ pub struct Table {
 }
 
 impl Table {
-    /// Every configured backend, up (as [`crate::server::Server::start`] published them).
-    /// `ids` gives each name its shared-counter id.
+    /// The one service of `config` (tests).
+    #[cfg(test)]
     pub fn new(config: &Config, ids: &mut dyn FnMut(&str) -> Option<BackendId>) -> Table {
+        Table::for_service(&config.service, config.grace, ids)
+    }
+
+    /// Every configured backend of a service, up (as [`crate::server::Server::start`]
+    /// published them). `ids` gives each name its shared-counter id.
+    pub fn for_service(
+        settings: &ServiceSettings,
+        grace: Duration,
+        ids: &mut dyn FnMut(&str) -> Option<BackendId>,
+    ) -> Table {
         let mut t = Table {
             rows: Vec::new(),
-            params: config.health_params(),
-            grace: config.grace,
-            slow_start: if slow_start::applies_to(config.service.algorithm) {
-                config.service.slow_start
+            params: settings.health_params(),
+            grace,
+            slow_start: if slow_start::applies_to(settings.algorithm) {
+                settings.slow_start
             } else {
                 Duration::ZERO
             },
@@ -192,7 +209,7 @@ impl Table {
             next_generation: 0,
             transitions: Vec::new(),
         };
-        for spec in &config.service.backends {
+        for spec in &settings.backends {
             let g = t.generation();
             t.rows.push(Row::new(spec.clone(), ids(&spec.name), g));
         }
@@ -565,12 +582,13 @@ impl Table {
         Ok(self.set_backends(&specs, now, &mut |_| None))
     }
 
-    /// Takes the reloadable settings of `config` (health thresholds, ejection, `--grace`,
-    /// slow start); they apply from the next event on. Backends are set separately.
-    pub fn reconfigure(&mut self, config: &Config, now: Instant) {
+    /// Takes the reloadable settings of a service (health thresholds, ejection, slow
+    /// start) and `--grace`; they apply from the next event on. Backends are set
+    /// separately.
+    pub fn reconfigure(&mut self, settings: &ServiceSettings, grace: Duration, now: Instant) {
         let was_active = self.params.active;
-        self.params = config.health_params();
-        self.grace = config.grace;
+        self.params = settings.health_params();
+        self.grace = grace;
         if was_active && !self.params.active {
             // No check will ever pass again: forget the failed ones.
             for i in 0..self.rows.len() {
@@ -580,8 +598,8 @@ impl Table {
                 }
             }
         }
-        let slow_start = if slow_start::applies_to(config.service.algorithm) {
-            config.service.slow_start
+        let slow_start = if slow_start::applies_to(settings.algorithm) {
+            settings.slow_start
         } else {
             Duration::ZERO
         };
@@ -976,7 +994,7 @@ pub(crate) mod tests {
         let mut off = cfg.clone();
         off.service.health = HealthCheck::None;
         off.grace = Duration::from_secs(9);
-        t.reconfigure(&off, now);
+        t.reconfigure(&off.service, off.grace, now);
         assert_eq!(t.state("b0"), Some(BackendState::Up));
         t.set_state("b1", AdminState::Drain, now).expect("drain");
         assert_eq!(

@@ -10,7 +10,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, HealthCheck, ProxyProtocol};
+use std::sync::Arc;
+
+use crate::config::{HealthCheck, ProxyProtocol, ServiceSettings};
 use crate::health::probe;
 
 use super::backends::ProbeTarget;
@@ -18,6 +20,8 @@ use super::backends::ProbeTarget;
 /// One finished check.
 #[derive(Debug)]
 pub struct CheckResult {
+    /// The service of the backend checked.
+    pub service: Arc<str>,
     pub target: ProbeTarget,
     /// `Err` holds the reason, one line.
     pub result: Result<(), String>,
@@ -25,6 +29,7 @@ pub struct CheckResult {
 
 /// The running probe tasks, one per target.
 pub struct Checker {
+    service: Arc<str>,
     kind: HealthCheck,
     interval: Duration,
     timeout: Duration,
@@ -36,17 +41,23 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(config: &Config, results: UnboundedSender<CheckResult>) -> Checker {
+    /// The checks of service `service`'s backends, as `settings` say.
+    pub fn new(
+        service: &str,
+        settings: &ServiceSettings,
+        results: UnboundedSender<CheckResult>,
+    ) -> Checker {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id());
         Checker {
-            kind: config.service.health.clone(),
-            interval: config.service.health_interval,
-            timeout: config.service.health_timeout,
-            proxy_protocol: config.service.proxy_protocol,
+            service: service.into(),
+            kind: settings.health.clone(),
+            interval: settings.health_interval,
+            timeout: settings.health_timeout,
+            proxy_protocol: settings.proxy_protocol,
             results,
             tasks: HashMap::new(),
             rng: seed | 1,
@@ -82,6 +93,7 @@ impl Checker {
                 kind: self.kind.clone(),
                 timeout: self.timeout,
                 proxy: target.proxy_protocol.or(self.proxy_protocol),
+                service: self.service.clone(),
             };
             let handle = tokio::spawn(probe_loop(
                 target.clone(),
@@ -110,6 +122,7 @@ const LOCAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// One check of one backend, as [`probe::check`] runs it.
 struct Probe {
+    service: Arc<str>,
     kind: HealthCheck,
     timeout: Duration,
     /// The PROXY header to send first: the backend's own setting, else `--proxy-protocol`.
@@ -142,6 +155,7 @@ async fn probe_loop(
                     tracing::debug!("health check of {} failed: {e}", target.name);
                 }
                 let msg = CheckResult {
+                    service: how.service.clone(),
                     target: target.clone(),
                     result: result.map_err(|e| e.to_string()),
                 };

@@ -124,6 +124,7 @@ impl Controller {
     pub fn set_state(&self, name: &str, state: AdminState) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::SetState {
+            service: None,
             name: name.to_string(),
             state,
             reply,
@@ -136,15 +137,23 @@ impl Controller {
     /// returns once every worker routes new connections with the change.
     pub fn set_backends(&self, backends: Vec<BackendSpec>) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::SetBackends { backends, reply })?;
-        rx.blocking_recv().map_err(|_| ControlError::Stopped)
+        self.send(Command::SetBackends {
+            service: None,
+            backends,
+            reply,
+        })?;
+        rx.blocking_recv().map_err(|_| ControlError::Stopped)??;
+        Ok(())
     }
 
     /// Every backend's state now.
     pub fn status(&self) -> Result<Vec<BackendStatus>, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Status { reply })?;
-        rx.blocking_recv().map_err(|_| ControlError::Stopped)
+        self.send(Command::Status {
+            service: None,
+            reply,
+        })?;
+        Ok(rx.blocking_recv().map_err(|_| ControlError::Stopped)??)
     }
 
     /// Stops accepting, lets open connections finish within `grace`, and waits for it.

@@ -10,50 +10,56 @@
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::oneshot;
 
-use crate::config::{BackendSpec, Config};
+use crate::config::{BackendSpec, Config, ServiceSettings};
 use crate::server::Server;
 
 use super::backends::{AdminState, BackendStatus, Table, TableError};
-use super::checker::{CheckResult, Checker};
+use super::checker::Checker;
 use super::discovery::Discovery;
 use super::metrics::{self, BackendSample, Counts};
 use super::reload::{self, Outcome, ReloadError};
+use super::service::{self, Channels, Service};
 use super::settle::{self, Held};
-use super::slow_start;
 
 /// How often the workers' failure counters and the clock are looked at: the passive
 /// ejection reacts within this.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// A request to the control loop (from [`super::Controller`] and the admin API).
+/// A request to the control loop (from [`super::Controller`] and the admin API). A
+/// `service` of `None` means the only service (an error when there are several).
 #[derive(Debug)]
 pub enum Command {
     SetState {
+        service: Option<String>,
         name: String,
         state: AdminState,
         reply: oneshot::Sender<Result<(), TableError>>,
     },
     SetBackends {
+        service: Option<String>,
         backends: Vec<BackendSpec>,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), TableError>>,
     },
     Status {
-        reply: oneshot::Sender<Vec<BackendStatus>>,
+        service: Option<String>,
+        reply: oneshot::Sender<Result<Vec<BackendStatus>, TableError>>,
     },
     /// Stop accepting; let open connections finish within `grace`.
     Stop { grace: Duration },
     /// Add one backend (validated by the caller); it is up at once. The reply is the
     /// backend as added.
     AddBackend {
+        service: Option<String>,
         spec: BackendSpec,
         reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
     /// Change a backend's weight and/or operator state; nothing changes on an error. The
     /// reply is the backend as changed.
     Update {
+        service: Option<String>,
         name: String,
         weight: Option<u32>,
         state: Option<AdminState>,
@@ -62,12 +68,18 @@ pub enum Command {
     /// Drain a backend, then drop it once its connections are gone. The reply is the
     /// backend as it starts draining (it may be gone by the time the caller looks again).
     RemoveBackend {
+        service: Option<String>,
         name: String,
         reply: oneshot::Sender<Result<BackendSample, TableError>>,
     },
-    /// Every backend with its connection counters.
+    /// Every backend of a service with its connection counters.
     Backends {
-        reply: oneshot::Sender<Vec<BackendSample>>,
+        service: Option<String>,
+        reply: oneshot::Sender<Result<Vec<BackendSample>, TableError>>,
+    },
+    /// Every service.
+    Services {
+        reply: oneshot::Sender<Vec<ServiceSample>>,
     },
     /// Re-read the configuration file, as SIGHUP does.
     Reload {
@@ -77,6 +89,19 @@ pub enum Command {
     Metrics { reply: oneshot::Sender<String> },
     /// True while the balancer accepts connections (false once stopping).
     Health { reply: oneshot::Sender<bool> },
+}
+
+/// One service as `GET /services` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceSample {
+    pub name: String,
+    pub protocol: &'static str,
+    /// As bound (port 0 resolved).
+    pub listen: Vec<String>,
+    pub algorithm: &'static str,
+    pub backends: usize,
+    pub backends_up: usize,
+    pub active_conns: u64,
 }
 
 /// SIGTERM, SIGINT and SIGHUP, installed before the workers start so that a signal during
@@ -126,24 +151,24 @@ pub async fn run(
     mut commands: UnboundedReceiver<Command>,
     mut signals: Option<Signals>,
 ) {
-    if !config.service.slow_start.is_zero() && !slow_start::applies_to(config.service.algorithm) {
-        tracing::warn!(
-            "--slow-start has no effect with --algorithm {}; use a weighted or least-* algorithm",
-            config.service.algorithm.name()
-        );
-    }
-    let mut table = Table::new(&config, &mut |name| server.backend_id(name));
-    let (results_tx, mut results) = mpsc::unbounded_channel();
-    let mut checker = Checker::new(&config, results_tx.clone());
-    checker.sync(&table.probe_targets());
+    let (checks_tx, mut results) = mpsc::unbounded_channel();
+    let (found_tx, mut found) = mpsc::unbounded_channel();
+    let channels = Channels {
+        checks: checks_tx,
+        found: found_tx,
+    };
+    let listen = server.local_addrs();
+    let mut services: Vec<Service> = config
+        .services()
+        .iter()
+        .map(|s| Service::start(s, config.grace, &server, &channels, listen.clone()))
+        .collect();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stopping = false;
     let mut counts = Counts::default();
-    // The settings changed (a reload): publish even if the table did not.
-    let mut settings_changed = false;
-    // `--discovery`: resolves in a task of its own; its answers arrive below.
-    let mut discovery = Discovery::start(&config);
+    // A service left the routing: publish even if no table changed.
+    let mut membership_changed = false;
     // SIGHUP and `POST /reload`: the file is read off this thread; applied below.
     let mut reloads = reload::Queue::default();
     // Answers to table changes, waiting for the workers to run them.
@@ -155,79 +180,34 @@ pub async fn run(
                 Sig::Int => stop(&server, config.grace, &mut stopping, "SIGINT"),
                 Sig::Hup => reloads.push(reload::Request { why: "SIGHUP", reply: None }),
             },
-            Some(cmd) = commands.recv() => match cmd {
-                Command::SetState { name, state, reply } => {
-                    let r = table.set_state(&name, state, Instant::now());
-                    answer(&mut held, reply, r);
+            Some(cmd) = commands.recv() => {
+                let stop_now = handle(cmd, &mut services, &server, &mut held, &mut counts, &mut reloads, stopping);
+                if let Some(grace) = stop_now {
+                    stop(&server, grace, &mut stopping, "stop requested");
                 }
-                Command::SetBackends { backends, reply } => {
-                    let now = Instant::now();
-                    if table.set_backends(&backends, now, &mut |name| server.backend_id(name)) {
-                        checker.sync(&table.probe_targets());
-                    }
-                    held.hold(move || {
-                        let _ = reply.send(());
-                    });
-                }
-                Command::Status { reply } => {
-                    let _ = reply.send(table.status());
-                }
-                Command::Stop { grace } => stop(&server, grace, &mut stopping, "stop requested"),
-                Command::AddBackend { spec, reply } => {
-                    let (name, addr) = (spec.name.clone(), spec.addr);
-                    let r = match crate::config::check_not_self(addr, server.local_addrs()) {
-                        Err(e) => Err(TableError::Invalid(format!("backend '{name}': {e}"))),
-                        Ok(()) => table.add(spec, Instant::now(), &mut |name| server.backend_id(name)),
-                    };
-                    if let Ok(targets_changed) = r {
-                        tracing::info!("admin API: backend {name} ({addr}) added");
-                        if targets_changed {
-                            checker.sync(&table.probe_targets());
-                        }
-                    }
-                    answer(&mut held, reply, r.and_then(|_| sample(&table, &server, &name)));
-                }
-                Command::Update { name, weight, state, reply } => {
-                    let r = update(&mut table, &name, weight, state);
-                    answer(&mut held, reply, r.and_then(|_| sample(&table, &server, &name)));
-                }
-                Command::RemoveBackend { name, reply } => {
-                    let r = table.remove(&name, Instant::now());
-                    if let Ok(targets_changed) = r {
-                        tracing::info!("admin API: backend {name} removed; draining");
-                        if targets_changed {
-                            checker.sync(&table.probe_targets());
-                        }
-                    }
-                    answer(&mut held, reply, r.and_then(|_| sample(&table, &server, &name)));
-                }
-                Command::Backends { reply } => {
-                    let _ = reply.send(samples(&table, &server));
-                }
-                Command::Reload { reply } => {
-                    reloads.push(reload::Request { why: "POST /reload", reply: Some(reply) });
-                }
-                Command::Metrics { reply } => {
-                    let samples = samples(&table, &server);
-                    let names = samples.iter().map(|s| s.status.name.as_str()).collect();
-                    counts.retain_backends(&names);
-                    let published = server.published_version();
-                    let text = metrics::encode(&counts, &samples, server.shared(), published);
-                    let _ = reply.send(text);
-                }
-                Command::Health { reply } => {
-                    let _ = reply.send(!stopping);
-                }
-            },
+            }
             Some(r) = results.recv() => {
-                counts.on_check(&r.target.name, r.result.is_ok());
-                table.on_check(&r.target, r.result, Instant::now());
+                if let Some(s) = services.iter_mut().find(|s| *s.name == *r.service) {
+                    counts.on_check(&s.name, &r.target.name, r.result.is_ok());
+                    s.table.on_check(&r.target, r.result, Instant::now());
+                }
             }
             _ = poll.tick() => {
                 let now = Instant::now();
                 let counters = &server.shared().counters;
-                table.poll_failures(counters, now);
-                table.tick(counters, now);
+                for s in &mut services {
+                    s.table.poll_failures(counters, now);
+                    s.table.tick(counters, now);
+                }
+                let before = services.len();
+                services.retain(|s| {
+                    let gone = s.gone();
+                    if gone {
+                        tracing::info!("service {}: removed, its connections are gone", s.name);
+                    }
+                    !gone
+                });
+                membership_changed |= services.len() != before;
                 if stopping && server.all_exited() {
                     break;
                 }
@@ -237,18 +217,20 @@ pub async fn run(
                     }
                 }
             }
-            found = discovery.next() => discovery.found(found),
+            Some((name, candidates)) = found.recv() => {
+                if let Some(s) = services.iter_mut().find(|s| s.name == name) {
+                    s.discovery.found(candidates);
+                }
+            }
             (request, read) = reloads.finished(), if reloads.busy() => {
                 let mut r = Reloader {
                     server: &server,
                     config: &mut config,
-                    table: &mut table,
-                    checker: &mut checker,
-                    results_tx: &results_tx,
+                    services: &mut services,
+                    channels: &channels,
                     counts: &mut counts,
                 };
                 let outcome = r.apply(request.why, read);
-                settings_changed |= outcome.is_ok();
                 if let Some(reply) = request.reply {
                     answer(&mut held, reply, outcome);
                 }
@@ -256,27 +238,184 @@ pub async fn run(
             _ = tokio::time::sleep(settle::POLL), if !held.is_empty() => {}
         }
         reloads.start_next(&config);
-        if discovery.reconcile(
-            &mut table,
-            &config.service.backends,
-            Instant::now(),
-            &mut |name| server.backend_id(name),
-        ) {
-            checker.sync(&table.probe_targets());
-        }
-        if table.take_dirty() | std::mem::take(&mut settings_changed) {
-            if let Err(e) = server.publish_entries(&table.entries(), &config) {
-                tracing::error!("cannot publish the backend table: {e}");
+        let now = Instant::now();
+        for s in &mut services {
+            let name = s.name.clone();
+            if s.discovery
+                .reconcile(&mut s.table, &s.settings.backends, now, &mut |b| {
+                    server.backend_id(&name, b)
+                })
+            {
+                s.checker.sync(&s.table.probe_targets());
             }
         }
+        service::publish(
+            &server,
+            &mut services,
+            std::mem::take(&mut membership_changed),
+        );
         let now = Instant::now();
         held.published(server.published_version(), now);
         held.release(server.applied_version(), now);
     }
     held.flush();
-    drop(checker);
+    drop(services);
     server.join();
     tracing::info!("stopped");
+}
+
+/// One command. Returns the grace of a stop it asks for.
+fn handle(
+    cmd: Command,
+    services: &mut [Service],
+    server: &Server,
+    held: &mut Held,
+    counts: &mut Counts,
+    reloads: &mut reload::Queue,
+    stopping: bool,
+) -> Option<Duration> {
+    match cmd {
+        Command::SetState {
+            service,
+            name,
+            state,
+            reply,
+        } => {
+            let r = service::pick(services, service.as_deref())
+                .and_then(|s| s.table.set_state(&name, state, Instant::now()));
+            answer(held, reply, r);
+        }
+        Command::SetBackends {
+            service,
+            backends,
+            reply,
+        } => {
+            let r = service::pick(services, service.as_deref()).map(|s| {
+                let name = s.name.clone();
+                let now = Instant::now();
+                if s.table
+                    .set_backends(&backends, now, &mut |b| server.backend_id(&name, b))
+                {
+                    s.checker.sync(&s.table.probe_targets());
+                }
+            });
+            answer(held, reply, r);
+        }
+        Command::Status { service, reply } => {
+            let r = service::pick(services, service.as_deref()).map(|s| s.table.status());
+            let _ = reply.send(r);
+        }
+        Command::Stop { grace } => return Some(grace),
+        Command::AddBackend {
+            service,
+            spec,
+            reply,
+        } => {
+            let (name, addr) = (spec.name.clone(), spec.addr);
+            let r = service::pick(services, service.as_deref()).and_then(|s| {
+                let svc = s.name.clone();
+                crate::config::check_not_self(addr, &server.local_addrs())
+                    .map_err(|e| TableError::Invalid(format!("backend '{name}': {e}")))?;
+                let targets_changed = s
+                    .table
+                    .add(spec, Instant::now(), &mut |b| server.backend_id(&svc, b))?;
+                tracing::info!("admin API: service {svc}: backend {name} ({addr}) added");
+                if targets_changed {
+                    s.checker.sync(&s.table.probe_targets());
+                }
+                s.sample(server, &name)
+            });
+            answer(held, reply, r);
+        }
+        Command::Update {
+            service,
+            name,
+            weight,
+            state,
+            reply,
+        } => {
+            let r = service::pick(services, service.as_deref()).and_then(|s| {
+                update(&mut s.table, &name, weight, state)?;
+                s.sample(server, &name)
+            });
+            answer(held, reply, r);
+        }
+        Command::RemoveBackend {
+            service,
+            name,
+            reply,
+        } => {
+            let r = service::pick(services, service.as_deref()).and_then(|s| {
+                let targets_changed = s.table.remove(&name, Instant::now())?;
+                tracing::info!(
+                    "admin API: service {}: backend {name} removed; draining",
+                    s.name
+                );
+                if targets_changed {
+                    s.checker.sync(&s.table.probe_targets());
+                }
+                s.sample(server, &name)
+            });
+            answer(held, reply, r);
+        }
+        Command::Backends { service, reply } => {
+            let r = service::pick(services, service.as_deref()).map(|s| s.samples(server));
+            let _ = reply.send(r);
+        }
+        Command::Services { reply } => {
+            let _ = reply.send(service_samples(services, server));
+        }
+        Command::Reload { reply } => {
+            reloads.push(reload::Request {
+                why: "POST /reload",
+                reply: Some(reply),
+            });
+        }
+        Command::Metrics { reply } => {
+            let samples: Vec<BackendSample> =
+                services.iter().flat_map(|s| s.samples(server)).collect();
+            let live = samples
+                .iter()
+                .map(|s| (s.service.as_str(), s.status.name.as_str()))
+                .collect();
+            counts.retain_backends(&live);
+            let published = server.published_version();
+            let text = metrics::encode(counts, &samples, server.shared(), published);
+            let _ = reply.send(text);
+        }
+        Command::Health { reply } => {
+            let _ = reply.send(!stopping);
+        }
+    }
+    None
+}
+
+/// `GET /services`: every service that is not being removed.
+fn service_samples(services: &[Service], server: &Server) -> Vec<ServiceSample> {
+    let bound = server.bound();
+    services
+        .iter()
+        .filter(|s| !s.removing)
+        .map(|s| {
+            let samples = s.samples(server);
+            ServiceSample {
+                name: s.name.clone(),
+                protocol: "tcp",
+                listen: bound
+                    .iter()
+                    .filter(|b| b.service == s.name)
+                    .map(|b| b.addr.to_string())
+                    .collect(),
+                algorithm: s.settings.algorithm.name(),
+                backends: samples.len(),
+                backends_up: samples
+                    .iter()
+                    .filter(|b| b.status.state == crate::backend::BackendState::Up)
+                    .count(),
+                active_conns: samples.iter().map(|b| b.active_conns).sum(),
+            }
+        })
+        .collect()
 }
 
 /// Answers an error at once (nothing changed); a success once the workers run the change.
@@ -318,46 +457,18 @@ fn update(
     Ok(())
 }
 
-/// Backend `name`, which the caller has just changed (so it is in the table), with the
-/// workers' counters: taken in the same event as the change, so the answer describes it
-/// even if the backend leaves the table right after (a drained removal does at the next
-/// tick).
-fn sample(table: &Table, server: &Server, name: &str) -> Result<BackendSample, TableError> {
-    let status = table
-        .status()
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| TableError::Unknown(name.to_string()))?;
-    let id = server.backend_id(name);
-    Ok(BackendSample::new(status, id, server.shared()))
-}
-
-/// Every backend in the table with the workers' counters.
-fn samples(table: &Table, server: &Server) -> Vec<BackendSample> {
-    table
-        .status()
-        .into_iter()
-        .map(|s| {
-            let id = server.backend_id(&s.name);
-            BackendSample::new(s, id, server.shared())
-        })
-        .collect()
-}
-
 /// What a reload may change, borrowed from the loop.
 struct Reloader<'a> {
     server: &'a Server,
     config: &'a mut Config,
-    table: &'a mut Table,
-    checker: &'a mut Checker,
-    results_tx: &'a UnboundedSender<CheckResult>,
+    services: &'a mut Vec<Service>,
+    channels: &'a Channels,
     counts: &'a mut Counts,
 }
 
 impl Reloader<'_> {
     /// Applies a configuration read again (`read`), or changes nothing if it could not be
-    /// read. The caller publishes on `Ok` (with the new settings) even if no backend
-    /// changed: the algorithm or a timeout may have.
+    /// read or its new listen addresses cannot be bound.
     fn apply(
         &mut self,
         why: &str,
@@ -371,43 +482,123 @@ impl Reloader<'_> {
                 return Err(e);
             }
         };
-        self.counts.on_reload(true);
         let restart_needed = reload::restart_needed(self.config, &new);
+        let new = reload::in_effect(self.config, new);
+        let wanted: Vec<(std::net::SocketAddr, String)> = new
+            .services()
+            .iter()
+            .flat_map(|s| s.settings.listen.iter().map(|a| (*a, s.name.clone())))
+            .collect();
+        // Listeners first: the one step that can fail, and then nothing has changed.
+        if let Err(e) = self.server.update_listeners(&wanted) {
+            self.counts.on_reload(false);
+            let e = ReloadError::Listen(e.to_string());
+            tracing::error!("{why}: configuration not reloaded, nothing changed: {e}");
+            return Err(e);
+        }
+        self.counts.on_reload(true);
         if !restart_needed.is_empty() {
             tracing::warn!(
                 "{why}: {} changed in the configuration; only a restart applies that (see the README: zero-downtime restart)",
                 restart_needed.join(", ")
             );
         }
-        let new = reload::in_effect(self.config, new);
-        let desired = desired_backends(self.config, &new, self.table);
-        let (added, removed, changed) = reload::diff(&self.table.specs(), &desired);
         let now = Instant::now();
-        self.table.reconfigure(&new, now);
-        let server = self.server;
-        let targets_changed = self
-            .table
-            .set_backends(&desired, now, &mut |name| server.backend_id(name));
-        if reload::checks_changed(self.config, &new) {
-            // A new schedule: the old tasks stop when the old checker drops.
-            *self.checker = Checker::new(&new, self.results_tx.clone());
-            self.checker.sync(&self.table.probe_targets());
-        } else if targets_changed {
-            self.checker.sync(&self.table.probe_targets());
+        let listen = self.server.local_addrs();
+        let qualified = new.has_service_tables() || self.config.has_service_tables();
+        let name_of = |svc: &str, b: &str| {
+            if qualified {
+                format!("{svc}/{b}")
+            } else {
+                b.to_string()
+            }
+        };
+        let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut services_added, mut services_removed) = (Vec::new(), Vec::new());
+        let mut backends = 0;
+        let new_services = new.services();
+        for sc in &new_services {
+            let server = self.server;
+            match self.services.iter_mut().find(|s| s.name == sc.name) {
+                Some(s) => {
+                    let desired = desired_backends(&s.settings, &sc.settings, &s.table);
+                    let (a, r, c) = reload::diff(&s.table.specs(), &desired);
+                    added.extend(a.iter().map(|b| name_of(&s.name, b)));
+                    removed.extend(r.iter().map(|b| name_of(&s.name, b)));
+                    changed.extend(c.iter().map(|b| name_of(&s.name, b)));
+                    backends += desired.len();
+                    if s.removing {
+                        s.removing = false;
+                        services_added.push(s.name.clone());
+                    }
+                    s.table.reconfigure(&sc.settings, new.grace, now);
+                    let name = s.name.clone();
+                    let targets_changed = s
+                        .table
+                        .set_backends(&desired, now, &mut |b| server.backend_id(&name, b));
+                    if reload::checks_changed(&s.settings, &sc.settings) {
+                        // A new schedule: the old tasks stop when the old checker drops.
+                        s.checker = Checker::new(&name, &sc.settings, self.channels.checks.clone());
+                        s.checker.sync(&s.table.probe_targets());
+                    } else if targets_changed {
+                        s.checker.sync(&s.table.probe_targets());
+                    }
+                    if reload::discovery_changed(&s.settings, &sc.settings) {
+                        s.discovery = Discovery::start(
+                            &name,
+                            &sc.settings,
+                            listen.clone(),
+                            self.channels.found.clone(),
+                        );
+                    }
+                    s.settings = sc.settings.clone();
+                    s.settings_changed = true;
+                }
+                None => {
+                    let mut s =
+                        Service::start(sc, new.grace, server, self.channels, listen.clone());
+                    s.settings_changed = true;
+                    added.extend(
+                        sc.settings
+                            .backends
+                            .iter()
+                            .map(|b| name_of(&sc.name, &b.name)),
+                    );
+                    backends += sc.settings.backends.len();
+                    services_added.push(sc.name.clone());
+                    self.services.push(s);
+                }
+            }
+        }
+        for s in self.services.iter_mut() {
+            if !s.removing && !new_services.iter().any(|n| n.name == s.name) {
+                removed.extend(s.table.specs().iter().map(|b| name_of(&s.name, &b.name)));
+                services_removed.push(s.name.clone());
+                s.remove(now);
+                tracing::info!(
+                    "{why}: service {} removed: its listeners close, its connections drain",
+                    s.name
+                );
+            }
         }
         let file = new.config_file.clone().unwrap_or_default();
+        let names: Vec<String> = new_services.iter().map(|s| s.name.clone()).collect();
         tracing::info!(
-            "{why}: configuration reloaded from {}: {} backend(s), added [{}], removed [{}], changed [{}]; algorithm {}",
+            "{why}: configuration reloaded from {}: {} service(s) [{}], {} backend(s), added [{}], removed [{}], changed [{}]",
             file.display(),
-            desired.len(),
+            names.len(),
+            names.join(", "),
+            backends,
             added.join(", "),
             removed.join(", "),
             changed.join(", "),
-            new.service.algorithm.name()
         );
         let outcome = Outcome {
             file,
-            backends: desired.len(),
+            services: names,
+            services_added,
+            services_removed,
+            backends,
             added,
             removed,
             changed,
@@ -418,15 +609,19 @@ impl Reloader<'_> {
     }
 }
 
-/// The backends a reload sets: the file's. With `--discovery` on before and after, the
+/// The backends a reload sets: the file's. With discovery on before and after, the
 /// backends that did not come from the old file are discovery's (or the API's) and stay
 /// until discovery's next reconcile decides, so a reload never drains a discovered
 /// backend only to bring it back.
-fn desired_backends(running: &Config, new: &Config, table: &Table) -> Vec<BackendSpec> {
-    let mut desired = new.service.backends.clone();
-    if running.service.discovery.is_some() && new.service.discovery.is_some() {
+fn desired_backends(
+    running: &ServiceSettings,
+    new: &ServiceSettings,
+    table: &Table,
+) -> Vec<BackendSpec> {
+    let mut desired = new.backends.clone();
+    if running.discovery.is_some() && new.discovery.is_some() {
         for s in table.specs() {
-            let from_file = running.service.backends.iter().any(|b| b.name == s.name);
+            let from_file = running.backends.iter().any(|b| b.name == s.name);
             if !from_file && !desired.iter().any(|b| b.name == s.name) {
                 desired.push(s);
             }

@@ -41,18 +41,18 @@ pub const CONNECT_BUCKETS: [f64; 17] = [
 /// What the control thread counts itself.
 #[derive(Debug, Default)]
 pub struct Counts {
-    /// Health-check results per backend name: [passed, failed].
-    checks: HashMap<String, [u64; 2]>,
+    /// Health-check results per (service, backend): [passed, failed].
+    checks: HashMap<(String, String), [u64; 2]>,
     reloads_ok: u64,
     reloads_error: u64,
 }
 
 impl Counts {
-    pub fn on_check(&mut self, backend: &str, passed: bool) {
-        let c = match self.checks.get_mut(backend) {
-            Some(c) => c,
-            None => self.checks.entry(backend.to_string()).or_default(),
-        };
+    pub fn on_check(&mut self, service: &str, backend: &str, passed: bool) {
+        let c = self
+            .checks
+            .entry((service.to_string(), backend.to_string()))
+            .or_default();
         c[usize::from(!passed)] += 1;
     }
 
@@ -64,10 +64,11 @@ impl Counts {
         }
     }
 
-    /// Forgets the check counts of backends no longer in the table (bounded memory when
-    /// backends come and go).
-    pub fn retain_backends(&mut self, names: &HashSet<&str>) {
-        self.checks.retain(|n, _| names.contains(n.as_str()));
+    /// Forgets the check counts of backends no longer in a table (bounded memory when
+    /// backends come and go): `live` are the (service, backend) pairs that are.
+    pub fn retain_backends(&mut self, live: &HashSet<(&str, &str)>) {
+        self.checks
+            .retain(|(s, b), _| live.contains(&(s.as_str(), b.as_str())));
     }
 }
 
@@ -75,6 +76,7 @@ impl Counts {
 /// shared counters.
 #[derive(Debug, Clone)]
 pub struct BackendSample {
+    pub service: String,
     pub status: BackendStatus,
     pub active_conns: u64,
     pub total_conns: u64,
@@ -82,7 +84,12 @@ pub struct BackendSample {
 }
 
 impl BackendSample {
-    pub fn new(status: BackendStatus, id: Option<BackendId>, shared: &Shared) -> BackendSample {
+    pub fn new(
+        service: &str,
+        status: BackendStatus,
+        id: Option<BackendId>,
+        shared: &Shared,
+    ) -> BackendSample {
         let (active, total, failures) = match id {
             Some(id) => {
                 let c = shared.counters.get(id);
@@ -95,6 +102,7 @@ impl BackendSample {
             None => (0, 0, 0),
         };
         BackendSample {
+            service: service.to_string(),
             status,
             active_conns: active,
             total_conns: total,
@@ -107,6 +115,14 @@ type Labels = Vec<(String, String)>;
 
 fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_string(), value.to_string())]
+}
+
+/// The labels of a per-backend series.
+fn backend_labels(b: &BackendSample) -> Labels {
+    vec![
+        ("service".to_string(), b.service.clone()),
+        ("backend".to_string(), b.status.name.clone()),
+    ]
 }
 
 /// The whole exposition for one scrape; `published` is the version of the latest snapshot.
@@ -124,24 +140,19 @@ pub fn encode(
     let up = Family::<Labels, Gauge>::default();
     let checks = Family::<Labels, Counter>::default();
     for b in backends {
-        let name = &b.status.name;
-        connections
-            .get_or_create(&label("backend", name))
-            .inc_by(b.total_conns);
+        let labels = backend_labels(b);
+        connections.get_or_create(&labels).inc_by(b.total_conns);
         active
-            .get_or_create(&label("backend", name))
+            .get_or_create(&labels)
             .set(i64::try_from(b.active_conns).unwrap_or(i64::MAX));
-        failures
-            .get_or_create(&label("backend", name))
-            .inc_by(b.connect_failures);
-        up.get_or_create(&label("backend", name))
+        failures.get_or_create(&labels).inc_by(b.connect_failures);
+        up.get_or_create(&labels)
             .set(i64::from(b.status.state == BackendState::Up));
-        let [passed, failed] = counts.checks.get(name).copied().unwrap_or_default();
+        let key = (b.service.clone(), b.status.name.clone());
+        let [passed, failed] = counts.checks.get(&key).copied().unwrap_or_default();
         for (result, n) in [("success", passed), ("failure", failed)] {
-            let l = vec![
-                ("backend".to_string(), name.clone()),
-                ("result".to_string(), result.to_string()),
-            ];
+            let mut l = labels.clone();
+            l.push(("result".to_string(), result.to_string()));
             checks.get_or_create(&l).inc_by(n);
         }
     }
@@ -447,13 +458,14 @@ mod tests {
         sh.counters.get(id).active.store(1, Ordering::Relaxed);
         sh.counters.get(id).failures.store(2, Ordering::Relaxed);
         let backends = vec![
-            BackendSample::new(status("a", BackendState::Up), Some(id), &sh),
-            BackendSample::new(status("b", BackendState::Draining), None, &sh),
+            BackendSample::new("web", status("a", BackendState::Up), Some(id), &sh),
+            BackendSample::new("web", status("b", BackendState::Draining), None, &sh),
         ];
         let mut counts = Counts::default();
-        counts.on_check("a", true);
-        counts.on_check("a", false);
-        counts.on_check("a", true);
+        counts.on_check("web", "a", true);
+        counts.on_check("web", "a", false);
+        counts.on_check("web", "a", true);
+        counts.on_check("db", "a", true);
         counts.on_reload(false);
         sh.stats[1].spliced[Dir::Down].store(5, Ordering::Relaxed);
         sh.stats[0].snapshot_version.store(3, Ordering::Relaxed);
@@ -465,14 +477,14 @@ mod tests {
             "uringlb_snapshot_version{worker=\"0\"} 3",
             "uringlb_snapshot_version{worker=\"1\"} 2",
             "uringlb_snapshot_published_version 3",
-            "uringlb_connections_total{backend=\"a\"} 5",
-            "uringlb_connections_active{backend=\"a\"} 1",
-            "uringlb_connect_failures_total{backend=\"a\"} 2",
-            "uringlb_backend_up{backend=\"a\"} 1",
-            "uringlb_backend_up{backend=\"b\"} 0",
-            "uringlb_health_checks_total{backend=\"a\",result=\"success\"} 2",
-            "uringlb_health_checks_total{backend=\"a\",result=\"failure\"} 1",
-            "uringlb_health_checks_total{backend=\"b\",result=\"success\"} 0",
+            "uringlb_connections_total{service=\"web\",backend=\"a\"} 5",
+            "uringlb_connections_active{service=\"web\",backend=\"a\"} 1",
+            "uringlb_connect_failures_total{service=\"web\",backend=\"a\"} 2",
+            "uringlb_backend_up{service=\"web\",backend=\"a\"} 1",
+            "uringlb_backend_up{service=\"web\",backend=\"b\"} 0",
+            "uringlb_health_checks_total{service=\"web\",backend=\"a\",result=\"success\"} 2",
+            "uringlb_health_checks_total{service=\"web\",backend=\"a\",result=\"failure\"} 1",
+            "uringlb_health_checks_total{service=\"web\",backend=\"b\",result=\"success\"} 0",
             "uringlb_bytes_total{direction=\"client_to_backend\"} 123",
             "uringlb_bytes_total{direction=\"backend_to_client\"} 7",
             "uringlb_accepted_total{worker=\"0\"} 3",
@@ -507,10 +519,11 @@ mod tests {
     #[test]
     fn check_counts_forget_removed_backends() {
         let mut c = Counts::default();
-        c.on_check("a", true);
-        c.on_check("b", false);
-        c.retain_backends(&HashSet::from(["b"]));
+        c.on_check("s", "a", true);
+        c.on_check("s", "b", false);
+        c.on_check("t", "b", true);
+        c.retain_backends(&HashSet::from([("s", "b")]));
         assert_eq!(c.checks.len(), 1);
-        assert_eq!(c.checks["b"], [0, 1]);
+        assert_eq!(c.checks[&("s".to_string(), "b".to_string())], [0, 1]);
     }
 }

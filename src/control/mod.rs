@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod event_loop;
 pub mod metrics;
 pub mod reload;
+pub mod service;
 pub mod settle;
 pub mod slow_start;
 

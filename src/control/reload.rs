@@ -7,12 +7,12 @@
 //! [`READ_TIMEOUT`] ([`Queue`]): the control thread goes on serving health checks, the
 //! admin API and signals meanwhile, whatever the disk or DNS do.
 //!
-//! What a reload changes without touching an open connection: the backends (removed ones
-//! drain), weights, the algorithm and hashing settings, timeouts, retries, the PROXY
-//! header, health checks and ejection, slow start, `--grace`. Those travel in the next
-//! snapshot or live on the control thread. Listeners, workers, the admin endpoint and the
-//! discovery task are set up once at start; a change to them is logged and needs a
-//! restart.
+//! What a reload changes without touching an open connection: services (added ones start
+//! listening, removed ones stop at once and drain), listen addresses, the backends
+//! (removed ones drain), weights, the algorithm and hashing settings, timeouts, retries,
+//! the PROXY header, health checks and ejection, slow start, discovery, `--grace`. Those
+//! travel in the next routing or live on the control thread. Workers and the admin
+//! endpoint are set up once at start; a change to them is logged and needs a restart.
 //!
 //! Backends added, re-weighted or removed through the admin API are runtime state: the
 //! file wins on reload (as HAProxy's runtime API changes are lost on reload). An
@@ -41,15 +41,23 @@ pub enum ReloadError {
     TimedOut(Duration),
     #[error("reading the configuration file failed: {0}")]
     Aborted(String),
+    /// A new listen address cannot be bound.
+    #[error("{0}")]
+    Listen(String),
 }
 
 /// How long reading the file and resolving its host names may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What a successful reload did (logged, and `POST /reload`'s answer).
+/// What a successful reload did (logged, and `POST /reload`'s answer). With `[[service]]`
+/// tables a backend is named `service/backend`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub file: PathBuf,
+    /// Services in the configuration now, and those added and removed.
+    pub services: Vec<String>,
+    pub services_added: Vec<String>,
+    pub services_removed: Vec<String>,
     /// Backends in the configuration now.
     pub backends: usize,
     pub added: Vec<String>,
@@ -145,7 +153,6 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
             out.push(flag);
         }
     };
-    check(running.service.listen != new.service.listen, "--listen");
     check(running.workers != new.workers, "--workers");
     check(running.pin != new.pin, "--pin");
     check(running.forward != new.forward, "--forward");
@@ -154,15 +161,6 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     check(running.admin != new.admin, "--admin");
     check(running.admin_token != new.admin_token, "--admin-token");
     check(running.log_level != new.log_level, "--log-level");
-    // The discovery task is started once, from the configuration at start.
-    check(
-        running.service.discovery != new.service.discovery,
-        "--discovery",
-    );
-    check(
-        running.service.discovery_interval != new.service.discovery_interval,
-        "--discovery-interval",
-    );
     out
 }
 
@@ -178,23 +176,22 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
         admin: running.admin,
         admin_token: running.admin_token.clone(),
         log_level: running.log_level.clone(),
-        service: ServiceSettings {
-            listen: running.service.listen.clone(),
-            discovery: running.service.discovery.clone(),
-            discovery_interval: running.service.discovery_interval,
-            ..new.service
-        },
         ..new
     }
 }
 
 /// The active checks must be rescheduled: their kind, interval, timeout or PROXY header
 /// changed.
-pub fn checks_changed(running: &Config, new: &Config) -> bool {
-    running.service.health != new.service.health
-        || running.service.health_interval != new.service.health_interval
-        || running.service.health_timeout != new.service.health_timeout
-        || running.service.proxy_protocol != new.service.proxy_protocol
+pub fn checks_changed(running: &ServiceSettings, new: &ServiceSettings) -> bool {
+    running.health != new.health
+        || running.health_interval != new.health_interval
+        || running.health_timeout != new.health_timeout
+        || running.proxy_protocol != new.proxy_protocol
+}
+
+/// The resolver must be started again: its name or its interval changed.
+pub fn discovery_changed(running: &ServiceSettings, new: &ServiceSettings) -> bool {
+    running.discovery != new.discovery || running.discovery_interval != new.discovery_interval
 }
 
 /// Names added, removed and changed going from `before` to `after`.
@@ -255,37 +252,39 @@ mod tests {
         };
         assert_eq!(
             restart_needed(&running, &new),
-            vec!["--listen", "--workers", "--forward"]
+            vec!["--workers", "--forward"]
         );
         let eff = in_effect(&running, new.clone());
-        assert_eq!(eff.service.listen, running.service.listen);
+        assert_eq!(
+            eff.service.listen, new.service.listen,
+            "listeners are reloaded"
+        );
         assert_eq!(eff.workers, Workers::Auto);
         assert_eq!(
             eff.service.retries, 9,
             "reloadable settings come from the file"
         );
         assert!(restart_needed(&running, &eff).is_empty());
-        assert!(checks_changed(&running, &new));
-        let slower = Config {
-            service: ServiceSettings {
-                health_interval: Duration::from_secs(9),
-                ..Default::default()
-            },
-            ..Config::default()
+        assert!(checks_changed(&running.service, &new.service));
+        let slower = ServiceSettings {
+            health_interval: Duration::from_secs(9),
+            ..Default::default()
         };
-        assert!(checks_changed(&running, &slower));
-        let proxied = Config {
-            service: ServiceSettings {
-                proxy_protocol: Some(crate::config::ProxyProtocol::V2),
-                ..Default::default()
-            },
-            ..Config::default()
+        assert!(checks_changed(&running.service, &slower));
+        let proxied = ServiceSettings {
+            proxy_protocol: Some(crate::config::ProxyProtocol::V2),
+            ..Default::default()
         };
         assert!(
-            checks_changed(&running, &proxied),
+            checks_changed(&running.service, &proxied),
             "checks send the header too"
         );
-        assert!(!checks_changed(&running, &running.clone()));
+        assert!(!checks_changed(&running.service, &running.service.clone()));
+        let discovering = ServiceSettings {
+            discovery: Some("dns-srv:_a._tcp.example".into()),
+            ..Default::default()
+        };
+        assert!(discovery_changed(&running.service, &discovering));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::conn::Conn;
 use super::token::{OpKind, Token};
 use super::{Slot, Worker, WorkerStats};
+use crate::backend::ServiceId;
 use crate::loops::{ClientEnds, Verdict};
 use crate::net;
 use crate::uring::Completion;
@@ -38,16 +39,19 @@ pub(super) struct Listener {
     /// `None` once stopping (closed).
     fd: Option<OwnedFd>,
     /// The address it is bound to.
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
+    /// The service its clients belong to.
+    pub(super) service: ServiceId,
     /// A client of it waits in [`Worker::parked`]: no new accept until it is served.
     parked: bool,
 }
 
 impl Listener {
-    pub(super) fn new(fd: OwnedFd, addr: SocketAddr) -> Listener {
+    pub(super) fn new(fd: OwnedFd, addr: SocketAddr, service: ServiceId) -> Listener {
         Listener {
             fd: Some(fd),
             addr,
+            service,
             parked: false,
         }
     }
@@ -55,6 +59,10 @@ impl Listener {
     /// Closes the socket (stopping): the kernel stops queueing clients for it.
     pub(super) fn take_fd(&mut self) -> Option<OwnedFd> {
         self.fd.take()
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.fd.is_some()
     }
 }
 
@@ -76,7 +84,8 @@ impl Worker {
             let Some(fd) = l.fd.as_ref().map(AsRawFd::as_raw_fd) else {
                 continue;
             };
-            if l.parked || self.ring.accepting(i) {
+            // A listener a reload just added waits for the routing that has its service.
+            if l.parked || self.ring.accepting(i) || !self.services.is_live(l.service) {
                 continue;
             }
             let token = Token::new(i, 0, OpKind::Accept).encode();
@@ -85,14 +94,6 @@ impl Worker {
             } else {
                 self.ring.accept(i, fd, token);
             }
-        }
-    }
-
-    /// Cancels the armed accepts (stopping, or backing off).
-    pub(super) fn cancel_accepts(&mut self) {
-        let ignore = Token::new(0, 0, OpKind::Ignore).encode();
-        for i in 0..self.listeners.len() {
-            self.ring.cancel_accept(i, ignore);
         }
     }
 
@@ -125,8 +126,9 @@ impl Worker {
     fn accepted(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
         WorkerStats::add(&self.stats().accepted, 1);
         // A multishot accept writes no address: ask the socket, if anything needs it.
+        let service = self.listeners[listener].service;
         let peer = peer.or_else(|| {
-            self.snapshot
+            self.service(service)
                 .needs_client_addr
                 .then(|| net::peer_addr(&fd))
                 .flatten()
@@ -143,6 +145,21 @@ impl Worker {
             self.listeners[listener].parked = true;
             self.parked.push_back(Parked { listener, fd, peer });
         }
+    }
+
+    /// Resets the clients that waited for a place on a listener now closed (its service
+    /// was removed), and gives their places back.
+    pub(super) fn reset_parked_of_closed(&mut self) {
+        let listeners = &mut self.listeners;
+        self.parked.retain(|p| {
+            let l = &mut listeners[p.listener];
+            if l.fd.is_some() {
+                return true;
+            }
+            l.parked = false;
+            net::set_linger_zero(&p.fd);
+            false
+        });
     }
 
     /// Serves the clients that waited for a place, while places are free.
@@ -170,7 +187,9 @@ impl Worker {
             return;
         };
         self.open += 1;
-        if let Some(idle) = self.snapshot.tcp_keepalive {
+        let service = self.listeners[listener].service;
+        self.slots[slot].service = service;
+        if let Some(idle) = self.service(service).tcp_keepalive {
             net::set_keepalive(&fd, idle);
         }
         let (fwd, now) = (self.fwd, self.now_ns);
@@ -191,7 +210,7 @@ impl Worker {
     /// limits and connect it to a backend.
     fn start(&mut self, slot: usize) {
         let peer = self.slots[slot].conn.client_addr;
-        if peer.is_some_and(|a| self.snapshot.trusts_proxy(&a)) {
+        if peer.is_some_and(|a| self.slot_service(slot).trusts_proxy(&a)) {
             // The upstream balancer's header comes first; it may change the client address
             // that limits and hashing see, so both wait for it.
             self.arm_idle_timer(slot);
@@ -248,7 +267,8 @@ impl Worker {
         let Some(peer) = self.slots[slot].conn.client_addr else {
             return Verdict::Clear;
         };
-        if !self.snapshot.watch_loops || !self.snapshot.is_local(peer.ip()) {
+        let service = self.slot_service(slot);
+        if !service.watch_loops || !service.is_local(peer.ip()) {
             return Verdict::Clear;
         }
         let bound = self.listeners[listener].addr;
@@ -276,7 +296,7 @@ impl Worker {
     /// Applies the per-source limits to the connection's client address; a refused client
     /// is reset at once and counted. Returns whether it may go on.
     pub(super) fn admit(&mut self, slot: usize) -> bool {
-        let limits = self.snapshot.limits;
+        let limits = self.slot_service(slot).limits;
         let Some(addr) = self.slots[slot].conn.client_addr else {
             return true;
         };
@@ -311,6 +331,7 @@ impl Worker {
                 in_use: false,
                 dirty: false,
                 freed_ns: 0,
+                service: ServiceId(0),
                 conn: Conn::new(),
                 incoming: None,
                 outgoing: None,

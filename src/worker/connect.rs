@@ -17,20 +17,24 @@ impl Worker {
     /// client when none is left.
     pub(super) fn connect_next(&mut self, slot: usize) {
         let attempts = self.slots[slot].conn.tried().len() as u32;
+        let (retries, backends) = {
+            let s = self.slot_service(slot);
+            (s.retries, s.backends.len())
+        };
         let mut pick = None;
-        if attempts <= self.snapshot.retries {
+        if attempts <= retries {
             // A place below a backend's max-conns is taken, not just seen: another worker
             // may take the last one between the pick and the connect; then pick again.
-            for _ in 0..=self.snapshot.backends.len() {
+            for _ in 0..=backends {
                 pick = self.pick(slot);
                 match pick {
-                    Some(i) if !self.take_place(i) => pick = None,
+                    Some(i) if !self.take_place(slot, i) => pick = None,
                     _ => break,
                 }
             }
         }
         let Some(i) = pick else {
-            if attempts <= self.snapshot.retries && self.all_eligible_full(slot) {
+            if attempts <= retries && self.all_eligible_full(slot) {
                 // Every backend it could go to is at its max-conns: wait in line (HAProxy's
                 // server queue) for at most the connect timeout.
                 self.slots[slot].conn.queue(self.now_ns);
@@ -41,13 +45,15 @@ impl Worker {
             WorkerStats::add(&self.stats().no_backend, 1);
             return self.abort(slot, true);
         };
-        let backend = &self.snapshot.backends[i];
+        let service = self.slot_service(slot);
+        let backend = &service.backends[i];
         let target = Target {
             id: backend.id,
             addr: backend.addr,
-            send_proxy: backend.proxy_protocol.or(self.snapshot.proxy_protocol),
+            send_proxy: backend.proxy_protocol.or(service.proxy_protocol),
             local: backend.local,
         };
+        let keepalive = service.tcp_keepalive;
         let sock = match net::tcp_socket(&target.addr) {
             Ok(sock) => sock,
             Err(e) => {
@@ -62,7 +68,7 @@ impl Worker {
             }
         };
         net::set_nodelay(&sock);
-        if let Some(idle) = self.snapshot.tcp_keepalive {
+        if let Some(idle) = keepalive {
             net::set_keepalive(&sock, idle);
         }
         if target.local {
@@ -79,10 +85,10 @@ impl Worker {
         self.perform(slot);
     }
 
-    /// Counts a connection to backend `i` in its active connections, unless it is at its
-    /// max-conns (across all workers): returns whether it was counted.
-    fn take_place(&self, i: usize) -> bool {
-        let b = &self.snapshot.backends[i];
+    /// Counts a connection to backend `i` of the slot's service in its active connections,
+    /// unless it is at its max-conns (across all workers): returns whether it was counted.
+    fn take_place(&self, slot: usize, i: usize) -> bool {
+        let b = &self.slot_service(slot).backends[i];
         let active = &self.shared.counters.get(b.id).active;
         match b.max_conns {
             None => {
@@ -101,7 +107,7 @@ impl Worker {
     /// their max-conns.
     fn all_eligible_full(&self, slot: usize) -> bool {
         let pool = Candidates::new(
-            &self.snapshot,
+            self.slot_service(slot),
             &self.shared.counters,
             self.slots[slot].conn.tried(),
         );
@@ -115,13 +121,13 @@ impl Worker {
             return;
         }
         let waiting = std::mem::take(&mut self.queue);
-        let timeout = self.snapshot.connect_timeout.as_nanos() as u64;
         for &(slot, gen) in &waiting {
             let slot = slot as usize;
             let s = &self.slots[slot];
             if !s.in_use || s.gen != gen || s.conn.phase() != Phase::Connecting {
                 continue;
             }
+            let timeout = self.slot_service(slot).connect_timeout.as_nanos() as u64;
             let Some(waited) = s.conn.waited(self.now_ns) else {
                 continue;
             };
@@ -138,12 +144,14 @@ impl Worker {
     /// algorithm's fallback order without moving its cursor: the next client starts where
     /// the last first pick left off, not behind a backend that just failed.
     fn pick(&mut self, slot: usize) -> Option<usize> {
-        let conn = &self.slots[slot].conn;
+        let s = &self.slots[slot];
+        let (conn, id) = (&s.conn, s.service);
+        let (snapshot, balancer, picks) = self.services.picker(id)?;
         let key = conn
             .client_addr
-            .map(|a| balance::hash_client(&a, self.snapshot.hash_key))
+            .map(|a| balance::hash_client(&a, snapshot.hash_key))
             .unwrap_or(0);
-        let pool = Candidates::new(&self.snapshot, &self.shared.counters, conn.tried());
+        let pool = Candidates::new(snapshot, &self.shared.counters, conn.tried());
         let retry = !conn.tried().is_empty();
         let req = Request {
             key,
@@ -151,9 +159,9 @@ impl Worker {
             retry,
         };
         if !retry {
-            self.picks += 1;
+            *picks += 1;
         }
-        self.balancer.pick(&pool, &req)
+        balancer.pick(&pool, &req)
     }
 
     /// The connect of the slot completed (or timed out).
@@ -276,7 +284,7 @@ impl Worker {
     /// Makes sure the slot's idle deadline is looked at in time (its entry may be one a
     /// previous connection of the slot armed, firing earlier).
     pub(super) fn arm_idle_timer(&mut self, slot: usize) {
-        let deadline = self.now_ns + self.snapshot.idle_timeout.as_nanos() as u64;
+        let deadline = self.now_ns + self.slot_service(slot).idle_timeout.as_nanos() as u64;
         self.timers.arm(slot, deadline);
     }
 

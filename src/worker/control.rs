@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::candidates::Candidates;
+use super::accept::Listener;
 use super::conn::{Phase, Timeout};
 use super::token::{OpKind, Token};
 use super::{Command, Worker, WorkerStats, TICK};
@@ -18,15 +18,29 @@ impl Worker {
     pub(super) fn on_wake(&mut self, result: i32) {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
-                Command::Snapshot(s) => {
-                    tracing::debug!(worker = self.index, version = s.version, "new snapshot");
-                    let pool = Candidates::new(&s, &self.shared.counters, &[]);
-                    self.balancer = s.balance.selector_at(self.index, self.picks, &pool);
-                    let version = s.version;
-                    self.snapshot = s;
+                Command::Routing(r) => {
+                    tracing::debug!(worker = self.index, version = r.version, "new routing");
+                    self.services.adopt(&r, self.index, &self.shared.counters);
+                    let services = &self.services;
+                    let keep = |l: &Listener| {
+                        services.is_live(l.service)
+                            && services
+                                .get(l.service)
+                                .is_some_and(|s| s.accepting && s.listen.contains(&l.addr))
+                    };
+                    let close: Vec<bool> = self.listeners.iter().map(|l| !keep(l)).collect();
+                    self.close_listeners(|i| close[i]);
+                    self.arm_accepts();
                     self.stats()
                         .snapshot_version
-                        .store(version, Ordering::Release);
+                        .store(r.version, Ordering::Release);
+                }
+                Command::Listen(new) => {
+                    for (fd, addr, service) in new {
+                        tracing::debug!(worker = self.index, %addr, "new listener");
+                        self.listeners.push(Listener::new(fd, addr, service));
+                    }
+                    self.arm_accepts();
                 }
                 Command::Stop { grace } => self.begin_stop(grace),
             }
@@ -49,17 +63,29 @@ impl Worker {
             return;
         }
         self.stopping = Some(deadline);
-        self.cancel_accepts();
-        // Close the listeners so the kernel stops queueing connections for this worker
-        // (another process on the same SO_REUSEPORT address takes them).
+        self.close_listeners(|_| true);
+        tracing::info!(worker = self.index, open = self.open, "stopping");
+    }
+
+    /// Closes the listeners `which` selects (by index), so the kernel stops queueing
+    /// connections for this worker (another process on the same SO_REUSEPORT address
+    /// takes them); their clients still waiting for a place are reset, unless stopping.
+    fn close_listeners(&mut self, which: impl Fn(usize) -> bool) {
         let ignore = Token::new(0, 0, OpKind::Ignore).encode();
-        for l in &mut self.listeners {
-            if let Some(fd) = l.take_fd() {
+        for i in 0..self.listeners.len() {
+            if !which(i) || !self.listeners[i].is_open() {
+                continue;
+            }
+            tracing::debug!(worker = self.index, addr = %self.listeners[i].addr, "closing a listener");
+            self.ring.cancel_accept(i, ignore);
+            if let Some(fd) = self.listeners[i].take_fd() {
                 // The close runs after the cancel queued above.
                 self.ring.close(fd, ignore);
             }
         }
-        tracing::info!(worker = self.index, open = self.open, "stopping");
+        if self.stopping.is_none() {
+            self.reset_parked_of_closed();
+        }
     }
 
     /// The tick fired (every [`TICK`]).
@@ -78,7 +104,7 @@ impl Worker {
         self.expire_idle();
         self.close_drained();
         self.retry_queue();
-        if self.index == 0 && self.snapshot.limits.max_rate.is_some() {
+        if self.index == 0 && self.services.all().any(|s| s.limits.max_rate.is_some()) {
             // Rate windows of sources that closed everything end without a close to
             // forget them: sweep once a second.
             if self.now_ns >= self.next_prune_ns {
@@ -89,17 +115,22 @@ impl Worker {
         // Places another worker freed.
         self.serve_parked();
         self.arm_accepts();
+        if self.services.has_retired() {
+            let slots = &self.slots;
+            self.services
+                .prune(|id| slots.iter().any(|s| s.in_use && s.service == id));
+        }
     }
 
     /// Looks at the connections whose idle deadline may have come.
     fn expire_idle(&mut self) {
         let mut due = std::mem::take(&mut self.due);
         self.timers.expire(self.now_ns, &mut due);
-        let idle = self.snapshot.idle_timeout.as_nanos() as u64;
         for slot in due.drain(..) {
             if !self.slots[slot].in_use {
                 continue; // armed by a connection that is gone; the next one arms again
             }
+            let idle = self.slot_service(slot).idle_timeout.as_nanos() as u64;
             let now = self.now_ns;
             let conn = &mut self.slots[slot].conn;
             match conn.on_timeout(now, idle, &mut self.actions) {
@@ -125,9 +156,9 @@ impl Worker {
     fn close_drained(&mut self) {
         let now = Instant::now();
         let expired: Vec<BackendId> = self
-            .snapshot
-            .backends
-            .iter()
+            .services
+            .all()
+            .flat_map(|s| s.backends.iter())
             .filter(|b| {
                 b.state == BackendState::Draining && b.drain_deadline.is_some_and(|d| d <= now)
             })

@@ -20,6 +20,7 @@ mod connect;
 mod control;
 mod handshake;
 pub mod pipes;
+mod services;
 pub mod stats;
 pub mod timer;
 pub mod token;
@@ -33,8 +34,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::backend::Snapshot;
-use crate::balance::Balance;
+use crate::backend::{Routing, ServiceId, Snapshot};
 use crate::direction::Dir;
 use crate::net;
 use crate::uring::{Completion, Ring, RingError};
@@ -65,8 +65,11 @@ impl ForwardMode {
 /// Messages from the control thread.
 #[derive(Debug)]
 pub enum Command {
-    /// Route new connections with this table from now on.
-    Snapshot(Arc<Snapshot>),
+    /// Route new connections with these tables from now on.
+    Routing(Arc<Routing>),
+    /// New listening sockets (a reload added listen addresses); sent before the routing
+    /// that names them.
+    Listen(Vec<crate::server::ListenerFd>),
     /// Stop accepting; let open connections finish for at most `grace`, then exit. A
     /// second one shortens the grace.
     Stop { grace: Duration },
@@ -88,11 +91,11 @@ pub struct WorkerConfig {
 /// Everything a worker thread starts with.
 pub struct WorkerSetup {
     pub index: usize,
-    /// Listening sockets with the addresses they are bound to.
-    pub listeners: Vec<(OwnedFd, SocketAddr)>,
+    /// Listening sockets with the addresses they are bound to and their services.
+    pub listeners: Vec<crate::server::ListenerFd>,
     pub wake: OwnedFd,
     pub commands: Receiver<Command>,
-    pub snapshot: Arc<Snapshot>,
+    pub routing: Arc<Routing>,
     pub shared: Arc<Shared>,
     pub config: WorkerConfig,
     /// Connection slots (memory is only touched when used).
@@ -112,6 +115,8 @@ struct Slot {
     /// Free, and its buffers may still hold pages; freed at `freed_ns`.
     dirty: bool,
     freed_ns: u64,
+    /// The service whose listener accepted the client.
+    service: ServiceId,
     conn: Conn,
     /// Recorded in the loop table: the client (peer, our address, the address before NAT)
     /// and the backend connection (our address, backend), both ends local.
@@ -130,8 +135,7 @@ pub struct Worker {
     listeners: Vec<accept::Listener>,
     wake: OwnedFd,
     commands: Receiver<Command>,
-    snapshot: Arc<Snapshot>,
-    balancer: Box<dyn Balance>,
+    services: services::Services,
     shared: Arc<Shared>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -148,8 +152,6 @@ pub struct Worker {
     accept_paused_until: u64,
     stopping: Option<u64>,
     hard_stop: bool,
-    /// First picks made so far; a new snapshot's selector continues from here.
-    picks: u64,
     tick_multishot: bool,
     actions: Vec<Action>,
     /// Completions of operations done at once rather than through the ring (shutdown),
@@ -172,7 +174,7 @@ impl Worker {
     pub fn new(setup: WorkerSetup) -> std::io::Result<Worker> {
         let ring = Ring::new(SQ_ENTRIES, setup.slots, setup.config.buf_size)?;
         let epoch = setup.shared.epoch;
-        let balancer = setup.snapshot.balance.selector(setup.index);
+        let services = services::Services::new(&setup.routing, setup.index, &setup.shared.counters);
         let cfg = &setup.config;
         // The kernel rounds pipe sizes; a full splice is judged against the real size.
         let pipe_size = match cfg.forward {
@@ -196,12 +198,11 @@ impl Worker {
             listeners: setup
                 .listeners
                 .into_iter()
-                .map(|(fd, addr)| accept::Listener::new(fd, addr))
+                .map(|(fd, addr, service)| accept::Listener::new(fd, addr, service))
                 .collect(),
             wake: setup.wake,
             commands: setup.commands,
-            snapshot: setup.snapshot,
-            balancer,
+            services,
             shared: setup.shared,
             slots: Vec::new(),
             free: Vec::new(),
@@ -215,7 +216,6 @@ impl Worker {
             accept_paused_until: 0,
             stopping: None,
             hard_stop: false,
-            picks: 0,
             tick_multishot: true,
             actions: Vec::with_capacity(8),
             local: Vec::with_capacity(64),
@@ -233,13 +233,26 @@ impl Worker {
         &self.shared.stats[self.index]
     }
 
+    /// The snapshot of service `id`: a listener's or a connection's service always has one
+    /// (see [`services`]).
+    fn service(&self, id: ServiceId) -> &Snapshot {
+        self.services
+            .get(id)
+            .expect("a listener's or an open connection's service is kept")
+    }
+
+    /// The snapshot of the service of the connection in `slot`.
+    fn slot_service(&self, slot: usize) -> &Snapshot {
+        self.service(self.slots[slot].service)
+    }
+
     /// Runs until stopped and every connection is closed (or the grace period ran out).
     /// An error means the ring cannot go on: the connections of this worker are reset and
     /// released, and the caller may start a new worker in its place.
     pub fn run(mut self) -> Result<(), RingError> {
         tracing::debug!(worker = self.index, features = ?self.ring.features, "worker running");
         self.shared.alive[self.index].store(true, Ordering::Relaxed);
-        let version = self.snapshot.version;
+        let version = self.services.version();
         self.stats()
             .snapshot_version
             .store(version, Ordering::Relaxed);
@@ -358,7 +371,7 @@ impl Worker {
 
     /// Turns the connection's actions into ring operations.
     fn perform(&mut self, slot: usize) {
-        let gen = self.slots[slot].gen;
+        let (gen, service) = (self.slots[slot].gen, self.slots[slot].service);
         let conn = &mut self.slots[slot].conn;
         let (cfd, bfd) = (conn.client_fd(), conn.backend_fd());
         // The source and the destination of each direction.
@@ -435,7 +448,11 @@ impl Worker {
                     }
                 }
                 Action::Connect(addr) => {
-                    let timeout = self.snapshot.connect_timeout;
+                    let timeout = self
+                        .services
+                        .get(service)
+                        .expect("an open connection's service is kept")
+                        .connect_timeout;
                     let (ud, timeout_ud) = (tok(OpKind::Connect), tok(OpKind::ConnectTimeout));
                     self.ring.connect(slot, bfd, &addr, timeout, ud, timeout_ud);
                 }

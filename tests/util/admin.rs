@@ -123,6 +123,18 @@ pub fn start_with_admin(args: &[&str]) -> (Lb, Admin) {
     (lb, Admin::new(admin))
 }
 
+/// Starts a balancer from a file of services (no `--listen`) with an admin endpoint on a
+/// free loopback port; `addr` is one of the file's listen addresses.
+pub fn start_services_with_admin(addr: SocketAddr, args: &[&str]) -> (Lb, Admin) {
+    let admin = free_addr();
+    let a = admin.to_string();
+    let mut all = vec!["--admin", a.as_str()];
+    all.extend_from_slice(args);
+    let lb = Lb::start_services(addr, &all);
+    wait_admin(admin);
+    (lb, Admin::new(admin))
+}
+
 /// Waits until the admin endpoint accepts connections.
 pub fn wait_admin(addr: SocketAddr) {
     wait_until("the admin endpoint", Duration::from_secs(10), || {

@@ -23,7 +23,7 @@ pub fn spec(s: &NameServer) -> BackendSpec {
 
 /// Publishes `backends` and waits until every worker routes with them.
 pub fn publish_and_wait(server: &Server, backends: &[BackendSpec]) {
-    let version = server.publish(backends).expect("publish");
+    let version = server.publish_backends(backends).expect("publish");
     wait_until(
         &format!("every worker to route with snapshot {version}"),
         Duration::from_secs(10),

@@ -15,13 +15,22 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The value of the sample `name{labels}` (exactly these labels).
+    /// The value of the sample `name{labels}` (exactly these labels). A per-backend series
+    /// asked for without `service` is the one of the service `default` (a balancer set up
+    /// by flags).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let l: BTreeMap<String, String> = labels
+        let mut l: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        self.samples.get(&(name.to_string(), l)).copied()
+        if let Some(v) = self.samples.get(&(name.to_string(), l.clone())) {
+            return Some(*v);
+        }
+        if l.contains_key("backend") && !l.contains_key("service") {
+            l.insert("service".to_string(), "default".to_string());
+            return self.samples.get(&(name.to_string(), l)).copied();
+        }
+        None
     }
 
     /// Like [`get`](Self::get), panicking when the sample is missing.

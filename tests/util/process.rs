@@ -36,7 +36,18 @@ impl Lb {
         Lb::spawn(addr, args, &[])
     }
 
+    /// Starts `uringlb ARGS...` with no `--listen` (a file of services says where), and
+    /// waits until its workers run. `addr` is the address [`Lb::connect`] and the other
+    /// helpers use: one of the file's.
+    pub fn start_services(addr: SocketAddr, args: &[&str]) -> Lb {
+        Lb::spawn_with(addr, false, args, &[])
+    }
+
     fn spawn(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Lb {
+        Lb::spawn_with(addr, true, args, env)
+    }
+
+    fn spawn_with(addr: SocketAddr, listen: bool, args: &[&str], env: &[(&str, &str)]) -> Lb {
         static N: AtomicUsize = AtomicUsize::new(0);
         let log = std::env::temp_dir().join(format!(
             "uringlb-test-{}-{}-{}.log",
@@ -45,9 +56,13 @@ impl Lb {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let logf = std::fs::File::create(&log).unwrap();
+        let listen_args = if listen {
+            vec!["--listen".to_string(), addr.to_string()]
+        } else {
+            Vec::new()
+        };
         let child = Command::new(BIN)
-            .arg("--listen")
-            .arg(addr.to_string())
+            .args(listen_args)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

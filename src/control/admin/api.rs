@@ -25,6 +25,15 @@ use super::{ApiError, Ctx, BODY_LIMIT, BODY_TIMEOUT};
 pub(super) fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/metrics", get(get_metrics))
+        .route("/services", get(list_services))
+        .route(
+            "/services/{service}/backends",
+            get(list_service_backends).post(add_service_backend),
+        )
+        .route(
+            "/services/{service}/backends/{name}",
+            patch(change_service_backend).delete(remove_service_backend),
+        )
         .route("/backends", get(list_backends).post(add_backend))
         .route(
             "/backends/{name}",
@@ -104,9 +113,43 @@ async fn get_metrics(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
+async fn list_services(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
+    let all = ctx.ask(|reply| Command::Services { reply }).await?;
+    Ok(Json(all).into_response())
+}
+
+// The `/services/{service}/...` routes and the old `/backends` ones, which act on the only
+// service (409 naming the services when there are several), share their handlers.
+
+async fn list_service_backends(
+    State(ctx): State<Ctx>,
+    service: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<BackendJson>>, ApiError> {
+    backends_of(ctx, Some(path_name(service)?)).await
+}
+
 async fn list_backends(State(ctx): State<Ctx>) -> Result<Json<Vec<BackendJson>>, ApiError> {
-    let all = ctx.ask(|reply| Command::Backends { reply }).await?;
+    backends_of(ctx, None).await
+}
+
+async fn backends_of(
+    ctx: Ctx,
+    service: Option<String>,
+) -> Result<Json<Vec<BackendJson>>, ApiError> {
+    let all = ctx
+        .ask(|reply| Command::Backends { service, reply })
+        .await?
+        .map_err(table_error)?;
     Ok(Json(all.iter().map(BackendJson::from).collect()))
+}
+
+async fn add_service_backend(
+    State(ctx): State<Ctx>,
+    service: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    add_to(ctx, Some(path_name(service)?), headers, body).await
 }
 
 async fn add_backend(
@@ -114,13 +157,36 @@ async fn add_backend(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    add_to(ctx, None, headers, body).await
+}
+
+async fn add_to(
+    ctx: Ctx,
+    service: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let req: NewBackend = read_json(&headers, body).await?;
     let spec = validate_new(req).await?;
     let added = ctx
-        .ask(|reply| Command::AddBackend { spec, reply })
+        .ask(|reply| Command::AddBackend {
+            service,
+            spec,
+            reply,
+        })
         .await?
         .map_err(table_error)?;
     Ok((StatusCode::CREATED, Json(BackendJson::from(&added))).into_response())
+}
+
+async fn change_service_backend(
+    State(ctx): State<Ctx>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<BackendJson>, ApiError> {
+    let (service, name) = path_pair(path)?;
+    change(ctx, Some(service), name, headers, body).await
 }
 
 async fn change_backend(
@@ -129,11 +195,21 @@ async fn change_backend(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<BackendJson>, ApiError> {
-    let name = path_name(name)?;
+    change(ctx, None, path_name(name)?, headers, body).await
+}
+
+async fn change(
+    ctx: Ctx,
+    service: Option<String>,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<BackendJson>, ApiError> {
     let req: Change = read_json(&headers, body).await?;
     let (weight, state) = check_change(req)?;
     let changed = ctx
         .ask(|reply| Command::Update {
+            service,
             name,
             weight,
             state,
@@ -164,15 +240,30 @@ fn check_change(req: Change) -> Result<(Option<u32>, Option<AdminState>), ApiErr
     Ok((weight, state))
 }
 
+async fn remove_service_backend(
+    State(ctx): State<Ctx>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (service, name) = path_pair(path)?;
+    remove(ctx, Some(service), name).await
+}
+
 async fn remove_backend(
     State(ctx): State<Ctx>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let name = path_name(name)?;
+    remove(ctx, None, path_name(name)?).await
+}
+
+async fn remove(ctx: Ctx, service: Option<String>, name: String) -> Result<Response, ApiError> {
     // The backend as it starts draining, from the same event as the removal: asked for
     // afterwards, it may be gone already (a drained backend leaves at the next tick).
     let removed = ctx
-        .ask(|reply| Command::RemoveBackend { name, reply })
+        .ask(|reply| Command::RemoveBackend {
+            service,
+            name,
+            reply,
+        })
         .await?
         .map_err(table_error)?;
     // 202: it drains, and leaves the table once its last connection has closed.
@@ -197,6 +288,11 @@ async fn reload(State(ctx): State<Ctx>) -> Result<Response, ApiError> {
             format!("configuration not reloaded, nothing changed: {e}"),
         )),
         // The disk or DNS did not answer in time; trying again later may work.
+        // A new listen address is taken: the request was fine, the machine is not ready.
+        Err(e @ ReloadError::Listen(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("configuration not reloaded, nothing changed: {e}"),
+        )),
         Err(e @ (ReloadError::TimedOut(_) | ReloadError::Aborted(_))) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("configuration not reloaded, nothing changed: {e}"),
@@ -223,7 +319,7 @@ async fn health(State(ctx): State<Ctx>) -> Response {
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /metrics, /backends, /health, POST /backends, /reload, PATCH and DELETE /backends/NAME",
+        "no such endpoint; see GET /metrics, /services, /services/SERVICE/backends, /backends, /health, POST /services/SERVICE/backends, /backends, /reload, PATCH and DELETE /services/SERVICE/backends/NAME, /backends/NAME",
     )
 }
 
@@ -236,12 +332,20 @@ async fn method_not_allowed() -> ApiError {
 
 fn path_name(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     p.map(|Path(n)| n)
-        .map_err(|e| ApiError::bad_request(format!("bad backend name in the path: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("bad name in the path: {e}")))
+}
+
+fn path_pair(
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    p.map(|Path(pair)| pair)
+        .map_err(|e| ApiError::bad_request(format!("bad name in the path: {e}")))
 }
 
 fn table_error(e: TableError) -> ApiError {
     let status = match e {
-        TableError::Unknown(_) => StatusCode::NOT_FOUND,
+        TableError::Unknown(_) | TableError::UnknownService(_) => StatusCode::NOT_FOUND,
+        TableError::Ambiguous(_) => StatusCode::CONFLICT,
         TableError::Removing(_) | TableError::Duplicate(_) => StatusCode::CONFLICT,
         TableError::Full => StatusCode::INSUFFICIENT_STORAGE,
         TableError::Invalid(_) => StatusCode::BAD_REQUEST,

@@ -22,11 +22,11 @@ pub mod resolve;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::task::JoinHandle;
 
 use crate::backend::BackendId;
-use crate::config::{BackendSpec, Config};
+use crate::config::{BackendSpec, ServiceSettings};
 use crate::control::backends::Table;
 
 pub use reconcile::Reconciler;
@@ -51,7 +51,6 @@ pub fn failures() -> u64 {
 /// stops the task.
 #[derive(Debug)]
 pub struct Discovery {
-    answers: Option<UnboundedReceiver<Vec<Candidate>>>,
     task: Option<JoinHandle<()>>,
     reconciler: Reconciler,
     /// The balancer's listen addresses: a discovered backend at one of them is dropped.
@@ -59,56 +58,59 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Starts the resolver task for `config.discovery`, if set. Must run inside the
-    /// control thread's tokio runtime.
-    pub fn start(config: &Config) -> Discovery {
+    /// Starts the resolver task for service `service`'s `discovery`, if set; its answers
+    /// arrive on `found` tagged with the service's name. `listen` are the balancer's
+    /// listen addresses. Must run inside the control thread's tokio runtime.
+    pub fn start(
+        service: &str,
+        settings: &ServiceSettings,
+        listen: Vec<std::net::SocketAddr>,
+        found: UnboundedSender<(String, Vec<Candidate>)>,
+    ) -> Discovery {
         let off = Discovery {
-            answers: None,
             task: None,
             reconciler: Reconciler::new(),
-            listen: config.service.listen.clone(),
+            listen: listen.clone(),
         };
-        let Some(spec) = &config.service.discovery else {
+        let Some(spec) = &settings.discovery else {
             return off;
         };
         let source = match Source::parse(spec) {
             Ok(s) => s,
             Err(e) => {
                 // validate() has accepted it, so this is not expected; never panic for it.
-                tracing::error!("discovery off: {e}");
+                tracing::error!("service {service}: discovery off: {e}");
                 return off;
             }
         };
         tracing::info!(
-            "discovery: resolving SRV {} via {} every {:?} (or at TTL expiry)",
+            "service {service}: discovery resolving SRV {} via {} every {:?} (or at TTL expiry)",
             source.name,
             source
                 .resolver
                 .map_or_else(|| "the system resolver".to_string(), |a| a.to_string()),
-            config.service.discovery_interval
+            settings.discovery_interval
         );
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(resolve::run(source, config.service.discovery_interval, tx));
+        let interval = settings.discovery_interval;
+        let name = service.to_string();
+        let task = tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let resolver = tokio::spawn(resolve::run(source, interval, tx));
+            while let Some(c) = rx.recv().await {
+                if found.send((name.clone(), c)).is_err() {
+                    break;
+                }
+            }
+            resolver.abort();
+        });
         Discovery {
-            answers: Some(rx),
             task: Some(task),
             reconciler: Reconciler::new(),
-            listen: config.service.listen.clone(),
+            listen,
         }
     }
 
-    /// The next changed answer; never returns when discovery is off.
-    pub async fn next(&mut self) -> Vec<Candidate> {
-        if let Some(rx) = &mut self.answers {
-            if let Some(c) = rx.recv().await {
-                return c;
-            }
-            self.answers = None;
-        }
-        std::future::pending().await
-    }
-
-    /// Takes an answer from [`next`](Self::next). A backend at one of the balancer's own
+    /// Takes an answer from the resolver. A backend at one of the balancer's own
     /// listen addresses is left out (it would loop), with a warning.
     pub fn found(&mut self, mut candidates: Vec<Candidate>) {
         candidates.retain(|c| {

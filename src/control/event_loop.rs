@@ -583,11 +583,15 @@ impl Reloader<'_> {
         }
         let file = new.config_file.clone().unwrap_or_default();
         let names: Vec<String> = new_services.iter().map(|s| s.name.clone()).collect();
+        let described: Vec<String> = new_services
+            .iter()
+            .map(|s| format!("{}: algorithm {}", s.name, s.settings.algorithm.name()))
+            .collect();
         tracing::info!(
             "{why}: configuration reloaded from {}: {} service(s) [{}], {} backend(s), added [{}], removed [{}], changed [{}]",
             file.display(),
             names.len(),
-            names.join(", "),
+            described.join("; "),
             backends,
             added.join(", "),
             removed.join(", "),

@@ -4,7 +4,7 @@
 //! stays stable across snapshots.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +98,47 @@ impl Routing {
     }
 }
 
+/// A service's own `max_conns`: its clients open at once, across workers. One per service
+/// for the life of the process (its snapshots share it), so the count survives reloads.
+#[derive(Debug, Default)]
+pub struct ServiceBudget {
+    open: CachePadded<AtomicUsize>,
+    max: AtomicUsize,
+}
+
+impl ServiceBudget {
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Takes a place for a new client of the service, or says there is none (the client
+    /// waits, as at the balancer's own limit).
+    pub fn try_take(&self) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn give_back(&self) {
+        let before = self.open.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "more clients of a service closed than opened");
+    }
+
+    /// Places not taken.
+    pub fn room(&self) -> usize {
+        self.max
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.open.load(Ordering::Relaxed))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
 /// How new connections are routed, besides the backends: the settings a snapshot carries
 /// (a reload changes them the same way a health change changes the backends).
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +205,8 @@ pub struct Snapshot {
     pub listen: Vec<SocketAddr>,
     /// False for a service being removed: its listeners close, its connections drain.
     pub accepting: bool,
+    /// The service's own `max_conns`, when it has one.
+    pub budget: Option<Arc<ServiceBudget>>,
 }
 
 impl Snapshot {
@@ -215,6 +258,7 @@ impl Snapshot {
             needs_client_addr,
             listen: Vec::new(),
             accepting: true,
+            budget: None,
         }
     }
 

@@ -19,7 +19,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub use crate::backend::BackendEntry;
 use crate::backend::{
-    Backend, BackendId, Policy, Routing, ServiceId, SharedCounters, Snapshot, MAX_BACKENDS,
+    Backend, BackendId, Policy, Routing, ServiceBudget, ServiceId, SharedCounters, Snapshot,
+    MAX_BACKENDS,
 };
 use crate::backend_ids::BackendIds;
 use crate::config::{Config, Workers};
@@ -63,6 +64,8 @@ pub struct ServiceTable<'a> {
     pub policy: Policy,
     /// False while the service is being removed: its listeners close.
     pub accepting: bool,
+    /// The service's own limit on open clients.
+    pub max_conns: Option<usize>,
 }
 
 /// A listen address as bound (port 0 resolved), and the service it belongs to.
@@ -111,6 +114,8 @@ struct PublishState {
     services: Vec<String>,
     /// Every listen address bound now.
     bound: Vec<Bound>,
+    /// Each service's `max_conns` count, by [`ServiceId`].
+    budgets: Vec<Arc<ServiceBudget>>,
 }
 
 /// The key of a backend in [`BackendIds`]: names are unique within a service only.
@@ -128,6 +133,7 @@ impl PublishState {
             last: None,
             services: Vec::new(),
             bound: Vec::new(),
+            budgets: Vec::new(),
         }
     }
 
@@ -351,6 +357,7 @@ impl Server {
             entries: &entries,
             policy: first.settings.policy(),
             accepting: true,
+            max_conns: first.max_conns,
         };
         self.publish(&[table], &live)
     }
@@ -518,6 +525,7 @@ fn republish_all(state: &mut PublishState, config: &Config) -> Result<Arc<Routin
             entries: e,
             policy: s.settings.policy(),
             accepting: true,
+            max_conns: s.max_conns,
         })
         .collect();
     let live: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
@@ -614,6 +622,16 @@ fn build_snapshot(
     }
     let mut snapshot = Snapshot::new(version, backends, &table.policy, local_ips.clone());
     snapshot.accepting = table.accepting;
+    snapshot.budget = table.max_conns.map(|max| {
+        let id = state.service_id(table.name).0 as usize;
+        if state.budgets.len() <= id {
+            state
+                .budgets
+                .resize_with(id + 1, || Arc::new(ServiceBudget::default()));
+        }
+        state.budgets[id].set_max(max);
+        state.budgets[id].clone()
+    });
     snapshot.listen = state
         .bound
         .iter()

@@ -428,3 +428,51 @@ fn two_instances_fed_by_the_same_dns_agree_on_256_clients() {
 fn keys_of<'a>(h: &BTreeMap<&'a str, usize>) -> Vec<&'a str> {
     h.keys().copied().collect()
 }
+
+/// A service that discovers its backends next to one with static backends, in one process:
+/// each reaches only its own, and the discovered backends carry their service's label.
+#[test]
+fn a_discovering_service_next_to_a_static_one() {
+    let s = name_servers(&["d0", "d1", "st"]);
+    let dns = Dns::start(&[
+        srv("d0.svc.test", &s[0], 0, 0),
+        srv("d1.svc.test", &s[1], 0, 0),
+    ]);
+    let (fixed, found) = (free_addr(), free_addr());
+    let text = format!(
+        "health = \"none\"\n\
+         [[service]]\nname = \"fixed\"\nlisten = \"{fixed}\"\n\
+         [[service.backend]]\nname = \"st\"\naddr = \"{}\"\n\
+         [[service]]\nname = \"found\"\nlisten = \"{found}\"\n\
+         discovery = \"{}\"\ndiscovery_interval = \"300ms\"\n",
+        s[2].addr(),
+        dns.discovery()
+    );
+    let path = std::env::temp_dir().join(format!(
+        "uringlb-discovery-services-{}.toml",
+        std::process::id()
+    ));
+    write_atomic(&path, &text);
+    let (lb, admin) =
+        start_services_with_admin(found, &["-c", path.to_str().unwrap(), "--workers", "1"]);
+    wait_for_set(&lb, &["d0", "d1"], 20);
+    for _ in 0..10 {
+        assert_eq!(greet_from(IpAddr::from(Ipv4Addr::LOCALHOST), fixed), "st");
+    }
+    let m = admin.metrics();
+    let found_backends: Vec<String> = m
+        .all("uringlb_backend_up")
+        .iter()
+        .filter(|(l, _)| l.get("service").map(String::as_str) == Some("found"))
+        .map(|(l, _)| l["backend"].clone())
+        .collect();
+    assert_eq!(found_backends.len(), 2, "{found_backends:?}");
+    assert!(
+        found_backends
+            .iter()
+            .all(|b| b.starts_with("d0.svc.test:") || b.starts_with("d1.svc.test:")),
+        "{found_backends:?}"
+    );
+    let r = admin.get("/services/fixed/backends");
+    assert_eq!(r.json().as_array().expect("array").len(), 1);
+}

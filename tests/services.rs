@@ -406,3 +406,118 @@ fn reload_adds_changes_and_removes_services_under_load() {
     assert_eq!(greet_once(new).as_deref(), Ok("n0"));
     assert_eq!(admin.get("/services").json().as_array().unwrap().len(), 2);
 }
+
+/// One byte through the balancer and back: the connection is served.
+fn echo_byte(s: &mut std::net::TcpStream, b: u8) {
+    use std::io::{Read, Write};
+    s.write_all(&[b]).expect("write");
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).expect("echo");
+    assert_eq!(one[0], b);
+}
+
+#[test]
+fn a_service_at_its_own_max_conns_makes_its_clients_wait_and_no_other() {
+    use std::io::{Read, Write};
+    let echo = uringlb_bench::EchoServer::start("127.0.0.1:0").unwrap();
+    let (small, big) = (free_addr(), free_addr());
+    let text = format!(
+        "health = \"none\"\n{}{}",
+        service("small", small, "max_conns = 3", &[("e", echo.addr())]),
+        service("big", big, "", &[("e", echo.addr())]),
+    );
+    let path = config_path("svcmax");
+    write_atomic(&path, &text);
+    let p = path.to_str().unwrap();
+    let (_, out, _) = run_bin(&["--check", "-c", p]);
+    assert!(
+        out.contains("service small: ") && out.contains("max_conns 3"),
+        "{out}"
+    );
+    let (_lb, admin) = start_services_with_admin(small, &["-c", p, "--workers", "2"]);
+
+    let mut held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(small).expect("connect");
+            echo_byte(&mut s, b'a');
+            s
+        })
+        .collect();
+    // The fourth waits in the kernel's backlog: connected at TCP level, not served.
+    let mut fourth = std::net::TcpStream::connect(small).expect("connect");
+    fourth.write_all(b"b").unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut one = [0u8; 1];
+    assert!(
+        fourth.read_exact(&mut one).is_err(),
+        "served beyond the service's max_conns"
+    );
+    // Another service is not held back.
+    let mut others: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(big).expect("connect"))
+        .collect();
+    for s in &mut others {
+        echo_byte(s, b'c');
+    }
+    assert_eq!(
+        admin.metrics().value("uringlb_client_connections", &[]),
+        13.0
+    );
+    // One of the service's closes: the fourth is served, nothing was refused.
+    drop(held.pop());
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    fourth
+        .read_exact(&mut one)
+        .expect("served once a place freed");
+    assert_eq!(&one, b"b");
+    assert_eq!(
+        admin.metrics().sum("uringlb_rejected_total"),
+        0.0,
+        "nobody was refused"
+    );
+}
+
+/// The README's figures for many services: 50 services of 10 backends each (the same ten
+/// servers, ten backends of every service), started with health checks on; every service
+/// serves; start-up time and memory against one service of the same ten backends.
+#[test]
+fn fifty_services_of_ten_backends_start_and_each_serves() {
+    let names: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let servers = name_servers(&refs);
+    let pool: Vec<(&str, SocketAddr)> = refs
+        .iter()
+        .copied()
+        .zip(servers.iter().map(|s| s.addr()))
+        .collect();
+    let measure = |n: usize| {
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let text: String = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| service(&format!("s{i}"), *a, "", &pool))
+            .collect();
+        let path = config_path(&format!("many-{n}"));
+        write_atomic(&path, &format!("health = \"tcp\"\n{text}"));
+        let t0 = std::time::Instant::now();
+        let lb = Lb::start_services(addrs[0], &["-c", path.to_str().unwrap(), "--workers", "2"]);
+        let started = t0.elapsed();
+        for a in &addrs {
+            let n = greet_once(*a).unwrap_or_else(|e| panic!("service at {a}: {e}"));
+            assert!(refs.contains(&n.as_str()), "{n}");
+        }
+        (started, rss_kib(lb.pid()), lb)
+    };
+    let (t1, rss1, _one) = measure(1);
+    let (t50, rss50, _many) = measure(50);
+    println!(
+        "services: 1 x 10 backends started in {} ms, RSS {rss1} KiB; 50 x 10 backends started in {} ms, RSS {rss50} KiB; about {} KiB per service",
+        t1.as_millis(),
+        t50.as_millis(),
+        rss50.saturating_sub(rss1) / 49
+    );
+}

@@ -186,7 +186,7 @@ macro_rules! settings {
         }
 
         /// The keys of a `[[service]]` table, in the order an unknown key's error lists them.
-        pub(crate) const SERVICE_TABLE_KEYS: &[&str] = &["name", $($skey),*];
+        pub(crate) const SERVICE_TABLE_KEYS: &[&str] = &["name", "max_conns", $($skey),*];
 
         /// Everything a running balancer needs. Built by [`load`](crate::config::load),
         /// never by hand outside tests.

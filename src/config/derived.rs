@@ -77,6 +77,9 @@ pub fn summary(cfg: &Config) -> String {
         if let Some(d) = &c.discovery {
             s.push_str(&format!(", discovery {d}"));
         }
+        if let Some(m) = svc.max_conns {
+            s.push_str(&format!(", max_conns {m}"));
+        }
     }
     s
 }

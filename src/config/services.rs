@@ -27,6 +27,10 @@ pub struct ServiceConfig {
     /// Unique; `[a-zA-Z0-9_.-]+`. Used in metrics, logs and the admin API.
     pub name: String,
     pub settings: ServiceSettings,
+    /// The service's own limit on open clients (`max_conns` in its table; at the top of
+    /// the file `max_conns` is the whole balancer's). At it, its listeners stop accepting
+    /// and new clients wait in the kernel's backlog.
+    pub max_conns: Option<usize>,
 }
 
 /// One `[[service]]` table as the file gives it.
@@ -34,6 +38,7 @@ pub struct ServiceConfig {
 pub struct PartialService {
     pub name: String,
     pub settings: PartialServiceSettings,
+    pub max_conns: Option<usize>,
 }
 
 impl Config {
@@ -44,6 +49,7 @@ impl Config {
             vec![ServiceConfig {
                 name: DEFAULT_SERVICE.to_string(),
                 settings: self.service.clone(),
+                max_conns: None,
             }]
         } else {
             self.services.clone()
@@ -102,6 +108,7 @@ pub(super) fn resolve(
                     .inheriting(top.clone())
                     .apply_to(ServiceSettings::default()),
                 name: t.name,
+                max_conns: t.max_conns,
             })
         })
         .collect()
@@ -165,11 +172,15 @@ impl<'de> Visitor<'de> for ServiceTable {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PartialService, A::Error> {
         let mut name = None;
         let mut settings = PartialServiceSettings::default();
+        let mut max_conns = None;
         while let Some(key) = map.next_key_seed(TableKey)? {
             if key == "name" {
                 let n: String = map.next_value()?;
                 check_service_name(&n).map_err(de::Error::custom)?;
                 name = Some(n);
+            } else if key == "max_conns" {
+                let seed = super::file::Scalar::new("max_conns", super::parse_max_conns);
+                max_conns = Some(map.next_value_seed(seed)?);
             } else if !settings.read_file_value(key, &mut map)? {
                 return Err(de::Error::custom(format!(
                     "`{key}` is a setting of the whole balancer, not of one service: set it at the top of the file"
@@ -177,7 +188,11 @@ impl<'de> Visitor<'de> for ServiceTable {
             }
         }
         let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
-        Ok(PartialService { name, settings })
+        Ok(PartialService {
+            name,
+            settings,
+            max_conns,
+        })
     }
 }
 

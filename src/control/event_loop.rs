@@ -552,6 +552,7 @@ impl Reloader<'_> {
                         );
                     }
                     s.settings = sc.settings.clone();
+                    s.max_conns = sc.max_conns;
                     s.settings_changed = true;
                 }
                 None => {

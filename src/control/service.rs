@@ -26,6 +26,8 @@ pub struct Channels {
 pub struct Service {
     pub name: String,
     pub settings: ServiceSettings,
+    /// The service's own limit on open clients.
+    pub max_conns: Option<usize>,
     pub table: Table,
     pub checker: Checker,
     pub discovery: Discovery,
@@ -60,6 +62,7 @@ impl Service {
         Service {
             name,
             settings,
+            max_conns: config.max_conns,
             table,
             checker,
             discovery,
@@ -69,7 +72,7 @@ impl Service {
     }
 
     /// The backends and policy to publish, if anything changed since the last time.
-    pub fn take_changes(&mut self) -> Option<(Vec<BackendEntry>, crate::backend::Policy)> {
+    fn take_changes(&mut self) -> Option<(Vec<BackendEntry>, crate::backend::Policy)> {
         let changed = self.table.take_dirty() | std::mem::take(&mut self.settings_changed);
         changed.then(|| (self.table.entries(), self.settings.policy()))
     }
@@ -135,6 +138,7 @@ pub fn publish(server: &Server, services: &mut [Service], force: bool) {
             entries,
             policy: policy.clone(),
             accepting: !services[*i].removing,
+            max_conns: services[*i].max_conns,
         })
         .collect();
     let live: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();

@@ -66,7 +66,17 @@ impl Listener {
     }
 }
 
-/// A client accepted while the balancer was at its limit.
+/// What taking places for a new client found.
+#[derive(Debug, PartialEq, Eq)]
+enum Places {
+    Taken,
+    /// The service is at its own `max_conns`.
+    ServiceFull,
+    /// The balancer is at `--max-conns`.
+    BalancerFull,
+}
+
+/// A client accepted while the balancer (or its service) was at its limit.
 pub(super) struct Parked {
     listener: usize,
     fd: OwnedFd,
@@ -89,7 +99,7 @@ impl Worker {
                 continue;
             }
             let token = Token::new(i, 0, OpKind::Accept).encode();
-            if self.shared.room() >= MULTISHOT_ROOM {
+            if self.room(l.service) >= MULTISHOT_ROOM {
                 self.ring.accept_multi(i, fd, token);
             } else {
                 self.ring.accept(i, fd, token);
@@ -133,8 +143,8 @@ impl Worker {
                 .then(|| net::peer_addr(&fd))
                 .flatten()
         });
-        let open = self.shared.try_open();
-        if self.ring.accepting_multi(listener) && self.shared.room() < MULTISHOT_ROOM {
+        let open = self.take_places(service) == Places::Taken;
+        if self.ring.accepting_multi(listener) && self.room(service) < MULTISHOT_ROOM {
             // The budget runs low: one client at a time from now (re-armed on its end).
             self.ring
                 .cancel_accept(listener, Token::new(0, 0, OpKind::Ignore).encode());
@@ -162,14 +172,49 @@ impl Worker {
         });
     }
 
-    /// Serves the clients that waited for a place, while places are free.
+    /// Takes a place for a new client of `service`: one of its own `max_conns`, if it
+    /// has one, and one of the balancer's.
+    fn take_places(&self, service: ServiceId) -> Places {
+        let budget = self.service(service).budget.as_deref();
+        if budget.is_some_and(|b| !b.try_take()) {
+            return Places::ServiceFull;
+        }
+        if self.shared.try_open() {
+            return Places::Taken;
+        }
+        if let Some(b) = budget {
+            b.give_back();
+        }
+        Places::BalancerFull
+    }
+
+    /// Places left for new clients of `service` (its own and the balancer's).
+    pub(super) fn room(&self, service: ServiceId) -> usize {
+        let own = self
+            .services
+            .get(service)
+            .and_then(|s| s.budget.as_ref())
+            .map_or(usize::MAX, |b| b.room());
+        own.min(self.shared.room())
+    }
+
+    /// Serves the clients that waited for a place, in the order they came, while places
+    /// are free: one whose service is full lets the next (of another service) go first.
     pub(super) fn serve_parked(&mut self) {
-        while !self.parked.is_empty() && self.shared.try_open() {
-            let Some(p) = self.parked.pop_front() else {
-                break;
-            };
-            self.listeners[p.listener].parked = false;
-            self.serve(p.listener, p.fd, p.peer);
+        let mut i = 0;
+        while i < self.parked.len() {
+            let service = self.listeners[self.parked[i].listener].service;
+            match self.take_places(service) {
+                Places::BalancerFull => break,
+                Places::ServiceFull => i += 1,
+                Places::Taken => {
+                    let Some(p) = self.parked.remove(i) else {
+                        break;
+                    };
+                    self.listeners[p.listener].parked = false;
+                    self.serve(p.listener, p.fd, p.peer);
+                }
+            }
         }
     }
 
@@ -184,11 +229,16 @@ impl Worker {
             );
             net::set_linger_zero(&fd);
             self.shared.close_one();
+            let service = self.listeners[listener].service;
+            if let Some(b) = &self.service(service).budget {
+                b.give_back();
+            }
             return;
         };
         self.open += 1;
         let service = self.listeners[listener].service;
         self.slots[slot].service = service;
+        self.slots[slot].service_place = self.service(service).budget.clone();
         if let Some(idle) = self.service(service).tcp_keepalive {
             net::set_keepalive(&fd, idle);
         }
@@ -332,6 +382,7 @@ impl Worker {
                 dirty: false,
                 freed_ns: 0,
                 service: ServiceId(0),
+                service_place: None,
                 conn: Conn::new(),
                 incoming: None,
                 outgoing: None,

@@ -117,6 +117,9 @@ struct Slot {
     freed_ns: u64,
     /// The service whose listener accepted the client.
     service: ServiceId,
+    /// The connection holds a place of its service's own `max_conns` (given back to that
+    /// count even if a reload has since lifted the limit).
+    service_place: Option<Arc<crate::backend::ServiceBudget>>,
     conn: Conn,
     /// Recorded in the loop table: the client (peer, our address, the address before NAT)
     /// and the backend connection (our address, backend), both ends local.
@@ -239,6 +242,13 @@ impl Worker {
         self.services
             .get(id)
             .expect("a listener's or an open connection's service is kept")
+    }
+
+    /// Gives back the place the connection in `slot` held in its service's `max_conns`.
+    fn give_back_service_place(&mut self, slot: usize) {
+        if let Some(b) = self.slots[slot].service_place.take() {
+            b.give_back();
+        }
     }
 
     /// The snapshot of the service of the connection in `slot`.
@@ -511,6 +521,7 @@ impl Worker {
         self.free.push(slot as u32);
         self.open -= 1;
         self.shared.close_one();
+        self.give_back_service_place(slot);
         if released.counted.is_some() {
             self.retry_queue();
         }
@@ -606,6 +617,7 @@ impl Worker {
             self.forget_loop_entries(slot);
             self.slots[slot].in_use = false;
             self.shared.close_one();
+            self.give_back_service_place(slot);
         }
         self.open = 0;
     }

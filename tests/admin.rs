@@ -559,6 +559,7 @@ fn the_in_process_controller_serves_the_api_too() {
                 name: "b0".into(),
                 max_conns: None,
                 proxy_protocol: None,
+                backup: false,
             }],
             health: HealthCheck::None,
             ..Default::default()

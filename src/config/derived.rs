@@ -43,10 +43,18 @@ pub fn summary(cfg: &Config) -> String {
         Workers::Auto => "auto".to_string(),
         Workers::Count(n) => n.to_string(),
     };
+    let backups = cfg.service.backends.iter().filter(|b| b.backup).count();
+    let backends = if backups > 0 {
+        format!(
+            "{} backend(s) ({backups} backup)",
+            cfg.service.backends.len()
+        )
+    } else {
+        format!("{} backend(s)", cfg.service.backends.len())
+    };
     let mut s = format!(
-        "ok: {} listener(s), {} backend(s), algorithm {}, workers {}, forward {}, health {}",
+        "ok: {} listener(s), {backends}, algorithm {}, workers {}, forward {}, health {}",
         cfg.service.listen.len(),
-        cfg.service.backends.len(),
         cfg.service.algorithm.name(),
         workers,
         cfg.forward.name(),
@@ -79,6 +87,15 @@ mod tests {
         assert_eq!(
             summary(&c),
             "ok: 1 listener(s), 1 backend(s), algorithm round-robin, workers auto, forward auto, health tcp"
+        );
+        let mut c = valid();
+        c.service
+            .backends
+            .push(parse_backend("127.0.0.1:9002,backup").expect("backend"));
+        assert!(
+            summary(&c).starts_with("ok: 1 listener(s), 2 backend(s) (1 backup), algorithm"),
+            "{}",
+            summary(&c)
         );
     }
 }

@@ -419,6 +419,7 @@ mod tests {
             healthy: true,
             ejected: false,
             removing: false,
+            backup: false,
         }
     }
 

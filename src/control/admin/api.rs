@@ -52,6 +52,8 @@ struct BackendJson {
     state: &'static str,
     /// The health checks' verdict, and not ejected for connect failures.
     healthy: bool,
+    /// Used only while no primary backend is up.
+    backup: bool,
     active_conns: u64,
     total_conns: u64,
     connect_failures: u64,
@@ -65,6 +67,7 @@ impl From<&BackendSample> for BackendJson {
             weight: b.status.weight,
             state: b.status.state.name(),
             healthy: b.status.healthy && !b.status.ejected,
+            backup: b.status.backup,
             active_conns: b.active_conns,
             total_conns: b.total_conns,
             connect_failures: b.connect_failures,
@@ -87,6 +90,9 @@ struct NewBackend {
     /// `"v1"` or `"v2"`: send this backend a PROXY protocol header.
     #[serde(default)]
     proxy_protocol: Option<String>,
+    /// A backup backend: used only while no primary is up.
+    #[serde(default)]
+    backup: bool,
 }
 
 /// `PATCH /backends/{name}`: either field or both.
@@ -359,6 +365,7 @@ fn check_new(
         name,
         max_conns,
         proxy_protocol,
+        backup: req.backup,
     })
 }
 

@@ -43,7 +43,7 @@ impl BackendState {
     }
 }
 
-/// One `--backend ADDR[,weight=N][,name=S][,max-conns=N]`.
+/// One `--backend ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2][,backup]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: SocketAddr,
@@ -54,6 +54,8 @@ pub struct BackendSpec {
     pub max_conns: Option<u32>,
     /// Send a PROXY header to this backend even when `--proxy-protocol` is off.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Used only while no primary (non-backup) backend is up ([`crate::tier`]).
+    pub backup: bool,
 }
 
 /// One backend in a snapshot.
@@ -67,6 +69,8 @@ pub struct Backend {
     pub max_conns: Option<u32>,
     /// Send this backend a PROXY header even when `--proxy-protocol` is off.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Used only while no primary backend is up ([`crate::tier`]).
+    pub backup: bool,
     pub state: BackendState,
     /// For a draining backend: when its remaining connections are closed (`--grace`).
     pub drain_deadline: Option<std::time::Instant>,
@@ -283,6 +287,12 @@ impl Snapshot {
     /// True when no backend is up: the balancer is in panic mode and balances over all.
     pub fn none_up(&self) -> bool {
         !self.backends.iter().any(|b| b.state == BackendState::Up)
+    }
+
+    /// Which backends new connections may use now: the primaries, the backups, or (in
+    /// panic mode, when [`none_up`](Self::none_up)) every `down` one.
+    pub fn tier(&self) -> crate::tier::Tier {
+        crate::tier::Tier::of(self.backends.iter().map(|b| (b.backup, b.state)))
     }
 }
 

@@ -52,6 +52,7 @@ pub fn run() -> anyhow::Result<()> {
                 name: b.name().to_string(),
                 max_conns: None,
                 proxy_protocol: None,
+                backup: false,
             })
             .collect(),
         // The backends are in-process and cannot go away, so health checks would only add

@@ -27,6 +27,7 @@ pub mod loops;
 pub mod net;
 pub mod proxy_protocol;
 pub mod server;
+pub mod tier;
 /// The only module allowed `unsafe`: see its documentation.
 #[allow(unsafe_code)]
 pub mod uring;

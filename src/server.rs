@@ -615,6 +615,7 @@ fn build_snapshot(
             weight: e.weight.max(1),
             max_conns: e.spec.max_conns,
             proxy_protocol: e.spec.proxy_protocol,
+            backup: e.spec.backup,
             state: e.state,
             drain_deadline: e.drain_deadline,
             local: is_local(e.spec.addr.ip()),

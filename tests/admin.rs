@@ -49,10 +49,11 @@ fn every_route_with_good_input() {
     assert_eq!(b["weight"], 1);
     assert_eq!(b["state"], "up");
     assert_eq!(b["healthy"], true);
+    assert_eq!(b["backup"], false);
     for k in ["active_conns", "total_conns", "connect_failures"] {
         assert!(b[k].is_u64(), "{k}: {b}");
     }
-    assert_eq!(b.as_object().map(|o| o.len()), Some(8), "{b}");
+    assert_eq!(b.as_object().map(|o| o.len()), Some(9), "{b}");
 
     // POST /backends: b2 gets connections at once.
     let r = admin.req(
@@ -559,6 +560,7 @@ fn the_in_process_controller_serves_the_api_too() {
                 name: "b0".into(),
                 max_conns: None,
                 proxy_protocol: None,
+                backup: false,
             }],
             health: HealthCheck::None,
             ..Default::default()

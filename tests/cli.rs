@@ -239,6 +239,44 @@ fn bad_toml_values_have_positions() {
 }
 
 #[test]
+fn backup_backends_on_the_command_line() {
+    let out = ok(&["--check", "-b", B, "--backend", "127.0.0.1:1,backup"]);
+    assert_mentions(&out, &["2 backend(s) (1 backup) [", "127.0.0.1:1 backup]"]);
+    let out = ok(&["--check", "-b", "127.0.0.1:1,name=spare,backup,weight=2"]);
+    assert_mentions(&out, &["1 backend(s) (1 backup)"]);
+    let line = fails(&["--check", "-b", B, "--backend", "127.0.0.1:1,backup=x"]);
+    assert_mentions(
+        &line,
+        &[
+            "--backend",
+            "'backup' takes no value",
+            "backup=x",
+            "',backup'",
+        ],
+    );
+    let line = fails(&["--check", "-b", "127.0.0.1:1,backup,backup"]);
+    assert_mentions(&line, &["--backend", "'backup' given twice"]);
+}
+
+#[test]
+fn backup_backends_in_the_config_file() {
+    let f = TempToml::new(
+        "[[backend]]\naddr = \"127.0.0.1:9001\"\n\
+         [[backend]]\naddr = \"127.0.0.1:9002\"\nbackup = true\n\
+         [[backend]]\naddr = \"127.0.0.1:9003\"\nbackup = false\n",
+    );
+    let out = ok(&["--check", "-c", f.path()]);
+    assert_mentions(
+        &out,
+        &["3 backend(s) (1 backup) [", "127.0.0.1:9002 backup,"],
+    );
+
+    let f = TempToml::new("[[backend]]\naddr = \"127.0.0.1:9001\"\nbackup = \"yes\"\n");
+    let line = fails(&["--check", "-c", f.path()]);
+    assert_mentions(&line, &[&format!("{}:3:10:", f.path()), "boolean"]);
+}
+
+#[test]
 fn missing_config_file() {
     let line = fails(&["--check", "-c", "/nonexistent/uringlb.toml"]);
     assert_mentions(&line, &["/nonexistent/uringlb.toml"]);

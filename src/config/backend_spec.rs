@@ -1,4 +1,4 @@
-//! `--backend ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2]` and the
+//! `--backend ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2][,backup]` and the
 //! checks on a backend's parts that the TOML `[[backend]]` table shares.
 
 use super::address::parse_backend_addr;
@@ -9,10 +9,12 @@ use super::BackendSpec;
 /// unbounded weight could make a snapshot rebuild allocate without limit.
 pub const MAX_WEIGHT: u32 = 10_000;
 
-/// `ADDR[,weight=N][,name=S][,max-conns=N]`; ADDR as in [`parse_listen`](super::parse_listen) but with a host
-/// and a non-zero port. The name defaults to ADDR as written.
+/// `ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2][,backup]`; ADDR as in
+/// [`parse_listen`](super::parse_listen) but with a host and a non-zero port. The name
+/// defaults to ADDR as written. `backup` is a bare word, as in HAProxy's and NGINX's
+/// server lines.
 pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
-    const FORM: &str = "ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2]";
+    const FORM: &str = "ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2][,backup]";
     let mut parts = s.split(',');
     let addr_text = parts.next().unwrap_or("").trim();
     if addr_text.is_empty() {
@@ -24,12 +26,20 @@ pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
         name: addr_text.to_string(),
         max_conns: None,
         proxy_protocol: None,
+        backup: false,
     };
     let mut seen: Vec<&str> = Vec::new();
     for part in parts {
+        if part.trim() == "backup" {
+            if spec.backup {
+                return Err("'backup' given twice in backend spec".to_string());
+            }
+            spec.backup = true;
+            continue;
+        }
         let Some((key, value)) = part.split_once('=') else {
             return Err(format!(
-                "expected KEY=VALUE after the address, got '{part}'; expected {FORM}"
+                "expected KEY=VALUE or backup after the address, got '{part}'; expected {FORM}"
             ));
         };
         let key = key.trim();
@@ -50,9 +60,15 @@ pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
                 spec.proxy_protocol = Some(parse_proxy_protocol(value)?);
                 "proxy-protocol"
             }
+            "backup" => {
+                return Err(format!(
+                    "'backup' takes no value, got 'backup={}'; write ',backup' to make this a backup backend",
+                    value.trim()
+                ))
+            }
             other => {
                 return Err(format!(
-                    "unknown key '{other}' in backend spec; expected weight, name, max-conns or proxy-protocol"
+                    "unknown key '{other}' in backend spec; expected weight, name, max-conns, proxy-protocol or backup"
                 ))
             }
         };
@@ -152,5 +168,15 @@ mod tests {
         assert!(err("127.0.0.1:0").contains("port 0"));
         assert!(err("").contains("missing backend address"));
         assert!(err("bad host:80").contains("invalid host name"));
+
+        assert!(!parse_backend("127.0.0.1:1").expect("primary").backup);
+        let b = parse_backend("127.0.0.1:1,backup").expect("backup");
+        assert!(b.backup);
+        let b = parse_backend("127.0.0.1:1, backup ,weight=3,name=spare").expect("backup");
+        assert_eq!((b.backup, b.weight, b.name.as_str()), (true, 3, "spare"));
+        assert!(err("127.0.0.1:1,backup=x").contains("'backup' takes no value"));
+        assert!(err("127.0.0.1:1,backup=true").contains("write ',backup'"));
+        assert!(err("127.0.0.1:1,backup,backup").contains("twice"));
+        assert!(err("127.0.0.1:1,backups").contains("KEY=VALUE"));
     }
 }

@@ -58,18 +58,28 @@ pub fn summary(cfg: &Config) -> String {
             .backends
             .iter()
             .map(|b| {
-                if b.name == b.addr.to_string() {
+                let named = if b.name == b.addr.to_string() {
                     b.name.clone()
                 } else {
                     format!("{}={}", b.name, b.addr)
+                };
+                if b.backup {
+                    format!("{named} backup")
+                } else {
+                    named
                 }
             })
             .collect();
+        let backups = c.backends.iter().filter(|b| b.backup).count();
+        let count = if backups > 0 {
+            format!("{} backend(s) ({backups} backup)", c.backends.len())
+        } else {
+            format!("{} backend(s)", c.backends.len())
+        };
         s.push_str(&format!(
-            "\nservice {}: listen {}; {} backend(s) [{}]; algorithm {}, health {}",
+            "\nservice {}: listen {}; {count} [{}]; algorithm {}, health {}",
             svc.name,
             listen.join(", "),
-            c.backends.len(),
             backends.join(", "),
             c.algorithm.name(),
             c.health,
@@ -105,6 +115,15 @@ mod tests {
         assert_eq!(
             summary(&c),
             "ok: 1 service(s), workers auto, forward auto\nservice default: listen 127.0.0.1:8080; 1 backend(s) [127.0.0.1:9001]; algorithm round-robin, health tcp"
+        );
+        let mut c = valid();
+        c.service
+            .backends
+            .push(parse_backend("127.0.0.1:9002,backup").expect("backend"));
+        assert!(
+            summary(&c).starts_with("ok: 1 listener(s), 2 backend(s) (1 backup), algorithm"),
+            "{}",
+            summary(&c)
         );
     }
 }

@@ -346,6 +346,7 @@ impl<'de> Visitor<'de> for BackendTable<'_> {
             name: b.name.unwrap_or(b.addr.0),
             max_conns: b.max_conns,
             proxy_protocol: b.proxy_protocol,
+            backup: b.backup,
         };
         if self.before.iter().any(|o| o.name == spec.name) {
             let msg = ConfigError::DuplicateBackendName(spec.name).to_string();
@@ -355,7 +356,14 @@ impl<'de> Visitor<'de> for BackendTable<'_> {
     }
 }
 
-const FILE_BACKEND_KEYS: &[&str] = &["addr", "weight", "name", "max_conns", "proxy_protocol"];
+const FILE_BACKEND_KEYS: &[&str] = &[
+    "addr",
+    "weight",
+    "name",
+    "max_conns",
+    "proxy_protocol",
+    "backup",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -369,6 +377,9 @@ struct FileBackend {
     max_conns: Option<u32>,
     #[serde(default, deserialize_with = "de_proxy_protocol")]
     proxy_protocol: Option<ProxyProtocol>,
+    /// Used only while no primary backend is up.
+    #[serde(default)]
+    backup: bool,
 }
 
 /// The address as written (the default name) and as resolved.
@@ -598,6 +609,19 @@ addr = "127.0.0.1:9002"
         let (l, _, m) = toml_error(text);
         assert!((5..=7).contains(&l), "line {l}: {m}");
         assert!(m.contains("duplicate backend name 'a'"), "{m}");
+    }
+
+    #[test]
+    fn toml_backup_backends() {
+        let text = "[[backend]]\naddr = \"127.0.0.1:1\"\n\n[[backend]]\naddr = \"127.0.0.1:2\"\nbackup = true\n\n[[backend]]\naddr = \"127.0.0.1:3\"\nbackup = false\n";
+        let c = parse_toml(text, "f")
+            .expect("valid")
+            .apply_to(Config::default());
+        let backup: Vec<bool> = c.service.backends.iter().map(|b| b.backup).collect();
+        assert_eq!(backup, vec![false, true, false]);
+        let (l, c, m) = toml_error("[[backend]]\naddr = \"127.0.0.1:1\"\nbackup = \"yes\"\n");
+        assert_eq!((l, c), (3, 10), "{m}");
+        assert!(m.contains("boolean"), "{m}");
     }
 
     #[test]

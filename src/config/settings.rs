@@ -30,7 +30,7 @@ settings! {
         example "127.0.0.1:1",
     }
 
-    /// Backend server (repeatable): ADDR[,weight=N][,name=S][,max-conns=N]
+    /// Backend server (repeatable): ADDR[,weight=N][,name=S][,max-conns=N][,proxy-protocol=v1|v2][,backup]
     service backends: BackendSpec {
         list = Vec::new(), key = "backend", parse = parse_backend, file = backend_tables,
         arg(short = 'b', long = "backend", value_name = "SPEC"),

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::config::{BackendSpec, ProxyProtocol, ServiceSettings};
 use crate::health::{Health, Params};
 use crate::server::BackendEntry;
+use crate::tier::Tier;
 
 use super::slow_start;
 
@@ -101,6 +102,8 @@ pub struct BackendStatus {
     pub healthy: bool,
     pub ejected: bool,
     pub removing: bool,
+    /// Used only while no primary backend is up.
+    pub backup: bool,
 }
 
 /// What the prober needs to check one backend. `generation` changes when the backend's
@@ -176,6 +179,8 @@ pub struct Table {
     /// Zero when off or when the algorithm ignores weights.
     slow_start: Duration,
     panic: bool,
+    /// As the workers derive it from the last published states.
+    tier: Tier,
     dirty: bool,
     next_generation: u64,
     transitions: Vec<Transition>,
@@ -205,6 +210,7 @@ impl Table {
                 Duration::ZERO
             },
             panic: false,
+            tier: Tier::Primary,
             dirty: false,
             next_generation: 0,
             transitions: Vec::new(),
@@ -213,6 +219,7 @@ impl Table {
             let g = t.generation();
             t.rows.push(Row::new(spec.clone(), ids(&spec.name), g));
         }
+        t.tier = Tier::of(t.rows.iter().map(|r| (r.spec.backup, r.state)));
         t
     }
 
@@ -238,6 +245,12 @@ impl Table {
     /// No backend is up, but some are down: the workers balance over the down ones.
     pub fn in_panic(&self) -> bool {
         self.panic
+    }
+
+    /// The backends the workers send new connections to now: the primaries, the backups
+    /// (no primary is up) or, in panic mode, every down one.
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     /// Re-derives row `i`'s state; logs and records the change if there is one.
@@ -273,18 +286,19 @@ impl Table {
         self.update_panic();
     }
 
+    /// Re-derives the tier the workers route with ([`Tier`]) and logs a change of it:
+    /// panic mode, and the backups taking over from the primaries or handing back.
     fn update_panic(&mut self) {
-        let up = self
-            .rows
-            .iter()
-            .filter(|r| r.state == BackendState::Up)
-            .count();
-        let down = self
-            .rows
-            .iter()
-            .filter(|r| r.state == BackendState::Down)
-            .count();
-        let panic = up == 0 && down > 0;
+        let tier = Tier::of(self.rows.iter().map(|r| (r.spec.backup, r.state)));
+        let count = |state: BackendState, backup: bool| {
+            self.rows
+                .iter()
+                .filter(|r| r.state == state && r.spec.backup == backup)
+                .count()
+        };
+        let up = count(BackendState::Up, false) + count(BackendState::Up, true);
+        let down = count(BackendState::Down, false) + count(BackendState::Down, true);
+        let panic = tier == Tier::Panic && down > 0;
         if panic && !self.panic {
             tracing::warn!(
                 "panic mode: no backend is up; balancing over all {down} down backend(s)"
@@ -292,7 +306,21 @@ impl Table {
         } else if !panic && self.panic {
             tracing::info!("panic mode over: {up} backend(s) up");
         }
+        if tier != self.tier {
+            match tier {
+                Tier::Backup => tracing::warn!(
+                    "no primary backend is up; using {} backup backend(s)",
+                    count(BackendState::Up, true)
+                ),
+                Tier::Primary if self.tier == Tier::Backup => tracing::info!(
+                    "{} primary backend(s) up again; backups get no new connections",
+                    count(BackendState::Up, false)
+                ),
+                _ => {}
+            }
+        }
         self.panic = panic;
+        self.tier = tier;
     }
 
     /// What the workers should route with now.
@@ -495,6 +523,8 @@ impl Table {
                         }
                         row.spec = spec.clone();
                         self.dirty = true;
+                        // It may have become a backup, or stopped being one.
+                        self.update_panic();
                     }
                     let row = &mut self.rows[i];
                     if row.removing {
@@ -628,6 +658,7 @@ impl Table {
                 healthy: r.health.is_up(),
                 ejected: r.health.is_ejected(),
                 removing: r.removing,
+                backup: r.spec.backup,
             })
             .collect()
     }
@@ -744,6 +775,38 @@ pub(crate) mod tests {
         assert!(t.in_panic(), "b0 is down, nothing up");
         t.set_state("b0", AdminState::Maint, now).expect("set");
         assert!(!t.in_panic());
+    }
+
+    #[test]
+    fn backups_take_over_only_while_no_primary_is_up() {
+        let now = Instant::now();
+        let mut cfg = config(3);
+        cfg.service.backends[2].backup = true;
+        let mut t = Table::new(&cfg, &mut ids());
+        assert_eq!(t.tier(), Tier::Primary);
+        fail(&mut t, "b0", now);
+        fail(&mut t, "b0", now);
+        assert_eq!(t.tier(), Tier::Primary, "b1 is still up");
+        t.set_state("b1", AdminState::Maint, now).expect("maint");
+        assert_eq!(t.tier(), Tier::Backup);
+        assert!(!t.in_panic(), "the backup is up");
+        fail(&mut t, "b2", now);
+        fail(&mut t, "b2", now);
+        assert_eq!(t.tier(), Tier::Panic);
+        assert!(t.in_panic(), "b0 and b2 are down, nothing up");
+        pass(&mut t, "b2", now);
+        pass(&mut t, "b2", now);
+        assert_eq!(t.tier(), Tier::Backup);
+        t.set_state("b1", AdminState::Up, now).expect("up");
+        assert_eq!(t.tier(), Tier::Primary, "a recovered primary takes over");
+        // A reload that makes b1 a backup too: only backups are up now.
+        let mut specs = t.specs();
+        specs[1].backup = true;
+        assert!(!t.set_backends(&specs, now, &mut ids()));
+        assert!(t.take_dirty());
+        assert_eq!(t.tier(), Tier::Backup);
+        assert!(t.status()[1].backup);
+        assert!(t.entries()[1].spec.backup);
     }
 
     #[test]

@@ -430,6 +430,7 @@ mod tests {
             healthy: true,
             ejected: false,
             removing: false,
+            backup: false,
         }
     }
 

@@ -62,7 +62,7 @@ pub struct Outcome {
     pub backends: usize,
     pub added: Vec<String>,
     pub removed: Vec<String>,
-    /// Address, weight or max-conns changed.
+    /// Address, weight, max-conns, PROXY header or backup flag changed.
     pub changed: Vec<String>,
     /// Settings that differ from the running ones but only apply after a restart (flags).
     pub restart_needed: Vec<&'static str>,
@@ -297,6 +297,13 @@ mod tests {
         assert_eq!(
             (added, removed, changed),
             (vec!["c".into()], vec!["a".into()], vec!["b".into()])
+        );
+        let a_backup = parse_backend("127.0.0.1:1,name=a,backup").expect("b");
+        let (_, _, changed) = diff(std::slice::from_ref(&a), &[a_backup]);
+        assert_eq!(
+            changed,
+            vec!["a".to_string()],
+            "becoming a backup is a change"
         );
     }
 }

@@ -1,18 +1,19 @@
 //! The balancer's view of a snapshot for one connection ([`Pool`]): a backend is eligible
-//! when it is up and not already tried by this connection, and below its max-conns. In
-//! panic mode (no backend up) the health checks are ignored and every `down` backend is
-//! eligible; drained and maintenance ones never are.
+//! when its tier admits it ([`Tier`]: the up primaries, else the up backups, else in panic
+//! mode every `down` backend; drained and maintenance ones never), it was not already
+//! tried by this connection, and it is below its max-conns. Retries stay in the tier.
 
 use std::sync::atomic::Ordering;
 
-use crate::backend::{BackendId, BackendState, SharedCounters, Snapshot};
+use crate::backend::{BackendId, SharedCounters, Snapshot};
 use crate::balance::{ewma, PeakEwma, Pool};
+use crate::tier::Tier;
 
 pub(super) struct Candidates<'a> {
     snapshot: &'a Snapshot,
     counters: &'a SharedCounters,
     tried: &'a [BackendId],
-    panic: bool,
+    tier: Tier,
 }
 
 impl<'a> Candidates<'a> {
@@ -25,7 +26,7 @@ impl<'a> Candidates<'a> {
             snapshot,
             counters,
             tried,
-            panic: snapshot.none_up(),
+            tier: snapshot.tier(),
         }
     }
 
@@ -36,8 +37,7 @@ impl<'a> Candidates<'a> {
 
     pub(super) fn eligible_ignoring_limit(&self, i: usize) -> bool {
         let b = &self.snapshot.backends[i];
-        let state_ok = b.state.accepts_new() || (self.panic && b.state == BackendState::Down);
-        state_ok && !self.tried.contains(&b.id)
+        self.tier.admits(b.backup, b.state) && !self.tried.contains(&b.id)
     }
 
     /// At its max-conns (open connections across all workers).

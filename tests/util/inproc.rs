@@ -18,6 +18,7 @@ pub fn spec(s: &NameServer) -> BackendSpec {
         name: s.name().to_string(),
         max_conns: None,
         proxy_protocol: None,
+        backup: false,
     }
 }
 

@@ -61,6 +61,8 @@ struct BackendJson {
     state: &'static str,
     /// The health checks' verdict, and not ejected for connect failures.
     healthy: bool,
+    /// Used only while no primary backend is up.
+    backup: bool,
     active_conns: u64,
     total_conns: u64,
     connect_failures: u64,
@@ -74,6 +76,7 @@ impl From<&BackendSample> for BackendJson {
             weight: b.status.weight,
             state: b.status.state.name(),
             healthy: b.status.healthy && !b.status.ejected,
+            backup: b.status.backup,
             active_conns: b.active_conns,
             total_conns: b.total_conns,
             connect_failures: b.connect_failures,
@@ -96,6 +99,9 @@ struct NewBackend {
     /// `"v1"` or `"v2"`: send this backend a PROXY protocol header.
     #[serde(default)]
     proxy_protocol: Option<String>,
+    /// A backup backend: used only while no primary is up.
+    #[serde(default)]
+    backup: bool,
 }
 
 /// `PATCH /backends/{name}`: either field or both.
@@ -463,6 +469,7 @@ fn check_new(
         name,
         max_conns,
         proxy_protocol,
+        backup: req.backup,
     })
 }
 

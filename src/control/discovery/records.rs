@@ -122,6 +122,7 @@ pub fn candidates(
                     name,
                     max_conns: None,
                     proxy_protocol: None,
+                    backup: false,
                 },
                 priority,
             });
@@ -347,6 +348,7 @@ mod tests {
                 name: name.to_string(),
                 max_conns: None,
                 proxy_protocol: None,
+                backup: false,
             },
             priority,
         }
@@ -385,6 +387,7 @@ mod tests {
             name: name.to_string(),
             max_conns: None,
             proxy_protocol: None,
+            backup: false,
         }
     }
 

@@ -91,6 +91,8 @@ pub struct Policy {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Sources whose PROXY header is read and believed (`--accept-proxy`).
     pub accept_proxy: Vec<ipnet::IpNet>,
+    /// Client networks served and refused (`--allow`, `--deny`).
+    pub access: crate::access::AccessList,
     /// Per-source limits.
     pub limits: crate::limits::Limits,
     /// TCP keepalive on both sockets of new connections, probing after this idle time.
@@ -120,6 +122,8 @@ pub struct Snapshot {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Sources whose PROXY header is read and believed (`--accept-proxy`).
     pub accept_proxy: Vec<ipnet::IpNet>,
+    /// Client networks served and refused (`--allow`, `--deny`).
+    pub access: crate::access::AccessList,
     /// Per-source limits.
     pub limits: crate::limits::Limits,
     /// TCP keepalive on both sockets of new connections, probing after this idle time.
@@ -133,8 +137,8 @@ pub struct Snapshot {
     /// Some backend is on this host: clients from this host are checked for loops
     /// ([`crate::loops`], which follows the connections to local backends).
     pub watch_loops: bool,
-    /// Something needs the client's address (hashing, limits, PROXY headers, loops);
-    /// otherwise a multishot accept's client is not asked for it.
+    /// Something needs the client's address (hashing, limits, allow/deny lists, PROXY
+    /// headers, loops); otherwise a multishot accept's client is not asked for it.
     pub needs_client_addr: bool,
 }
 
@@ -165,6 +169,7 @@ impl Snapshot {
             || policy.algorithm.hashes_client()
             || policy.limits.any()
             || !policy.accept_proxy.is_empty()
+            || !policy.access.is_open()
             || policy.proxy_protocol.is_some()
             || backends.iter().any(|b| b.proxy_protocol.is_some());
         Snapshot {
@@ -179,6 +184,7 @@ impl Snapshot {
             retries: policy.retries,
             proxy_protocol: policy.proxy_protocol,
             accept_proxy: policy.accept_proxy.clone(),
+            access: policy.access.clone(),
             limits: policy.limits,
             tcp_keepalive: policy.tcp_keepalive,
             balance,

@@ -16,6 +16,10 @@ impl Config {
             retries: self.service.retries,
             proxy_protocol: self.service.proxy_protocol,
             accept_proxy: self.service.accept_proxy.clone(),
+            access: crate::access::AccessList {
+                allow: self.service.allow.clone(),
+                deny: self.service.deny.clone(),
+            },
             limits: crate::limits::Limits {
                 max_open: self.service.max_conns_per_source,
                 max_rate: self.service.max_conn_rate_per_source,

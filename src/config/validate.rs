@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::address::check_accept_proxy_len;
+use super::address::{check_accept_proxy_len, check_client_networks_len};
 use super::backend_spec::{check_backend_name, check_weight};
 use super::duration::{check_duration, check_positive};
 use super::values::*;
@@ -109,6 +109,8 @@ impl Config {
         parse_log_level(&self.log_level).map_err(|m| invalid("--log-level", m))?;
         check_accept_proxy_len(self.service.accept_proxy.len())
             .map_err(|m| invalid("--accept-proxy", m))?;
+        check_client_networks_len(self.service.allow.len()).map_err(|m| invalid("--allow", m))?;
+        check_client_networks_len(self.service.deny.len()).map_err(|m| invalid("--deny", m))?;
         if self.splice_pipes > MAX_SPLICE_PIPES {
             return Err(invalid(
                 "--splice-pipes",

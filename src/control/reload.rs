@@ -9,7 +9,7 @@
 //!
 //! What a reload changes without touching an open connection: the backends (removed ones
 //! drain), weights, the algorithm and hashing settings, timeouts, retries, the PROXY
-//! header, health checks and ejection, slow start, `--grace`. Those travel in the next
+//! header, the client allow/deny lists, health checks and ejection, slow start, `--grace`. Those travel in the next
 //! snapshot or live on the control thread. Listeners, workers, the admin endpoint and the
 //! discovery task are set up once at start; a change to them is logged and needs a
 //! restart.

@@ -311,3 +311,39 @@ impl SharedCounters {
         &self.slots[id.0 as usize]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote_backend() -> Backend {
+        Backend {
+            id: BackendId(0),
+            name: "b".into(),
+            addr: "192.0.2.1:80".parse().expect("addr"),
+            weight: 1,
+            max_conns: None,
+            proxy_protocol: None,
+            state: BackendState::Up,
+            drain_deadline: None,
+            local: false,
+        }
+    }
+
+    #[test]
+    fn an_access_list_needs_the_client_address() {
+        let mut policy = crate::config::Config::default().policy();
+        let snap = |p: &Policy| Snapshot::new(1, vec![remote_backend()], p, Arc::from([]));
+        assert!(
+            !snap(&policy).needs_client_addr,
+            "nothing needs it by default"
+        );
+        policy.access.deny = vec!["192.0.2.0/24".parse().expect("net")];
+        assert!(snap(&policy).needs_client_addr);
+        policy.access = crate::access::AccessList {
+            allow: vec!["10.0.0.0/8".parse().expect("net")],
+            deny: vec![],
+        };
+        assert!(snap(&policy).needs_client_addr);
+    }
+}

@@ -56,9 +56,11 @@ fn denied(admin: &Admin) -> f64 {
 
 /// Waits for the `denied` count to reach `n`, then checks it is exactly `n`.
 fn assert_denied(admin: &Admin, n: usize) {
-    wait_until("denied clients to be counted", Duration::from_secs(10), || {
-        denied(admin) >= n as f64
-    });
+    wait_until(
+        "denied clients to be counted",
+        Duration::from_secs(10),
+        || denied(admin) >= n as f64,
+    );
     assert_eq!(denied(admin), n as f64, "denied clients counted");
 }
 
@@ -83,7 +85,14 @@ fn start_on(listen: SocketAddr, backend: &NameServer, extra: &[&str]) -> (Lb, Ad
         format!("{},name={}", backend.addr(), backend.name()),
     );
     let mut args = vec![
-        "--admin", &a, "--backend", &b, "--health", "none", "--workers", "2",
+        "--admin",
+        &a,
+        "--backend",
+        &b,
+        "--health",
+        "none",
+        "--workers",
+        "2",
     ];
     args.extend_from_slice(extra);
     let lb = Lb::start_on(listen, &args);
@@ -127,7 +136,14 @@ fn deny_wins_over_allow() {
     let n0 = NameServer::start("127.0.0.1:0", "n0").unwrap();
     let (lb, admin) = start(
         &n0,
-        &["--allow", "127.0.0.0/8", "--deny", "127.0.0.3/32", "--deny", "127.0.9.0/24"],
+        &[
+            "--allow",
+            "127.0.0.0/8",
+            "--deny",
+            "127.0.0.3/32",
+            "--deny",
+            "127.0.9.0/24",
+        ],
     );
     assert_refused("127.0.0.3", lb.addr);
     assert_refused("127.0.9.200", lb.addr);
@@ -256,10 +272,7 @@ fn behind_haproxy_the_real_client_is_filtered() {
 }
 
 fn config_path(tag: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "uringlb-access-{tag}-{}.toml",
-        std::process::id()
-    ))
+    std::env::temp_dir().join(format!("uringlb-access-{tag}-{}.toml", std::process::id()))
 }
 
 #[test]
@@ -309,7 +322,11 @@ fn fails(args: &[&str]) -> String {
     let (status, _, stderr) = run_bin(args);
     assert_eq!(status.code(), Some(2), "uringlb {args:?}; stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "uringlb {args:?}: want one line: {stderr:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "uringlb {args:?}: want one line: {stderr:?}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     lines[0].to_string()
 }

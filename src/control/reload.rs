@@ -266,6 +266,19 @@ mod tests {
         );
         assert!(restart_needed(&running, &eff).is_empty());
         assert!(checks_changed(&running, &new));
+        let listed = Config {
+            service: ServiceSettings {
+                allow: vec!["10.0.0.0/8".parse().expect("net")],
+                deny: vec!["10.9.0.0/16".parse().expect("net")],
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        assert!(
+            restart_needed(&running, &listed).is_empty(),
+            "allow/deny travel in the snapshot"
+        );
+        assert_eq!(in_effect(&running, listed.clone()), listed);
         let slower = Config {
             service: ServiceSettings {
                 health_interval: Duration::from_secs(9),

@@ -120,7 +120,8 @@ fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
     Ok(out)
 }
 
-/// One network for `--accept-proxy`, `--allow`, `--deny`: `10.0.0.0/8`, `::1/128`, or an address alone.
+/// One network for `--accept-proxy`, `--allow`, `--deny`: `10.0.0.0/8`, `::1/128`, or an
+/// address alone.
 pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let t = s.trim();
     match t.parse::<ipnet::IpNet>() {
@@ -139,6 +140,7 @@ pub(crate) fn check_accept_proxy_len(n: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Bounds an `--allow` or `--deny` list: each new client is matched against every entry.
 pub(crate) fn check_client_networks_len(n: usize) -> Result<(), String> {
     let max = crate::access::MAX_NETWORKS;
     if n > max {

@@ -159,6 +159,8 @@ pub struct Policy {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Sources whose PROXY header is read and believed (`--accept-proxy`).
     pub accept_proxy: Vec<ipnet::IpNet>,
+    /// Client networks served and refused (`--allow`, `--deny`).
+    pub access: crate::access::AccessList,
     /// Per-source limits.
     pub limits: crate::limits::Limits,
     /// TCP keepalive on both sockets of new connections, probing after this idle time.
@@ -188,6 +190,8 @@ pub struct Snapshot {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Sources whose PROXY header is read and believed (`--accept-proxy`).
     pub accept_proxy: Vec<ipnet::IpNet>,
+    /// Client networks served and refused (`--allow`, `--deny`).
+    pub access: crate::access::AccessList,
     /// Per-source limits.
     pub limits: crate::limits::Limits,
     /// TCP keepalive on both sockets of new connections, probing after this idle time.
@@ -201,8 +205,8 @@ pub struct Snapshot {
     /// Some backend is on this host: clients from this host are checked for loops
     /// ([`crate::loops`], which follows the connections to local backends).
     pub watch_loops: bool,
-    /// Something needs the client's address (hashing, limits, PROXY headers, loops);
-    /// otherwise a multishot accept's client is not asked for it.
+    /// Something needs the client's address (hashing, limits, allow/deny lists, PROXY
+    /// headers, loops); otherwise a multishot accept's client is not asked for it.
     pub needs_client_addr: bool,
     /// The service's listen addresses as bound: a worker closes its listeners of the
     /// service that are not among them.
@@ -240,6 +244,7 @@ impl Snapshot {
             || policy.algorithm.hashes_client()
             || policy.limits.any()
             || !policy.accept_proxy.is_empty()
+            || !policy.access.is_open()
             || policy.proxy_protocol.is_some()
             || backends.iter().any(|b| b.proxy_protocol.is_some());
         Snapshot {
@@ -254,6 +259,7 @@ impl Snapshot {
             retries: policy.retries,
             proxy_protocol: policy.proxy_protocol,
             accept_proxy: policy.accept_proxy.clone(),
+            access: policy.access.clone(),
             limits: policy.limits,
             tcp_keepalive: policy.tcp_keepalive,
             balance,
@@ -387,5 +393,42 @@ impl SharedCounters {
 
     pub fn get(&self, id: BackendId) -> &BackendCounters {
         &self.slots[id.0 as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote_backend() -> Backend {
+        Backend {
+            id: BackendId(0),
+            name: "b".into(),
+            addr: "192.0.2.1:80".parse().expect("addr"),
+            weight: 1,
+            max_conns: None,
+            proxy_protocol: None,
+            state: BackendState::Up,
+            drain_deadline: None,
+            local: false,
+            backup: false,
+        }
+    }
+
+    #[test]
+    fn an_access_list_needs_the_client_address() {
+        let mut policy = crate::config::ServiceSettings::default().policy();
+        let snap = |p: &Policy| Snapshot::new(1, vec![remote_backend()], p, Arc::from([]));
+        assert!(
+            !snap(&policy).needs_client_addr,
+            "nothing needs it by default"
+        );
+        policy.access.deny = vec!["192.0.2.0/24".parse().expect("net")];
+        assert!(snap(&policy).needs_client_addr);
+        policy.access = crate::access::AccessList {
+            allow: vec!["10.0.0.0/8".parse().expect("net")],
+            deny: vec![],
+        };
+        assert!(snap(&policy).needs_client_addr);
     }
 }

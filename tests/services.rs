@@ -521,3 +521,44 @@ fn fifty_services_of_ten_backends_start_and_each_serves() {
         rss50.saturating_sub(rss1) / 49
     );
 }
+
+#[test]
+fn a_service_allow_list_refuses_its_clients_and_no_one_elses() {
+    use std::io::Read;
+    let servers = name_servers(&["c0", "o0"]);
+    let (closed, open) = (free_addr(), free_addr());
+    let text = format!(
+        "health = \"none\"\n{}{}",
+        service(
+            "closed",
+            closed,
+            "allow = [\"10.0.0.0/8\"]",
+            &[("c0", servers[0].addr())]
+        ),
+        service("open", open, "", &[("o0", servers[1].addr())]),
+    );
+    let path = config_path("acl");
+    write_atomic(&path, &text);
+    let (_lb, admin) =
+        start_services_with_admin(open, &["-c", path.to_str().unwrap(), "--workers", "2"]);
+    for _ in 0..3 {
+        // Refused: nothing from the backend, an EOF or a reset.
+        let mut s = std::net::TcpStream::connect(closed).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "a denied client read {buf:?}");
+        assert_eq!(greet_once(open).as_deref(), Ok("o0"));
+    }
+    wait_until("three refusals counted", Duration::from_secs(10), || {
+        admin
+            .metrics()
+            .value("uringlb_rejected_total", &[("reason", "denied")])
+            == 3.0
+    });
+    assert_eq!(
+        servers[0].connections(),
+        0,
+        "the closed service's backend saw nobody"
+    );
+}

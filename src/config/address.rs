@@ -1,5 +1,5 @@
 //! Socket addresses and networks: `--listen`, `--admin`, a backend's address (host names
-//! resolved), `--accept-proxy` networks.
+//! resolved), `--accept-proxy`, `--allow` and `--deny` networks.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
@@ -91,6 +91,21 @@ pub fn set_resolver(r: Resolver) {
 
 /// `--accept-proxy`: `CIDR[,CIDR...]`; a bare IP is one address (`/32` or `/128`).
 pub fn parse_accept_proxy(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    let out = parse_networks(s)?;
+    check_accept_proxy_len(out.len())?;
+    Ok(out)
+}
+
+/// `--allow`/`--deny`: `CIDR[,CIDR...]`, as `--accept-proxy`, at most
+/// [`MAX_NETWORKS`](crate::access::MAX_NETWORKS) of them.
+pub fn parse_client_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    let out = parse_networks(s)?;
+    check_client_networks_len(out.len())?;
+    Ok(out)
+}
+
+/// `CIDR[,CIDR...]` with no empty entry.
+fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
     let mut out = Vec::new();
     for part in s.split(',') {
         let t = part.trim();
@@ -102,11 +117,11 @@ pub fn parse_accept_proxy(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
         }
         out.push(parse_cidr(t)?);
     }
-    check_accept_proxy_len(out.len())?;
     Ok(out)
 }
 
-/// One network for `--accept-proxy`: `10.0.0.0/8`, `::1/128`, or an address alone.
+/// One network for `--accept-proxy`, `--allow`, `--deny`: `10.0.0.0/8`, `::1/128`, or an
+/// address alone.
 pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let t = s.trim();
     match t.parse::<ipnet::IpNet>() {
@@ -121,6 +136,15 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
 pub(crate) fn check_accept_proxy_len(n: usize) -> Result<(), String> {
     if n > MAX_ACCEPT_PROXY {
         return Err(format!("{n} networks; at most {MAX_ACCEPT_PROXY}"));
+    }
+    Ok(())
+}
+
+/// Bounds an `--allow` or `--deny` list: each new client is matched against every entry.
+pub(crate) fn check_client_networks_len(n: usize) -> Result<(), String> {
+    let max = crate::access::MAX_NETWORKS;
+    if n > max {
+        return Err(format!("{n} networks; at most {max}"));
     }
     Ok(())
 }

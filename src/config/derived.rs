@@ -16,6 +16,10 @@ impl ServiceSettings {
             retries: self.retries,
             proxy_protocol: self.proxy_protocol,
             accept_proxy: self.accept_proxy.clone(),
+            access: crate::access::AccessList {
+                allow: self.allow.clone(),
+                deny: self.deny.clone(),
+            },
             limits: crate::limits::Limits {
                 max_open: self.max_conns_per_source,
                 max_rate: self.max_conn_rate_per_source,

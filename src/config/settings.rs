@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::address::{parse_accept_proxy, parse_cidr, parse_listen};
+use super::address::{parse_accept_proxy, parse_cidr, parse_client_networks, parse_listen};
 use super::admin_token::{parse_admin_token, AdminToken};
 use super::backend_spec::parse_backend;
 use super::declare::settings;
@@ -235,6 +235,23 @@ settings! {
         list = Vec::new(), parse = parse_cidr, file = joined_strings(parse_accept_proxy),
         arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ','),
         example "10.0.0.0/8",
+    }
+
+    /// Serve only clients in these networks (a bare IP is one address); others are reset
+    /// at accept. Behind a trusted proxy (--accept-proxy) the address its header carries
+    /// is checked [default: everyone]
+    service allow: ipnet::IpNet {
+        list = Vec::new(), parse = parse_cidr, file = joined_strings(parse_client_networks),
+        arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ','),
+        example "10.0.0.0/8",
+    }
+
+    /// Never serve clients in these networks, even if --allow lists them; they are reset
+    /// at accept [default: none]
+    service deny: ipnet::IpNet {
+        list = Vec::new(), parse = parse_cidr, file = joined_strings(parse_client_networks),
+        arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ','),
+        example "192.0.2.0/24",
     }
 
     /// Open connections per client IP, across workers; more are refused [default: unlimited]

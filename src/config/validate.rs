@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::address::check_accept_proxy_len;
+use super::address::{check_accept_proxy_len, check_client_networks_len};
 use super::backend_spec::{check_backend_name, check_weight};
 use super::duration::{check_duration, check_positive};
 use super::services::check_service_name;
@@ -158,6 +158,8 @@ impl ServiceSettings {
         }
         check_accept_proxy_len(self.accept_proxy.len())
             .map_err(|m| invalid("--accept-proxy", m))?;
+        check_client_networks_len(self.allow.len()).map_err(|m| invalid("--allow", m))?;
+        check_client_networks_len(self.deny.len()).map_err(|m| invalid("--deny", m))?;
         check_maglev_table_size(self.maglev_table_size)
             .map_err(|m| invalid("--maglev-table-size", m))?;
         if self.algorithm == Algorithm::Maglev {

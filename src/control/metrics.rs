@@ -250,6 +250,9 @@ pub fn encode(
         .get_or_create(&label("reason", "max_conn_rate_per_source"))
         .inc_by(sum(|s| s.rejected_source_rate.load(Ordering::Relaxed)));
     rejected
+        .get_or_create(&label("reason", "denied"))
+        .inc_by(sum(|s| s.rejected_denied.load(Ordering::Relaxed)));
+    rejected
         .get_or_create(&label("reason", "bad_proxy_header"))
         .inc_by(sum(|s| s.rejected_proxy_header.load(Ordering::Relaxed)));
     rejected
@@ -264,7 +267,7 @@ pub fn encode(
     reg.register(
         "uringlb_rejected",
         "Client connections closed unserved, by reason: no backend reachable, no connection \
-         slot free, a per-source limit, a bad PROXY header, every backend at max-conns \
+         slot free, a per-source limit, an allow/deny list, a bad PROXY header, every backend at max-conns \
          for the whole connect timeout, no local resource for the backend socket, the \
          balancer's own connection coming back",
         rejected,
@@ -443,6 +446,8 @@ mod tests {
         sh.stats[1].bytes[Dir::Up].store(23, Ordering::Relaxed);
         sh.stats[1].bytes[Dir::Down].store(7, Ordering::Relaxed);
         sh.stats[0].no_slot.store(2, Ordering::Relaxed);
+        sh.stats[0].rejected_denied.store(4, Ordering::Relaxed);
+        sh.stats[1].rejected_denied.store(1, Ordering::Relaxed);
         {
             let mut h = sh.stats[0].connect_us.lock().expect("lock");
             h.record(80).expect("record"); // 80 us
@@ -492,6 +497,7 @@ mod tests {
             "uringlb_accepted_total{worker=\"1\"} 4",
             "uringlb_rejected_total{reason=\"no_backend\"} 0",
             "uringlb_rejected_total{reason=\"no_slot\"} 2",
+            "uringlb_rejected_total{reason=\"denied\"} 5",
             "uringlb_config_reloads_total{result=\"ok\"} 0",
             "uringlb_config_reloads_total{result=\"error\"} 1",
             "# TYPE uringlb_connect_duration_seconds histogram",

@@ -10,7 +10,7 @@
 //! What a reload changes without touching an open connection: services (added ones start
 //! listening, removed ones stop at once and drain), listen addresses, the backends
 //! (removed ones drain), weights, the algorithm and hashing settings, timeouts, retries,
-//! the PROXY header, health checks and ejection, slow start, discovery, `--grace`. Those
+//! the PROXY header, the client allow/deny lists, health checks and ejection, slow start, discovery, `--grace`. Those
 //! travel in the next routing or live on the control thread. Workers and the admin
 //! endpoint are set up once at start; a change to them is logged and needs a restart.
 //!
@@ -266,6 +266,20 @@ mod tests {
         );
         assert!(restart_needed(&running, &eff).is_empty());
         assert!(checks_changed(&running.service, &new.service));
+        let listed = ServiceSettings {
+            allow: vec!["10.0.0.0/8".parse().expect("net")],
+            deny: vec!["10.9.0.0/16".parse().expect("net")],
+            ..Default::default()
+        };
+        let listed = Config {
+            service: listed,
+            ..Config::default()
+        };
+        assert!(
+            restart_needed(&running, &listed).is_empty(),
+            "allow/deny travel in the snapshot"
+        );
+        assert_eq!(in_effect(&running, listed.clone()), listed);
         let slower = ServiceSettings {
             health_interval: Duration::from_secs(9),
             ..Default::default()

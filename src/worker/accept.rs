@@ -14,6 +14,9 @@
 //! places or more, a listener accepts multishot (every queued client in one go, the way
 //! the kernel batches them), and it goes back to one at a time as the budget runs low.
 //! Either way no client is served past the limit: each takes its place first.
+//!
+//! A client that `--allow`/`--deny` refuse is reset as soon as it is handed over, before
+//! it takes a place.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -143,6 +146,9 @@ impl Worker {
                 .then(|| net::peer_addr(&fd))
                 .flatten()
         });
+        if !self.passes_access_lists(service, peer) {
+            return self.deny(fd, peer);
+        }
         let open = self.take_places(service) == Places::Taken;
         if self.ring.accepting_multi(listener) && self.room(service) < MULTISHOT_ROOM {
             // The budget runs low: one client at a time from now (re-armed on its end).
@@ -155,6 +161,46 @@ impl Worker {
             self.listeners[listener].parked = true;
             self.parked.push_back(Parked { listener, fd, peer });
         }
+    }
+
+    /// `--allow`/`--deny` at accept, before the client takes a place, a slot or a
+    /// per-source count. A trusted proxy (`--accept-proxy`) passes here: the real client's
+    /// address, in its PROXY header, is checked once read ([`Worker::denied_after_header`]).
+    fn passes_access_lists(&self, service: ServiceId, peer: Option<SocketAddr>) -> bool {
+        let snapshot = self.service(service);
+        let access = &snapshot.access;
+        if access.is_open() {
+            return true;
+        }
+        match peer {
+            Some(p) if snapshot.trusts_proxy(&p) => true,
+            Some(p) => access.permits(p.ip()),
+            // No address to check (the client went away before it could be read).
+            None => false,
+        }
+    }
+
+    /// Refuses a client the lists do not serve: reset at once and counted.
+    fn deny(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
+        WorkerStats::add(&self.stats().rejected_denied, 1);
+        tracing::debug!(worker = self.index, client = ?peer, "refused: denied by --allow/--deny");
+        net::set_linger_zero(&fd);
+        drop(fd); // closed with linger 0: the client sees a reset
+    }
+
+    /// `--allow`/`--deny` for a trusted proxy's client, once its PROXY header has set the
+    /// connection's client address: a refused one is reset and counted. Returns whether it
+    /// was refused.
+    pub(super) fn denied_after_header(&mut self, slot: usize) -> bool {
+        let access = &self.slot_service(slot).access;
+        let addr = self.slots[slot].conn.client_addr;
+        if access.is_open() || addr.is_some_and(|a| access.permits(a.ip())) {
+            return false;
+        }
+        WorkerStats::add(&self.stats().rejected_denied, 1);
+        tracing::debug!(worker = self.index, client = ?addr, "refused: denied by --allow/--deny");
+        self.abort(slot, true);
+        true
     }
 
     /// Resets the clients that waited for a place on a listener now closed (its service

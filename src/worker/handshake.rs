@@ -41,6 +41,9 @@ impl Worker {
                     conn.orig_dst = Some(dst);
                 }
                 conn.header_done(total - len);
+                if self.denied_after_header(slot) {
+                    return;
+                }
                 if self.admit(slot) {
                     self.connect_next(slot);
                 }

@@ -38,6 +38,8 @@ pub struct WorkerStats {
     pub rejected_source_conns: AtomicU64,
     /// Client connections refused by `--max-conn-rate-per-source`.
     pub rejected_source_rate: AtomicU64,
+    /// Client connections refused by `--allow`/`--deny`.
+    pub rejected_denied: AtomicU64,
     /// Trusted clients closed for a missing, malformed or truncated PROXY header.
     pub rejected_proxy_header: AtomicU64,
     /// Clients that waited the whole connect timeout for a backend below its max-conns.
@@ -66,6 +68,7 @@ impl Default for WorkerStats {
             replays: zero(),
             rejected_source_conns: zero(),
             rejected_source_rate: zero(),
+            rejected_denied: zero(),
             rejected_proxy_header: zero(),
             rejected_backends_full: zero(),
             cq_backlogged: zero(),

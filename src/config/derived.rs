@@ -125,7 +125,9 @@ mod tests {
             .backends
             .push(parse_backend("127.0.0.1:9002,backup").expect("backend"));
         assert!(
-            summary(&c).starts_with("ok: 1 listener(s), 2 backend(s) (1 backup), algorithm"),
+            summary(&c).contains(
+                "; 2 backend(s) (1 backup) [127.0.0.1:9001, 127.0.0.1:9002 backup]; algorithm"
+            ),
             "{}",
             summary(&c)
         );

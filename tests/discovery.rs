@@ -438,7 +438,9 @@ fn a_discovering_service_next_to_a_static_one() {
         srv("d0.svc.test", &s[0], 0, 0),
         srv("d1.svc.test", &s[1], 0, 0),
     ]);
-    let (fixed, found) = (free_addr(), free_addr());
+    let [fixed, found] = free_addrs(2)[..] else {
+        unreachable!()
+    };
     let text = format!(
         "health = \"none\"\n\
          [[service]]\nname = \"fixed\"\nlisten = \"{fixed}\"\n\

@@ -54,7 +54,9 @@ fn services_have_their_own_listeners_pools_algorithms_and_health_checks() {
             r#"location / { return 200 "n2"; } location /up { return 404; }"#,
         ],
     );
-    let (web, api) = (free_addr(), free_addr());
+    let [web, api] = free_addrs(2)[..] else {
+        unreachable!()
+    };
     let text = format!(
         "health_interval = \"200ms\"\nrise = 1\nfall = 1\n{}{}",
         // web checks /up over HTTP: n2 answers 404 there, so it is down for web.
@@ -172,7 +174,9 @@ fn services_have_their_own_listeners_pools_algorithms_and_health_checks() {
 #[test]
 fn admin_routes_name_the_service_and_the_old_ones_refuse_to_guess() {
     let servers = name_servers(&["a0", "a1", "b0"]);
-    let (sa, sb) = (free_addr(), free_addr());
+    let [sa, sb] = free_addrs(2)[..] else {
+        unreachable!()
+    };
     let text = format!(
         "health = \"none\"\n{}{}",
         service(
@@ -299,7 +303,9 @@ fn a_file_without_services_keeps_the_old_routes_and_labels() {
 #[test]
 fn reload_adds_changes_and_removes_services_under_load() {
     let servers = name_servers(&["k0", "k1", "g0", "n0"]);
-    let (keep, gone, new) = (free_addr(), free_addr(), free_addr());
+    let [keep, gone, new] = free_addrs(3)[..] else {
+        unreachable!()
+    };
     let kept = |algorithm: &str| {
         service(
             "keep",
@@ -420,7 +426,9 @@ fn echo_byte(s: &mut std::net::TcpStream, b: u8) {
 fn a_service_at_its_own_max_conns_makes_its_clients_wait_and_no_other() {
     use std::io::{Read, Write};
     let echo = uringlb_bench::EchoServer::start("127.0.0.1:0").unwrap();
-    let (small, big) = (free_addr(), free_addr());
+    let [small, big] = free_addrs(2)[..] else {
+        unreachable!()
+    };
     let text = format!(
         "health = \"none\"\n{}{}",
         service("small", small, "max_conns = 3", &[("e", echo.addr())]),
@@ -495,7 +503,7 @@ fn fifty_services_of_ten_backends_start_and_each_serves() {
         .zip(servers.iter().map(|s| s.addr()))
         .collect();
     let measure = |n: usize| {
-        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let addrs = free_addrs(n);
         let text: String = addrs
             .iter()
             .enumerate()
@@ -526,7 +534,9 @@ fn fifty_services_of_ten_backends_start_and_each_serves() {
 fn a_service_allow_list_refuses_its_clients_and_no_one_elses() {
     use std::io::Read;
     let servers = name_servers(&["c0", "o0"]);
-    let (closed, open) = (free_addr(), free_addr());
+    let [closed, open] = free_addrs(2)[..] else {
+        unreachable!()
+    };
     let text = format!(
         "health = \"none\"\n{}{}",
         service(

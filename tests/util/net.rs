@@ -21,6 +21,15 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// `n` distinct free loopback addresses: each port is held until all are chosen, so the
+/// kernel cannot hand the same one out twice (as `n` calls of [`free_addr`] may).
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    held.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
 /// A loopback address with nothing listening (connects are refused).
 pub fn closed_port() -> SocketAddr {
     free_addr()

@@ -14,20 +14,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::process::Lb;
 
-/// A free loopback address in the kernel's ephemeral range (bound then released): for
-/// something that binds it at once.
+/// A free loopback address for the balancer or a backend to bind: a [`fixed_port`], so no
+/// client connection of a test running alongside takes it as its ephemeral source port
+/// before the bind (CI saw a reload fail with "Address already in use" that way).
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], fixed_port()))
 }
 
-/// `n` distinct free loopback addresses: each port is held until all are chosen, so the
-/// kernel cannot hand the same one out twice (as `n` calls of [`free_addr`] may).
+/// `n` distinct free loopback addresses (see [`free_addr`]).
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    held.iter().map(|l| l.local_addr().unwrap()).collect()
+    (0..n).map(|_| free_addr()).collect()
 }
 
 /// A loopback address with nothing listening (connects are refused).

@@ -202,11 +202,11 @@ pub struct Snapshot {
     /// This host's addresses, sorted: a client from one of them may be the balancer's own
     /// backend connection coming back.
     pub local_ips: Arc<[std::net::IpAddr]>,
-    /// Some backend is on this host: clients from this host are checked for loops
+    /// Some backend is on this host: clients redirected by NAT are checked for loops
     /// ([`crate::loops`], which follows the connections to local backends).
     pub watch_loops: bool,
     /// Something needs the client's address (hashing, limits, allow/deny lists, PROXY
-    /// headers, loops); otherwise a multishot accept's client is not asked for it.
+    /// headers); otherwise a multishot accept's client is not asked for it.
     pub needs_client_addr: bool,
     /// The service's listen addresses as bound: a worker closes its listeners of the
     /// service that are not among them.
@@ -240,8 +240,7 @@ impl Snapshot {
         };
         let balance = Arc::new(Prepared::new(policy.algorithm, &members, &opts));
         let watch_loops = backends.iter().any(|b| b.local);
-        let needs_client_addr = watch_loops
-            || policy.algorithm.hashes_client()
+        let needs_client_addr = policy.algorithm.hashes_client()
             || policy.limits.any()
             || !policy.accept_proxy.is_empty()
             || !policy.access.is_open()

@@ -12,9 +12,17 @@
 //!   coming back. Both ends of a connection identify it (no false match with another
 //!   client that happens to use the same port). Whichever side is recorded second sees the
 //!   other, so the check has no race; the loop is cut at its first turn.
+//! - NAT needs connection tracking. A client that conntrack does not know (`SO_ORIGINAL_DST`
+//!   fails) was not redirected, so it is not one of the balancer's own connections: it is
+//!   cleared with that one system call, and while clients show that nothing is tracked in
+//!   this network namespace, backend connections are not recorded either ([`LoopTable::watching`]).
+//!   Where NAT rules exist every connection is tracked, so this changes nothing there; a rule
+//!   made while the balancer runs untracked lets a loop go round once more before the
+//!   recording resumes: it is cut at its second turn.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Whether `ip` is one of this host's addresses (loopback included): binding a socket to it
@@ -162,6 +170,8 @@ struct Shard {
 #[derive(Default)]
 pub struct LoopTable {
     shards: [Mutex<Shard>; SHARDS],
+    /// The last client from this host was one conntrack did not know.
+    untracked: AtomicBool,
 }
 
 impl std::fmt::Debug for LoopTable {
@@ -175,6 +185,19 @@ impl LoopTable {
     fn shard(&self, addr: SocketAddr) -> std::sync::MutexGuard<'_, Shard> {
         let i = (addr.port() as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether connects to local backends are recorded: unless the last client judged showed
+    /// that connection tracking (hence NAT) is off in this network namespace.
+    pub fn watching(&self) -> bool {
+        !self.untracked.load(Ordering::Relaxed)
+    }
+
+    /// A client showed whether conntrack tracks connections (`SO_ORIGINAL_DST` answered).
+    pub fn saw_client(&self, tracked: bool) {
+        if self.untracked.load(Ordering::Relaxed) == tracked {
+            self.untracked.store(!tracked, Ordering::Relaxed);
+        }
     }
 
     /// A connect to `backend` (on this host) is about to be submitted.
@@ -317,6 +340,20 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn recording_stops_while_clients_are_untracked_and_resumes_with_a_tracked_one() {
+        let t = LoopTable::default();
+        assert!(t.watching(), "watches until a client shows tracking is off");
+        t.saw_client(true);
+        assert!(t.watching());
+        t.saw_client(false);
+        assert!(!t.watching());
+        t.saw_client(false);
+        assert!(!t.watching());
+        t.saw_client(true);
+        assert!(t.watching());
     }
 
     #[test]

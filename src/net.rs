@@ -49,11 +49,12 @@ pub fn local_addr(fd: impl AsFd) -> Option<SocketAddr> {
     SockRef::from(&fd).local_addr().ok()?.as_socket()
 }
 
-/// The address a client connected to before NAT changed it (`SO_ORIGINAL_DST`), if
-/// connection tracking knows the connection; `local` is the socket's own address.
-pub fn original_dst(fd: impl AsFd, local: SocketAddr) -> Option<SocketAddr> {
+/// The address a client connected to before NAT changed it (`SO_ORIGINAL_DST`; its own
+/// address when NAT did not), if connection tracking knows the connection; `v6`: the
+/// socket is IPv6.
+pub fn original_dst(fd: impl AsFd, v6: bool) -> Option<SocketAddr> {
     let sock = SockRef::from(&fd);
-    let orig = if local.is_ipv6() {
+    let orig = if v6 {
         sock.original_dst_v6()
     } else {
         sock.original_dst_v4()

@@ -357,19 +357,21 @@ impl Worker {
         }
     }
 
-    /// A client from one of this host's addresses may be one of the balancer's own backend
-    /// connections coming back: record it, and judge it (see [`crate::loops`]).
+    /// A client NAT redirected from one of this host's addresses may be one of the
+    /// balancer's own backend connections coming back: record it, and judge it (see
+    /// [`crate::loops`]).
     fn judge_local_client(&mut self, slot: usize, listener: usize) -> Verdict {
-        let Some(peer) = self.slots[slot].conn.client_addr else {
-            return Verdict::Clear;
-        };
-        let service = self.slot_service(slot);
-        if !service.watch_loops || !service.is_local(peer.ip()) {
+        if !self.slot_service(slot).watch_loops {
             return Verdict::Clear;
         }
         let bound = self.listeners[listener].addr;
         let Some(client) = self.slots[slot].conn.client() else {
             return Verdict::Clear;
+        };
+        let tracked = net::original_dst(client, bound.is_ipv6());
+        self.shared.loops.saw_client(tracked.is_some());
+        let Some(original) = tracked else {
+            return Verdict::Clear; // unknown to conntrack: not redirected
         };
         let local = if bound.ip().is_unspecified() {
             match net::local_addr(client) {
@@ -379,11 +381,24 @@ impl Worker {
         } else {
             bound
         };
-        let original = net::original_dst(client, local).filter(|&o| o != local);
+        if original == local {
+            // Not redirected: the balancer's own connections never go to its own addresses.
+            return Verdict::Clear;
+        }
+        let Some(peer) = self.slots[slot]
+            .conn
+            .client_addr
+            .or_else(|| net::peer_addr(client))
+        else {
+            return Verdict::Clear;
+        };
+        if !self.slot_service(slot).is_local(peer.ip()) {
+            return Verdict::Clear;
+        }
         let ends = ClientEnds {
             peer,
             local,
-            original,
+            original: Some(original),
         };
         self.slots[slot].incoming = Some(ends);
         self.shared.loops.incoming(ends)

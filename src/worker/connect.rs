@@ -71,7 +71,7 @@ impl Worker {
         if let Some(idle) = keepalive {
             net::set_keepalive(&sock, idle);
         }
-        if target.local {
+        if target.local && self.shared.loops.watching() {
             // Before the connect is submitted: a client it may turn into waits for it.
             let ticket = self.shared.loops.connect_started(target.addr);
             if let Some(old) = self.slots[slot].ticket.replace(ticket) {
@@ -220,7 +220,10 @@ impl Worker {
     /// A connection to a backend on this host: record it, and say whether it came back to
     /// this balancer as a client (see [`crate::loops`]).
     fn is_loop(&mut self, slot: usize) -> bool {
-        let Some(target) = self.slots[slot].conn.target().filter(|t| t.local) else {
+        if self.slots[slot].ticket.is_none() {
+            return false; // not watched (see `LoopTable::watching`)
+        }
+        let Some(target) = self.slots[slot].conn.target() else {
             return false;
         };
         let backend = target.addr;

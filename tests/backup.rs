@@ -9,7 +9,6 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,25 +49,6 @@ fn start(backends: Vec<String>, extra: &[&str]) -> (Lb, Admin) {
     start_with_admin(&a)
 }
 
-/// A name backend on a port it can be restarted on.
-fn name_on_fixed_port(name: &str) -> NameServer {
-    for _ in 0..200 {
-        if let Ok(s) = NameServer::start(("127.0.0.1", fixed_port()), name) {
-            return s;
-        }
-    }
-    panic!("no free fixed port");
-}
-
-/// Starts a name backend on `addr` again, retrying while the port is busy.
-fn restart(addr: SocketAddr, name: &str) -> NameServer {
-    wait_for(
-        &format!("{addr} to be free to restart {name}"),
-        Duration::from_secs(10),
-        || NameServer::start(addr, name).ok(),
-    )
-}
-
 /// Waits until `GET /backends` shows `name` in `state`, then until every worker routes
 /// with the table that says so (the control thread publishes it before it answers the
 /// next request).
@@ -87,8 +67,8 @@ fn names(m: &BTreeMap<String, usize>) -> Vec<&str> {
 
 #[test]
 fn the_backup_serves_only_while_no_primary_is_up() {
-    let p1 = name_on_fixed_port("p1");
-    let p2 = name_on_fixed_port("p2");
+    let p1 = on_fixed_port(|a| NameServer::start(a, "p1"));
+    let p2 = on_fixed_port(|a| NameServer::start(a, "p2"));
     let bk = NameServer::start("127.0.0.1:0", "bk").unwrap();
     let p1_addr = p1.addr();
     let (lb, admin) = start(backend_flags(&[&p1, &p2], &[&bk]), &[]);
@@ -120,7 +100,7 @@ fn the_backup_serves_only_while_no_primary_is_up() {
     assert_eq!(name, "bk");
 
     // One primary back: new connections go to it, not to the backup.
-    let _p1 = restart(p1_addr, "p1");
+    let _p1 = restart_on(p1_addr, |a| NameServer::start(a, "p1"));
     wait_state(&admin, "p1", "up");
     let seen = spread(lb.addr, 20);
     assert_eq!(names(&seen), ["p1"], "the recovered primary only: {seen:?}");

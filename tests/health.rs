@@ -64,25 +64,6 @@ fn since(later: SystemTime, earlier: SystemTime) -> Duration {
     later.duration_since(earlier).unwrap_or(Duration::ZERO)
 }
 
-/// An HTTP backend on a port from [`fixed_port`].
-fn http_on_fixed_port(name: &str) -> HttpServer {
-    for _ in 0..200 {
-        if let Ok(s) = HttpServer::start(("127.0.0.1", fixed_port()), name) {
-            return s;
-        }
-    }
-    panic!("no free fixed port");
-}
-
-/// Starts an HTTP backend on `addr` again (SO_REUSEADDR), retrying while the port is busy.
-fn restart_http(addr: SocketAddr, name: &str) -> HttpServer {
-    wait_for(
-        &format!("{addr} to be free to restart {name}"),
-        Duration::from_secs(10),
-        || HttpServer::start(addr, name).ok(),
-    )
-}
-
 // ---- the tests ----------------------------------------------------------------------------
 
 /// Three backends under a steady load of new connections; one is killed, then restarted.
@@ -100,7 +81,7 @@ fn kill_and_restart_with_active_checks_only() {
 
 fn kill_and_restart(label: &str, extra: &[&str]) {
     let b0 = HttpServer::start("127.0.0.1:0", "b0").unwrap();
-    let b1 = http_on_fixed_port("b1");
+    let b1 = on_fixed_port(|a| HttpServer::start(a, "b1"));
     let b2 = HttpServer::start("127.0.0.1:0", "b2").unwrap();
     let b1_addr = b1.addr();
     let mut args = named(&[(b0.addr(), "b0"), (b1_addr, "b1"), (b2.addr(), "b2")]);
@@ -151,7 +132,7 @@ fn kill_and_restart(label: &str, extra: &[&str]) {
         failed_checks() >= 3.0
     });
     let restart_wall = SystemTime::now();
-    let b1 = restart_http(b1_addr, "b1");
+    let b1 = restart_on(b1_addr, |a| HttpServer::start(a, "b1"));
     let restarted = Instant::now();
     let up = lb.wait_log(&["backend b1: down -> up"], 1, Duration::from_secs(10));
     wait_until("b1 to serve again", Duration::from_secs(10), || {
@@ -433,7 +414,7 @@ fn panic_mode_serves_clients_when_every_check_fails() {
 #[test]
 fn slow_start_ramps_a_recovered_backend() {
     let b0 = HttpServer::start("127.0.0.1:0", "b0").unwrap();
-    let b1 = http_on_fixed_port("b1");
+    let b1 = on_fixed_port(|a| HttpServer::start(a, "b1"));
     let b1_addr = b1.addr();
     b1.stop();
     let lb = start_lb(
@@ -456,7 +437,7 @@ fn slow_start_ramps_a_recovered_backend() {
         ],
     );
     lb.wait_log(&["backend b1: up -> down"], 1, Duration::from_secs(10));
-    let _b1 = restart_http(b1_addr, "b1");
+    let _b1 = restart_on(b1_addr, |a| HttpServer::start(a, "b1"));
     lb.wait_log(&["backend b1: down -> up"], 1, Duration::from_secs(10));
     let up = Instant::now();
     let load = ConnLoop::start_with(lb.addr, 2, Duration::ZERO, http_name);

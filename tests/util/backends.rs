@@ -38,6 +38,27 @@ pub fn recorder() -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
     (addr, rx)
 }
 
+/// A backend `start`ed on a port from [`fixed_port`](super::net::fixed_port): a port no
+/// client takes meanwhile, so it can be stopped and started there again ([`restart_on`]).
+pub fn on_fixed_port<S>(start: impl Fn(SocketAddr) -> std::io::Result<S>) -> S {
+    for _ in 0..200 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::net::fixed_port()));
+        if let Ok(s) = start(addr) {
+            return s;
+        }
+    }
+    panic!("no free fixed port");
+}
+
+/// Starts a backend on `addr` again, retrying while the port is still busy.
+pub fn restart_on<S>(addr: SocketAddr, start: impl Fn(SocketAddr) -> std::io::Result<S>) -> S {
+    super::wait::wait_for(
+        &format!("{addr} to be free to start a backend again"),
+        std::time::Duration::from_secs(10),
+        || start(addr).ok(),
+    )
+}
+
 /// One name backend per name, each on its own loopback port.
 pub fn name_servers(names: &[&str]) -> Vec<NameServer> {
     names

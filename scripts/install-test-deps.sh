@@ -16,6 +16,7 @@
 #   iptables  tests/robustness.rs makes a NAT rule (in a network namespace of its own) that
 #             leads a backend address back to the balancer.
 #   prlimit   tests/robustness.rs lowers the balancer's open-file limit while it runs.
+#   groff     tests/cli.rs renders `uringlb man` with every warning on.
 #   ip, ss    (iproute2) tests/robustness.rs brings up loopback in its namespace;
 #             tests/keepalive.rs reads the kernel's keepalive timers of the balancer's sockets.
 #
@@ -28,6 +29,7 @@ DEPS=(
   "haproxy:haproxy"
   "iptables:iptables"
   "prlimit:util-linux"
+  "groff:groff-base"
   "ip:iproute2"
   "ss:iproute2"
 )

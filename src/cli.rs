@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config};
 
@@ -20,6 +20,9 @@ pub enum Invocation {
     Check(Config),
     /// `uringlb demo`.
     Demo,
+    /// `uringlb completions SHELL` or `uringlb man`: a text to print, made from the flags'
+    /// own definitions (so it never drifts from them).
+    Print(Vec<u8>),
 }
 
 /// Why parsing stopped: `code` is the exit status (2 for bad input, 0 for `--help` and
@@ -68,6 +71,13 @@ struct Args {
 enum Command {
     /// Start embedded backends, the balancer and a short load; print a report
     Demo,
+    /// Print a shell completion script (e.g. `uringlb completions bash > /etc/bash_completion.d/uringlb`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; e.g. `uringlb man > /usr/share/man/man1/uringlb.1`)
+    Man,
 }
 
 /// Parses `args` (the first one is the program name) into an [`Invocation`], reading and
@@ -78,8 +88,15 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::try_parse_from(args).map_err(from_clap)?;
-    if let Some(Command::Demo) = args.command {
-        return Ok(Invocation::Demo);
+    match args.command {
+        Some(Command::Demo) => return Ok(Invocation::Demo),
+        Some(Command::Completions { shell }) => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "uringlb", &mut out);
+            return Ok(Invocation::Print(out));
+        }
+        Some(Command::Man) => return Ok(Invocation::Print(man_page())),
+        None => {}
     }
     let check = args.check;
     let file = args.config.clone();
@@ -90,6 +107,14 @@ where
     } else {
         Invocation::Run(cfg)
     })
+}
+
+/// The man page: the flags and subcommands as `--help` gives them, in roff.
+fn man_page() -> Vec<u8> {
+    let mut out = Vec::new();
+    // Rendering into memory cannot fail.
+    let _ = clap_mangen::Man::new(Args::command()).render(&mut out);
+    out
 }
 
 /// Parses the process arguments; on bad input prints one line to stderr and exits 2

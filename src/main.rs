@@ -20,6 +20,11 @@ fn main() -> ExitCode {
             Err(e) => exit_on_error(Err(control::StartFailed(e).into())),
         },
         Invocation::Demo => exit_on_error(demo::run()),
+        Invocation::Print(text) => {
+            // A closed pipe (`uringlb man | head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &text);
+            ExitCode::SUCCESS
+        }
         Invocation::Run(cfg) => {
             init_logging(&cfg.log_level);
             exit_on_error(control::run(&cfg))

@@ -432,3 +432,107 @@ fn check_refuses_what_a_start_refuses() {
     let out = ok(&["--check", "--config", at_limit.path()]);
     assert!(out.contains("4096 backend(s)"), "{out}");
 }
+
+/// Every long flag `--help` lists.
+fn long_flags() -> Vec<String> {
+    let help = ok(&["--help"]);
+    let mut flags: Vec<String> = help
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_string()
+        })
+        .collect();
+    flags.sort();
+    flags.dedup();
+    assert!(flags.len() > 30, "{flags:?}");
+    flags
+}
+
+#[test]
+fn bash_completion_completes_every_flag_and_the_subcommands() {
+    let script = ok(&["completions", "bash"]);
+    let dir = std::env::temp_dir().join(format!("uringlb-completion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("uringlb.bash");
+    std::fs::write(&file, &script).unwrap();
+    // What bash offers after `uringlb --` and after `uringlb `, as a user's TAB would.
+    let complete = |words: &str| -> Vec<String> {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+                 COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; \
+                 _uringlb uringlb \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+                 printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                file.display()
+            ))
+            .output()
+            .expect("run bash");
+        assert!(out.status.success(), "bash: {}", text(&out.stderr));
+        text(&out.stdout).lines().map(String::from).collect()
+    };
+    let offered = complete("uringlb --");
+    for flag in long_flags() {
+        assert!(offered.contains(&flag), "{flag} not offered: {offered:?}");
+    }
+    let offered = complete("uringlb ''");
+    for sub in ["demo", "completions", "man"] {
+        assert!(offered.iter().any(|o| o == sub), "{sub}: {offered:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn zsh_and_fish_completions_name_every_flag() {
+    let flags = long_flags();
+    let zsh = ok(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef uringlb"), "{}", &zsh[..80]);
+    let fish = ok(&["completions", "fish"]);
+    for flag in &flags {
+        let zsh_has = zsh.contains(&format!("{flag}[")) || zsh.contains(&format!("{flag}=["));
+        assert!(zsh_has, "zsh lacks {flag}");
+        let name = flag.trim_start_matches("--");
+        assert!(fish.contains(&format!("-l {name}")), "fish lacks {flag}");
+    }
+    let line = fails(&["completions", "tcsh"]);
+    assert_mentions(&line, &["tcsh"]);
+}
+
+#[test]
+fn the_man_page_renders_and_documents_every_flag() {
+    let page = ok(&["man"]);
+    assert!(page.contains(".TH uringlb 1"), "{}", &page[..200]);
+    // groff with every warning on: the roff must be clean, and the text must hold each flag.
+    let mut groff = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-rLL=200n"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run groff");
+    std::io::Write::write_all(&mut groff.stdin.take().unwrap(), page.as_bytes()).unwrap();
+    let out = groff.wait_with_output().unwrap();
+    assert!(out.status.success(), "groff: {}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "groff warnings");
+    // Plain text: drop the overstrike (bold, underline) the tty device writes.
+    let rendered: String = {
+        let raw = text(&out.stdout);
+        let mut s = String::new();
+        for c in raw.chars() {
+            if c == '\u{8}' {
+                s.pop();
+            } else {
+                s.push(c);
+            }
+        }
+        s.replace('\u{2010}', "-").replace('\u{2212}', "-")
+    };
+    for flag in long_flags() {
+        assert!(rendered.contains(&flag), "the man page lacks {flag}");
+    }
+    for sub in ["demo", "completions", "man"] {
+        assert!(rendered.contains(sub), "the man page lacks {sub}");
+    }
+}

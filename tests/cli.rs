@@ -527,7 +527,7 @@ fn the_man_page_renders_and_documents_every_flag() {
                 s.push(c);
             }
         }
-        s.replace('\u{2010}', "-").replace('\u{2212}', "-")
+        s.replace(['\u{2010}', '\u{2212}'], "-")
     };
     for flag in long_flags() {
         assert!(rendered.contains(&flag), "the man page lacks {flag}");

@@ -3,7 +3,8 @@
 //! DevTools protocol, loads the page from a running balancer; the test reads the DOM the
 //! page's script built from `GET /status` and watches it refresh itself: a backend drained
 //! through the API, connections opened, their rate. It saves a screenshot in its temp dir
-//! and as docs/status-page.png (the README shows it).
+//! and, with `UPDATE_DOCS=1` in the environment, as docs/status-page.png (the README
+//! shows it).
 
 mod util;
 
@@ -499,14 +500,21 @@ fn page_in_chromium_shows_backends_and_follows_changes() {
 
     let png = b.screenshot();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    std::fs::write(dir.join("status-page.png"), &png).expect("write screenshot");
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
-    std::fs::write(&docs, &png).expect("write docs/status-page.png");
+    let shot = dir.join("status-page.png");
+    std::fs::write(&shot, &png).expect("write screenshot");
+    eprintln!("status page screenshot: {}", shot.display());
+    // The README's copy is rewritten only when asked, so a test run leaves the work tree
+    // clean.
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
+        std::fs::write(&docs, &png).expect("write docs/status-page.png");
+    }
 
     let attempts = load.finish();
     assert!(attempts.iter().all(|a| a.result.is_ok()), "failed attempts");
     drop(held);
     drop(b);
     drop(lb);
-    let _ = std::fs::remove_dir_all(&dir);
+    // The directory stays, with the screenshot; the next run starts it afresh.
+    let _ = std::fs::remove_dir_all(dir.join("profile"));
 }

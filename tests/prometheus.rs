@@ -143,7 +143,7 @@ fn balancer() -> (uringlb_bench::NameServer, Lb, Admin) {
         "--health-interval",
         "200ms",
         "--health-timeout",
-        "200ms",
+        "1s",
         "--rise",
         "1",
         "--fall",

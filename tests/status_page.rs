@@ -256,9 +256,8 @@ fn start_two_services(
     let [web, api] = free_addrs(2)[..] else {
         unreachable!()
     };
-    let mut text = String::from(
-        "health_interval = \"200ms\"\nhealth_timeout = \"200ms\"\nrise = 1\nfall = 1\n",
-    );
+    let mut text =
+        String::from("health_interval = \"200ms\"\nhealth_timeout = \"1s\"\nrise = 1\nfall = 1\n");
     let service = |name: &str, listen: SocketAddr, backends: &[(&str, SocketAddr)]| {
         let mut s = format!("[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\n");
         for (n, a) in backends {
@@ -369,6 +368,7 @@ fn page_and_status_json_with_a_token() {
             assert!(ours["backends"][0].get(key).is_some(), "no {key}: {v}");
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -19,6 +19,12 @@
 #   groff     tests/cli.rs renders `uringlb man` with every warning on.
 #   ip, ss    (iproute2) tests/robustness.rs brings up loopback in its namespace;
 #             tests/keepalive.rs reads the kernel's keepalive timers of the balancer's sockets.
+#   chromium  tests/status_page.rs renders the admin status page (GET /) in headless
+#             Chromium, checks the DOM its script built and takes a screenshot.
+#   promtool  (prometheus) tests/prometheus.rs checks configs/prometheus/alerts.yml with
+#             `promtool check rules` and runs a real Prometheus server (own config and
+#             storage in a temp dir) that scrapes the balancer's /metrics. The package's
+#             system service is not started (see policy-rc.d below).
 #
 # Extra package names given as arguments are installed as well (when not installed).
 set -euo pipefail
@@ -32,6 +38,8 @@ DEPS=(
   "groff:groff-base"
   "ip:iproute2"
   "ss:iproute2"
+  "chromium:chromium"
+  "promtool:prometheus"
 )
 # tests/metrics.rs also checks the /metrics text with the official Python parser.
 PY_DEPS=(python3-prometheus-client)

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::config::{BackendSpec, Config, ServiceSettings};
 use crate::server::Server;
 
+use super::admin::status::{StatusSample, Totals};
 use super::backends::{AdminState, BackendStatus, Table, TableError};
 use super::checker::Checker;
 use super::discovery::Discovery;
@@ -80,6 +81,10 @@ pub enum Command {
     /// Every service.
     Services {
         reply: oneshot::Sender<Vec<ServiceSample>>,
+    },
+    /// Every service with its backends, and the process totals (the status page).
+    StatusPage {
+        reply: oneshot::Sender<StatusSample>,
     },
     /// Re-read the configuration file, as SIGHUP does.
     Reload {
@@ -364,6 +369,23 @@ fn handle(
         }
         Command::Services { reply } => {
             let _ = reply.send(service_samples(services, server));
+        }
+        Command::StatusPage { reply } => {
+            let all = service_samples(services, server)
+                .into_iter()
+                .map(|sample| {
+                    let backends = services
+                        .iter()
+                        .find(|s| s.name == sample.name && !s.removing)
+                        .map(|s| s.samples(server))
+                        .unwrap_or_default();
+                    (sample, backends)
+                })
+                .collect();
+            let _ = reply.send(StatusSample {
+                services: all,
+                totals: Totals::read(server.shared()),
+            });
         }
         Command::Reload { reply } => {
             reloads.push(reload::Request {

@@ -24,6 +24,8 @@ use super::{ApiError, Ctx, BODY_LIMIT, BODY_TIMEOUT};
 
 pub(super) fn router(ctx: Ctx) -> Router {
     Router::new()
+        .route("/", get(super::status::page))
+        .route("/status", get(super::status::status))
         .route("/metrics", get(get_metrics))
         .route("/services", get(list_services))
         .route(
@@ -52,7 +54,7 @@ pub(super) fn router(ctx: Ctx) -> Router {
 
 /// One backend in `GET /backends` and in the answers to changes.
 #[derive(Debug, Serialize)]
-struct BackendJson {
+pub(super) struct BackendJson {
     name: String,
     addr: String,
     /// The configured weight (slow start does not show here).
@@ -325,7 +327,7 @@ async fn health(State(ctx): State<Ctx>) -> Response {
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see GET /metrics, /services, /services/SERVICE/backends, /backends, /health, POST /services/SERVICE/backends, /backends, /reload, PATCH and DELETE /services/SERVICE/backends/NAME, /backends/NAME",
+        "no such endpoint; see GET / (status page), /status, /metrics, /services, /services/SERVICE/backends, /backends, /health, POST /services/SERVICE/backends, /backends, /reload, PATCH and DELETE /services/SERVICE/backends/NAME, /backends/NAME",
     )
 }
 

@@ -5,6 +5,7 @@
 //! answers.
 //!
 //! - [`api`]: the routes and their JSON;
+//! - [`status`]: the status page (`GET /`) and its data (`GET /status`);
 //! - [`serve`]: the connections: request heads within 5 s, at most 32 connections, the
 //!   oldest idle or slow one giving way to a new one ([`conns`]), each closed after 10 s
 //!   without progress ([`guard`]);
@@ -17,6 +18,7 @@ mod api;
 mod conns;
 mod guard;
 mod serve;
+pub mod status;
 
 pub use api::{parse_add_backend, parse_patch};
 
@@ -155,12 +157,14 @@ impl IntoResponse for ApiError {
 }
 
 /// Middleware: with a token configured, every request but `GET /health` (load balancers
-/// and orchestrators probe it without credentials) needs `Authorization: Bearer TOKEN`.
+/// and orchestrators probe it without credentials) and `GET /` (the status page's static
+/// text, which asks for the token itself; see [`status`]) needs
+/// `Authorization: Bearer TOKEN`.
 /// Unknown paths are refused the same way, so the API's shape is not revealed.
 async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     if let Some(token) = &ctx.token {
-        let open =
-            matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path() == "/health";
+        let open = matches!(*req.method(), Method::GET | Method::HEAD)
+            && matches!(req.uri().path(), "/health" | "/");
         if !open && !authorized(req.headers(), token) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,

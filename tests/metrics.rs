@@ -138,18 +138,55 @@ fn metrics_match_the_traffic_and_parse() {
     );
     assert_eq!(m.value("uringlb_workers_alive", &[]), 2.0);
 
-    // One connect time per established connection, in seconds.
-    let count = m.value("uringlb_connect_duration_seconds_count", &[]);
-    let sum = m.value("uringlb_connect_duration_seconds_sum", &[]);
-    assert_eq!(count, conns as f64);
-    assert!(
-        sum > 0.0 && sum / count < 0.5,
-        "mean connect time {}s",
-        sum / count
-    );
+    // Per backend: the bytes each way are what that backend echoed.
+    for (name, echo) in [("e0", &e0), ("e1", &e1)] {
+        for dir in ["client_to_backend", "backend_to_client"] {
+            let n = m.value(
+                "uringlb_backend_bytes_total",
+                &[("backend", name), ("direction", dir)],
+            );
+            println!(
+                "metrics: backend {name} bytes {dir} {n} (it echoed {})",
+                echo.bytes()
+            );
+            assert_eq!(n, echo.bytes() as f64, "{name} {dir}");
+        }
+    }
+    for dir in ["client_to_backend", "backend_to_client"] {
+        assert_eq!(
+            m.value(
+                "uringlb_backend_bytes_total",
+                &[("backend", "dead"), ("direction", dir)]
+            ),
+            0.0
+        );
+    }
+    assert_eq!(m.value("uringlb_access_log_dropped_total", &[]), 0.0);
+
+    // One connect time per established connection, in seconds, per backend.
+    for b in ["e0", "e1"] {
+        let count = m.value("uringlb_connect_duration_seconds_count", &[("backend", b)]);
+        let sum = m.value("uringlb_connect_duration_seconds_sum", &[("backend", b)]);
+        assert_eq!(count, total(b), "{b}");
+        assert!(
+            sum > 0.0 && sum / count < 0.5,
+            "mean connect time {}s",
+            sum / count
+        );
+        assert_eq!(
+            m.value(
+                "uringlb_connect_duration_seconds_bucket",
+                &[("backend", b), ("le", "+Inf")]
+            ),
+            count
+        );
+    }
     assert_eq!(
-        m.value("uringlb_connect_duration_seconds_bucket", &[("le", "+Inf")]),
-        count
+        m.value(
+            "uringlb_connect_duration_seconds_count",
+            &[("backend", "dead")]
+        ),
+        0.0
     );
     assert_eq!(
         m.families.get("uringlb_connect_duration_seconds"),
@@ -164,6 +201,8 @@ fn metrics_match_the_traffic_and_parse() {
         families,
         [
             "uringlb_accepted",
+            "uringlb_access_log_dropped",
+            "uringlb_backend_bytes",
             "uringlb_backend_up",
             "uringlb_bytes",
             "uringlb_client_connections",
@@ -312,7 +351,13 @@ fn rejections_are_counted_by_reason() {
         m.value("uringlb_connections_total", &[("backend", "dead")]),
         0.0
     );
-    assert_eq!(m.value("uringlb_connect_duration_seconds_count", &[]), 0.0);
+    assert_eq!(
+        m.value(
+            "uringlb_connect_duration_seconds_count",
+            &[("backend", "dead")]
+        ),
+        0.0
+    );
 }
 
 #[test]

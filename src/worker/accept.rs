@@ -21,9 +21,11 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::access_log::SlotLog;
 use super::conn::Conn;
 use super::token::{OpKind, Token};
 use super::{Slot, Worker, WorkerStats};
+use crate::access_log::End;
 use crate::backend::ServiceId;
 use crate::loops::{ClientEnds, Verdict};
 use crate::net;
@@ -140,14 +142,10 @@ impl Worker {
         WorkerStats::add(&self.stats().accepted, 1);
         // A multishot accept writes no address: ask the socket, if anything needs it.
         let service = self.listeners[listener].service;
-        let peer = peer.or_else(|| {
-            self.service(service)
-                .needs_client_addr
-                .then(|| net::peer_addr(&fd))
-                .flatten()
-        });
+        let wanted = self.service(service).needs_client_addr || self.shared.access_log.is_some();
+        let peer = peer.or_else(|| wanted.then(|| net::peer_addr(&fd)).flatten());
         if !self.passes_access_lists(service, peer) {
-            return self.deny(fd, peer);
+            return self.deny(listener, fd, peer);
         }
         let open = self.take_places(service) == Places::Taken;
         if self.ring.accepting_multi(listener) && self.room(service) < MULTISHOT_ROOM {
@@ -181,8 +179,9 @@ impl Worker {
     }
 
     /// Refuses a client the lists do not serve: reset at once and counted.
-    fn deny(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
+    fn deny(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
         WorkerStats::add(&self.stats().rejected_denied, 1);
+        self.log_refused(listener, peer);
         tracing::debug!(worker = self.index, client = ?peer, "refused: denied by --allow/--deny");
         net::set_linger_zero(&fd);
         drop(fd); // closed with linger 0: the client sees a reset
@@ -199,6 +198,7 @@ impl Worker {
         }
         WorkerStats::add(&self.stats().rejected_denied, 1);
         tracing::debug!(worker = self.index, client = ?addr, "refused: denied by --allow/--deny");
+        self.end_as(slot, End::Rejected);
         self.abort(slot, true);
         true
     }
@@ -285,6 +285,7 @@ impl Worker {
         let service = self.listeners[listener].service;
         self.slots[slot].service = service;
         self.slots[slot].service_place = self.service(service).budget.clone();
+        self.slots[slot].log = SlotLog::new(self.listeners[listener].addr, self.now_ns);
         if let Some(idle) = self.service(service).tcp_keepalive {
             net::set_keepalive(&fd, idle);
         }
@@ -325,6 +326,7 @@ impl Worker {
             client = ?self.slots[slot].conn.client_addr,
             "a backend leads back to this balancer: its connection is refused"
         );
+        self.end_as(slot, End::Rejected);
         self.abort(slot, true);
     }
 
@@ -412,6 +414,7 @@ impl Worker {
                 };
                 WorkerStats::add(counter, 1);
                 tracing::debug!(worker = self.index, client = %addr, "refused: {refusal:?}");
+                self.end_as(slot, End::Rejected);
                 self.abort(slot, true);
                 false
             }
@@ -434,6 +437,7 @@ impl Worker {
                 outgoing: None,
                 ticket: None,
                 waiting: None,
+                log: SlotLog::new(SocketAddr::from(([0, 0, 0, 0], 0)), 0),
             });
             self.slots.len() - 1
         } else {

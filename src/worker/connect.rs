@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use super::candidates::Candidates;
 use super::conn::{LeftBackend, Phase, Target};
 use super::{Worker, WorkerStats};
+use crate::access_log::End;
 use crate::backend::BackendCounters;
 use crate::balance::{self, PeakEwma, Request};
+use crate::direction::PerDir;
 use crate::net;
 
 impl Worker {
@@ -43,6 +45,12 @@ impl Worker {
                 return;
             }
             WorkerStats::add(&self.stats().no_backend, 1);
+            let end = if attempts == 0 {
+                End::NoBackend
+            } else {
+                End::ConnectFailed
+            };
+            self.end_as(slot, end);
             return self.abort(slot, true);
         };
         let service = self.slot_service(slot);
@@ -64,6 +72,7 @@ impl Worker {
                     id: target.id,
                     counted: true,
                 }));
+                self.end_as(slot, End::ConnectFailed);
                 return self.abort(slot, true);
             }
         };
@@ -79,6 +88,7 @@ impl Worker {
             }
         }
         let now = self.now_ns;
+        self.slots[slot].log.target = Some((target.id, target.addr));
         self.slots[slot]
             .conn
             .connect(target, sock, now, &mut self.actions);
@@ -133,6 +143,7 @@ impl Worker {
             };
             if waited >= timeout {
                 WorkerStats::add(&self.stats().rejected_backends_full, 1);
+                self.end_as(slot, End::NoBackend);
                 self.abort(slot, true);
             } else {
                 self.connect_next(slot);
@@ -178,9 +189,11 @@ impl Worker {
             counters.consecutive_failures.store(0, Ordering::Relaxed);
             let took = now.saturating_sub(conn.connect_started_ns());
             record_connect_time(counters, took, now);
+            let epoch = counters.epoch.load(Ordering::Acquire);
             if let Ok(mut h) = self.stats().connect_us.lock() {
-                h.saturating_record((took / 1000).max(1));
+                h.record(id, epoch, took / 1000);
             }
+            self.slots[slot].log.connect_ns = Some(took);
             let looped = self.is_loop(slot);
             self.connect_done(slot);
             if looped {
@@ -190,6 +203,7 @@ impl Worker {
                     backend = id.0,
                     "a backend leads back to this balancer: its connection is cut"
                 );
+                self.end_as(slot, End::Rejected);
                 return self.abort(slot, true);
             }
             let header = self.proxy_header(slot);
@@ -257,6 +271,10 @@ impl Worker {
     /// The backend went away before answering: count it as a failure of that backend,
     /// close its socket, and send the client's first bytes to the next backend.
     pub(super) fn replay(&mut self, slot: usize) {
+        // The bytes sent to the backend that went away are its; the next one starts at 0.
+        self.flush_backend_bytes(slot);
+        self.slots[slot].log.flushed = PerDir::new(0, 0);
+        self.slots[slot].log.connect_ns = None;
         let conn = &mut self.slots[slot].conn;
         for pipe in conn.take_pipes().into_iter().flatten() {
             self.pipes.discard(pipe);

@@ -137,6 +137,7 @@ impl Worker {
                 Timeout::Later(at) => self.timers.arm(slot, at),
                 Timeout::Idle => {
                     tracing::debug!(worker = self.index, slot, "idle timeout");
+                    self.end_as(slot, crate::access_log::End::IdleTimeout);
                     self.perform(slot);
                     self.release_if_done(slot);
                 }
@@ -144,6 +145,7 @@ impl Worker {
                     // A trusted peer that never finished its PROXY header: a bad header too.
                     WorkerStats::add(&self.stats().rejected_proxy_header, 1);
                     tracing::debug!(worker = self.index, slot, "no PROXY header in time");
+                    self.end_as(slot, crate::access_log::End::IdleTimeout);
                     self.perform(slot);
                     self.release_if_done(slot);
                 }
@@ -174,6 +176,7 @@ impl Worker {
                 && s.conn.backend().is_some_and(|id| expired.contains(&id))
             {
                 tracing::debug!(worker = self.index, slot, "drain deadline: resetting");
+                self.end_as(slot, crate::access_log::End::Drained);
                 self.abort(slot, true);
             }
         }

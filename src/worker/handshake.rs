@@ -15,6 +15,7 @@ impl Worker {
             if had > 0 || res < 0 {
                 // Truncated: the client went away in the middle of its header.
                 WorkerStats::add(&self.stats().rejected_proxy_header, 1);
+                self.end_as(slot, crate::access_log::End::Rejected);
             }
             return self.perform(slot);
         };
@@ -55,6 +56,7 @@ impl Worker {
     pub(super) fn bad_header(&mut self, slot: usize, why: &str) {
         WorkerStats::add(&self.stats().rejected_proxy_header, 1);
         tracing::debug!(worker = self.index, slot, "bad PROXY header: {why}");
+        self.end_as(slot, crate::access_log::End::Rejected);
         self.abort(slot, true);
     }
 

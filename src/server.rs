@@ -503,6 +503,13 @@ impl Server {
 }
 
 impl Server {
+    /// The id of service `name`, if it has one.
+    pub fn service_id(&self, name: &str) -> Option<ServiceId> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let i = state.services.iter().position(|n| n == name)?;
+        Some(ServiceId(i as u32))
+    }
+
     /// The id backend `name` of `service` has (or gets) in the shared counters.
     pub fn backend_id(&self, service: &str, name: &str) -> Option<BackendId> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

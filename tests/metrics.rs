@@ -216,8 +216,12 @@ fn metrics_match_the_traffic_and_parse() {
             "uringlb_discovery_failures",
             "uringlb_discovery_resolutions",
             "uringlb_health_checks",
+            "uringlb_queue_depth",
+            "uringlb_queue_dequeued",
+            "uringlb_queue_wait_seconds",
             "uringlb_rejected",
             "uringlb_replays",
+            "uringlb_service_rejected",
             "uringlb_snapshot_published_version",
             "uringlb_snapshot_version",
             "uringlb_splice_bytes",
@@ -357,6 +361,68 @@ fn rejections_are_counted_by_reason() {
             &[("backend", "dead")]
         ),
         0.0
+    );
+}
+
+#[test]
+fn per_service_refusals_and_the_queue_for_full_backends() {
+    let echo = EchoServer::start("127.0.0.1:0").unwrap();
+    let (lb, admin) = start_with_admin(&[
+        "--backend",
+        &format!("{},name=e,max-conns=1", echo.addr()),
+        "--health",
+        "none",
+        "--connect-timeout",
+        "20s",
+        "--deny",
+        "127.0.0.3",
+    ]);
+    let svc = [("service", "default")];
+    let m = admin.metrics();
+    assert_eq!(m.value("uringlb_queue_depth", &svc), 0.0);
+    assert_eq!(m.value("uringlb_queue_dequeued_total", &svc), 0.0);
+
+    // One client holds the backend's only place; the next waits in the queue.
+    let mut first = lb.connect();
+    first.write_all(b"a").unwrap();
+    let mut b = [0u8; 1];
+    first.read_exact(&mut b).unwrap();
+    let mut second = lb.connect();
+    wait_until("a client in the queue", Duration::from_secs(10), || {
+        admin.metrics().value("uringlb_queue_depth", &svc) == 1.0
+    });
+    drop(first);
+    second.write_all(b"b").unwrap();
+    second
+        .read_exact(&mut b)
+        .expect("served once the place frees");
+    let m = admin.metrics();
+    let waited = m.value("uringlb_queue_wait_seconds_total", &svc);
+    println!("metrics: one client queued, waited {waited}s");
+    assert_eq!(m.value("uringlb_queue_depth", &svc), 0.0);
+    assert_eq!(m.value("uringlb_queue_dequeued_total", &svc), 1.0);
+    assert!(waited > 0.0 && waited < 20.0, "{waited}");
+
+    if let Some(mut s) = connect_or_reset_from("127.0.0.3", lb.addr) {
+        assert!(closed_within(&mut s, Duration::from_secs(10)).is_some());
+    }
+    wait_until("the refusal to be counted", Duration::from_secs(10), || {
+        admin.metrics().value(
+            "uringlb_service_rejected_total",
+            &[("service", "default"), ("reason", "denied")],
+        ) == 1.0
+    });
+    let m = admin.metrics();
+    assert_eq!(
+        m.value("uringlb_rejected_total", &[("reason", "denied")]),
+        1.0
+    );
+    assert_eq!(
+        m.all("uringlb_service_rejected_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>(),
+        1.0
     );
 }
 

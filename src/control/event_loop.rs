@@ -385,7 +385,11 @@ fn handle(
                 .collect();
             counts.retain_backends(&live);
             let published = server.published_version();
-            let text = metrics::encode(counts, &samples, server.shared(), published);
+            let ids: Vec<(String, crate::backend::ServiceId)> = services
+                .iter()
+                .filter_map(|s| Some((s.name.to_string(), server.service_id(&s.name)?)))
+                .collect();
+            let text = metrics::encode(counts, &samples, &ids, server.shared(), published);
             let _ = reply.send(text);
         }
         Command::Health { reply } => {

@@ -12,7 +12,7 @@
 //! `uringlb_connections_total`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -21,8 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::backend::{BackendId, BackendState};
+use crate::backend::{BackendId, BackendState, ServiceId};
 use crate::direction::{Dir, PerDir};
+use crate::worker::stats::{Refused, ServiceCounts};
 use crate::worker::Shared;
 
 use super::backends::BackendStatus;
@@ -139,10 +140,12 @@ fn backend_labels(b: &BackendSample) -> Labels {
 pub fn encode(
     counts: &Counts,
     backends: &[BackendSample],
+    services: &[(String, ServiceId)],
     shared: &Shared,
     published: u64,
 ) -> String {
     let mut reg = Registry::default();
+    register_service_counts(&mut reg, services, shared);
 
     let connections = Family::<Labels, Counter>::default();
     let active = Family::<Labels, Gauge>::default();
@@ -391,6 +394,62 @@ pub fn encode(
     out
 }
 
+/// Per service: refusals by reason and the queue for backends at their max-conns, summed
+/// over workers.
+fn register_service_counts(reg: &mut Registry, services: &[(String, ServiceId)], shared: &Shared) {
+    let refused = Family::<Labels, Counter>::default();
+    let depth = Family::<Labels, Gauge>::default();
+    let dequeued = Family::<Labels, Counter>::default();
+    let waited = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    for (name, id) in services {
+        let mut sum = ServiceCounts::default();
+        for w in shared.stats.iter() {
+            let c = w.service_counts(*id);
+            for (a, b) in sum.refused.iter_mut().zip(c.refused) {
+                *a += b;
+            }
+            sum.queued_now += c.queued_now;
+            sum.dequeued += c.dequeued;
+            sum.queue_wait_ns += c.queue_wait_ns;
+        }
+        let service = label("service", name);
+        for (why, n) in Refused::ALL.iter().zip(sum.refused) {
+            let mut l = service.clone();
+            l.push(("reason".to_string(), why.label().to_string()));
+            refused.get_or_create(&l).inc_by(n);
+        }
+        depth
+            .get_or_create(&service)
+            .set(i64::try_from(sum.queued_now).unwrap_or(i64::MAX));
+        dequeued.get_or_create(&service).inc_by(sum.dequeued);
+        waited
+            .get_or_create(&service)
+            .inc_by(sum.queue_wait_ns as f64 / 1e9);
+    }
+    reg.register(
+        "uringlb_service_rejected",
+        "Client connections of the service closed unserved, by reason (as uringlb_rejected_total)",
+        refused,
+    );
+    reg.register(
+        "uringlb_queue_depth",
+        "Clients of the service waiting now for a backend below its max-conns",
+        depth,
+    );
+    reg.register(
+        "uringlb_queue_dequeued",
+        "Clients of the service that waited for a backend below its max-conns, then got one \
+         or ran out of connect timeout",
+        dequeued,
+    );
+    reg.register_with_unit(
+        "uringlb_queue_wait",
+        "Time those clients waited in all (mean wait: its rate over uringlb_queue_dequeued_total's)",
+        Unit::Seconds,
+        waited,
+    );
+}
+
 /// A histogram whose buckets are computed once, at scrape time.
 #[derive(Debug)]
 struct ConstHistogram {
@@ -544,7 +603,14 @@ mod tests {
         sh.stats[1].spliced[Dir::Down].store(5, Ordering::Relaxed);
         sh.stats[0].snapshot_version.store(3, Ordering::Relaxed);
         sh.stats[1].snapshot_version.store(2, Ordering::Relaxed);
-        let text = encode(&counts, &backends, &sh, 3);
+        sh.stats[1].refused(ServiceId(0), Refused::Denied);
+        sh.stats[0].with_service(ServiceId(0), |c| {
+            c.queued_now = 2;
+            c.dequeued = 3;
+            c.queue_wait_ns = 1_500_000_000;
+        });
+        let ids = [("web".to_string(), ServiceId(0))];
+        let text = encode(&counts, &backends, &ids, &sh, 3);
         for line in [
             "uringlb_splice_bytes_total{worker=\"0\"} 0",
             "uringlb_splice_bytes_total{worker=\"1\"} 5",
@@ -565,7 +631,7 @@ mod tests {
             "uringlb_accepted_total{worker=\"1\"} 4",
             "uringlb_rejected_total{reason=\"no_backend\"} 0",
             "uringlb_rejected_total{reason=\"no_slot\"} 2",
-            "uringlb_rejected_total{reason=\"denied\"} 5",
+            "uringlb_rejected_total{reason=\"denied\"} 6",
             "uringlb_config_reloads_total{result=\"ok\"} 0",
             "uringlb_config_reloads_total{result=\"error\"} 1",
             "# TYPE uringlb_connect_duration_seconds histogram",
@@ -573,6 +639,11 @@ mod tests {
             "uringlb_backend_bytes_total{service=\"web\",backend=\"a\",direction=\"backend_to_client\"} 12",
             "uringlb_backend_bytes_total{service=\"web\",backend=\"b\",direction=\"client_to_backend\"} 0",
             "uringlb_access_log_dropped_total 0",
+            "uringlb_service_rejected_total{service=\"web\",reason=\"denied\"} 1",
+            "uringlb_service_rejected_total{service=\"web\",reason=\"no_backend\"} 0",
+            "uringlb_queue_depth{service=\"web\"} 2",
+            "uringlb_queue_dequeued_total{service=\"web\"} 3",
+            "uringlb_queue_wait_seconds_total{service=\"web\"} 1.5",
             "uringlb_connect_duration_seconds_count{service=\"web\",backend=\"a\"} 3",
             "uringlb_connect_duration_seconds_bucket{le=\"0.00005\",service=\"web\",backend=\"a\"} 0",
             "uringlb_connect_duration_seconds_bucket{le=\"0.0001\",service=\"web\",backend=\"a\"} 1",

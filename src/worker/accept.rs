@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::access_log::SlotLog;
 use super::conn::Conn;
+use super::stats::Refused;
 use super::token::{OpKind, Token};
 use super::{Slot, Worker, WorkerStats};
 use crate::access_log::End;
@@ -180,7 +181,8 @@ impl Worker {
 
     /// Refuses a client the lists do not serve: reset at once and counted.
     fn deny(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
-        WorkerStats::add(&self.stats().rejected_denied, 1);
+        let service = self.listeners[listener].service;
+        self.stats().refused(service, Refused::Denied);
         self.log_refused(listener, peer);
         tracing::debug!(worker = self.index, client = ?peer, "refused: denied by --allow/--deny");
         net::set_linger_zero(&fd);
@@ -196,7 +198,8 @@ impl Worker {
         if access.is_open() || addr.is_some_and(|a| access.permits(a.ip())) {
             return false;
         }
-        WorkerStats::add(&self.stats().rejected_denied, 1);
+        self.stats()
+            .refused(self.slots[slot].service, Refused::Denied);
         tracing::debug!(worker = self.index, client = ?addr, "refused: denied by --allow/--deny");
         self.end_as(slot, End::Rejected);
         self.abort(slot, true);
@@ -268,7 +271,8 @@ impl Worker {
     fn serve(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
         let Some(slot) = self.alloc_slot() else {
             // Never expected: the ring has a slot for every place of the budget.
-            WorkerStats::add(&self.stats().no_slot, 1);
+            let service = self.listeners[listener].service;
+            self.stats().refused(service, Refused::NoSlot);
             tracing::error!(
                 worker = self.index,
                 "no free connection slot; resetting a client"
@@ -320,7 +324,8 @@ impl Worker {
     }
 
     fn cut_loop(&mut self, slot: usize) {
-        WorkerStats::add(&self.stats().loops, 1);
+        self.stats()
+            .refused(self.slots[slot].service, Refused::Loop);
         tracing::warn!(
             worker = self.index,
             client = ?self.slots[slot].conn.client_addr,
@@ -407,12 +412,11 @@ impl Worker {
                 true
             }
             Err(refusal) => {
-                let stats = &self.shared.stats[self.index];
-                let counter = match refusal {
-                    crate::limits::Refusal::TooManyConns => &stats.rejected_source_conns,
-                    crate::limits::Refusal::TooFast => &stats.rejected_source_rate,
+                let why = match refusal {
+                    crate::limits::Refusal::TooManyConns => Refused::MaxConnsPerSource,
+                    crate::limits::Refusal::TooFast => Refused::MaxConnRatePerSource,
                 };
-                WorkerStats::add(counter, 1);
+                self.stats().refused(self.slots[slot].service, why);
                 tracing::debug!(worker = self.index, client = %addr, "refused: {refusal:?}");
                 self.end_as(slot, End::Rejected);
                 self.abort(slot, true);

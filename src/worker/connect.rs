@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::candidates::Candidates;
 use super::conn::{LeftBackend, Phase, Target};
+use super::stats::Refused;
 use super::{Worker, WorkerStats};
 use crate::access_log::End;
 use crate::backend::BackendCounters;
@@ -39,12 +40,17 @@ impl Worker {
             if attempts <= retries && self.all_eligible_full(slot) {
                 // Every backend it could go to is at its max-conns: wait in line (HAProxy's
                 // server queue) for at most the connect timeout.
+                if self.slots[slot].conn.waited(self.now_ns).is_none() {
+                    let service = self.slots[slot].service;
+                    self.stats().with_service(service, |c| c.queued_now += 1);
+                }
                 self.slots[slot].conn.queue(self.now_ns);
                 let gen = self.slots[slot].gen;
                 self.queue.push((slot as u32, gen));
                 return;
             }
-            WorkerStats::add(&self.stats().no_backend, 1);
+            self.stats()
+                .refused(self.slots[slot].service, Refused::NoBackend);
             let end = if attempts == 0 {
                 End::NoBackend
             } else {
@@ -53,6 +59,7 @@ impl Worker {
             self.end_as(slot, end);
             return self.abort(slot, true);
         };
+        self.leave_queue(slot);
         let service = self.slot_service(slot);
         let backend = &service.backends[i];
         let target = Target {
@@ -66,7 +73,8 @@ impl Worker {
             Ok(sock) => sock,
             Err(e) => {
                 // Out of descriptors or memory: a local failure, not the backend's.
-                WorkerStats::add(&self.stats().local_error, 1);
+                self.stats()
+                    .refused(self.slots[slot].service, Refused::LocalError);
                 self.warn_rate_limited(&format!("cannot open a backend socket: {e}"));
                 self.let_go(Some(LeftBackend {
                     id: target.id,
@@ -142,12 +150,27 @@ impl Worker {
                 continue;
             };
             if waited >= timeout {
-                WorkerStats::add(&self.stats().rejected_backends_full, 1);
+                self.stats()
+                    .refused(self.slots[slot].service, Refused::BackendsFull);
                 self.end_as(slot, End::NoBackend);
                 self.abort(slot, true);
             } else {
                 self.connect_next(slot);
             }
+        }
+    }
+
+    /// The connection in `slot` stops waiting for a backend below its max-conns, if it
+    /// was: counted in its service's queue figures.
+    pub(super) fn leave_queue(&mut self, slot: usize) {
+        let now = self.now_ns;
+        if let Some(waited) = self.slots[slot].conn.dequeue(now) {
+            let service = self.slots[slot].service;
+            self.stats().with_service(service, |c| {
+                c.queued_now = c.queued_now.saturating_sub(1);
+                c.dequeued += 1;
+                c.queue_wait_ns += waited;
+            });
         }
     }
 
@@ -197,7 +220,8 @@ impl Worker {
             let looped = self.is_loop(slot);
             self.connect_done(slot);
             if looped {
-                WorkerStats::add(&self.stats().loops, 1);
+                self.stats()
+                    .refused(self.slots[slot].service, Refused::Loop);
                 tracing::warn!(
                     worker = self.index,
                     backend = id.0,

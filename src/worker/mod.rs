@@ -495,6 +495,7 @@ impl Worker {
             return;
         }
         self.flush_backend_bytes(slot);
+        self.leave_queue(slot);
         self.log_end(slot);
         let released = self.slots[slot].conn.release();
         let ignore = Token::new(0, 0, OpKind::Ignore).encode();

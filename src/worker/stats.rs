@@ -54,6 +54,110 @@ pub struct WorkerStats {
     /// Connect times per backend. The lock is taken once per established connection by
     /// this worker and once per scrape by the control thread: uncontended.
     pub connect_us: Mutex<ConnectTimes>,
+    /// Per service (by [`ServiceId`] index): refusals and the queue for full backends.
+    /// Taken only on a refusal or a queue change, and by a scrape.
+    pub services: Mutex<Vec<ServiceCounts>>,
+}
+
+/// Why a client was closed unserved (`uringlb_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    NoBackend,
+    NoSlot,
+    MaxConnsPerSource,
+    MaxConnRatePerSource,
+    Denied,
+    BadProxyHeader,
+    BackendsFull,
+    LocalError,
+    Loop,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 9] = [
+        Refused::NoBackend,
+        Refused::NoSlot,
+        Refused::MaxConnsPerSource,
+        Refused::MaxConnRatePerSource,
+        Refused::Denied,
+        Refused::BadProxyHeader,
+        Refused::BackendsFull,
+        Refused::LocalError,
+        Refused::Loop,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::NoBackend => "no_backend",
+            Refused::NoSlot => "no_slot",
+            Refused::MaxConnsPerSource => "max_conns_per_source",
+            Refused::MaxConnRatePerSource => "max_conn_rate_per_source",
+            Refused::Denied => "denied",
+            Refused::BadProxyHeader => "bad_proxy_header",
+            Refused::BackendsFull => "backends_full",
+            Refused::LocalError => "local_error",
+            Refused::Loop => "loop",
+        }
+    }
+
+    /// The worker's own counter of this reason.
+    pub fn counter(self, s: &WorkerStats) -> &AtomicU64 {
+        match self {
+            Refused::NoBackend => &s.no_backend,
+            Refused::NoSlot => &s.no_slot,
+            Refused::MaxConnsPerSource => &s.rejected_source_conns,
+            Refused::MaxConnRatePerSource => &s.rejected_source_rate,
+            Refused::Denied => &s.rejected_denied,
+            Refused::BadProxyHeader => &s.rejected_proxy_header,
+            Refused::BackendsFull => &s.rejected_backends_full,
+            Refused::LocalError => &s.local_error,
+            Refused::Loop => &s.loops,
+        }
+    }
+}
+
+/// One worker's counts for one service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounts {
+    /// By [`Refused::ALL`] order.
+    pub refused: [u64; 9],
+    /// Clients waiting now for a backend below its max-conns.
+    pub queued_now: u64,
+    /// Clients that left that queue (connected, or out of time), and how long they
+    /// waited in all, in nanoseconds.
+    pub dequeued: u64,
+    pub queue_wait_ns: u64,
+}
+
+impl WorkerStats {
+    /// Counts a refusal of a client of service `service` (the worker's counter and the
+    /// service's).
+    pub fn refused(&self, service: crate::backend::ServiceId, why: Refused) {
+        WorkerStats::add(why.counter(self), 1);
+        let i = Refused::ALL.iter().position(|&r| r == why).unwrap_or(0);
+        self.with_service(service, |c| c.refused[i] += 1);
+    }
+
+    /// Changes this worker's counts of `service`.
+    pub fn with_service(
+        &self,
+        service: crate::backend::ServiceId,
+        f: impl FnOnce(&mut ServiceCounts),
+    ) {
+        let mut v = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let i = service.0 as usize;
+        if v.len() <= i {
+            v.resize(i + 1, ServiceCounts::default());
+        }
+        f(&mut v[i]);
+    }
+
+    /// This worker's counts of `service`.
+    pub fn service_counts(&self, service: crate::backend::ServiceId) -> ServiceCounts {
+        let v = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        v.get(service.0 as usize).copied().unwrap_or_default()
+    }
 }
 
 /// One worker's connect times per backend, in microseconds.
@@ -122,6 +226,7 @@ impl Default for WorkerStats {
             snapshot_version: zero(),
             access_log_dropped: zero(),
             connect_us: Mutex::new(ConnectTimes::default()),
+            services: Mutex::new(Vec::new()),
         }
     }
 }

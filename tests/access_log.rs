@@ -414,3 +414,52 @@ fn a_destination_that_takes_nothing_drops_records_and_slows_no_connection() {
     assert_eq!(written + dropped, all);
     assert_eq!(on.metrics().sum("uringlb_accepted_total"), all as f64);
 }
+
+#[test]
+fn file_keys_set_it_and_bad_values_exit_2_naming_the_flag() {
+    let echo = EchoServer::start("127.0.0.1:0").unwrap();
+    let log = TempLog::new("file-keys");
+    let config = TempLog::new("config");
+    std::fs::write(
+        &config.0,
+        format!(
+            "access_log = \"{}\"\naccess_log_format = \"logfmt\"\nhealth = \"none\"\n\
+             [[backend]]\naddr = \"{}\"\nname = \"e\"\n",
+            log.arg(),
+            echo.addr()
+        ),
+    )
+    .unwrap();
+    let path = config.arg();
+    let lb = Lb::start(&["-c", &path]);
+    echo_exchange(lb.addr, 5, 55);
+    let line = wait_for("a logfmt line in the file", Duration::from_secs(20), || {
+        file_lines(&log.0).into_iter().next()
+    });
+    let kv = parse_logfmt(&line);
+    assert_eq!(
+        (kv["backend"].as_str(), kv["bytes_in"].as_str()),
+        ("e", "55")
+    );
+
+    let (st, _, err) = run_bin(&["--backend", "127.0.0.1:9", "--access-log-format", "xml"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--access-log-format") && err.lines().count() == 1,
+        "{err}"
+    );
+    let (st, _, err) = run_bin(&[
+        "--backend",
+        "127.0.0.1:9",
+        "--listen",
+        &free_addr().to_string(),
+        "--access-log",
+        "/nonexistent-dir/access.log",
+    ]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot open the access log /nonexistent-dir/access.log")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -19,7 +19,8 @@
 #   WWW_DIR     where big.bin is (default /tmp/uringlb-bench-www)
 #   ARGS        uringlb arguments for both (default: --workers 1 --health none --no-pin
 #               --forward copy)
-#   A_ARGS, B_ARGS  extra arguments for one side
+#   A_ARGS, B_ARGS  extra arguments for one side; @WORK@ in them is the run's scratch
+#               directory (removed at the end), e.g. B_ARGS="--access-log @WORK@/access.log"
 #
 # Ports: backends 9101-9103, A on 8390, B on 8391. Needs nginx and wrk (bench/compare.sh
 # installs them).
@@ -70,6 +71,7 @@ pids+=($!)
 for side in 0 1; do
 	extra=("${a_args[@]}")
 	((side == 0)) || extra=("${b_args[@]}")
+	extra=("${extra[@]//@WORK@/$work}")
 	"${bins[side]}" --listen "127.0.0.1:${ports[side]}" --backend "127.0.0.1:${backends[0]}" \
 		--backend "127.0.0.1:${backends[1]}" --backend "127.0.0.1:${backends[2]}" \
 		"${common[@]}" "${extra[@]}" >"$work/ur$side.log" 2>&1 &

@@ -351,6 +351,14 @@ pub struct BackendCounters {
     /// (nanoseconds on the balancer's monotonic clock).
     pub ewma_ns_bits: AtomicU64,
     pub ewma_stamp_ns: AtomicU64,
+    /// Bytes forwarded client -> backend and backend -> client on its connections. A
+    /// worker adds a connection's bytes when it ends (or leaves the backend), and those of
+    /// open connections once a second: one shared addition per connection, none per send.
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    /// Raised by every [`reset`](Self::reset): what workers keep per backend elsewhere
+    /// (connect-time histograms) counts only while it matches.
+    pub epoch: AtomicU64,
 }
 
 impl BackendCounters {
@@ -367,8 +375,19 @@ impl BackendCounters {
             &self.consecutive_failures,
             &self.ewma_ns_bits,
             &self.ewma_stamp_ns,
+            &self.bytes_up,
+            &self.bytes_down,
         ] {
             c.store(0, Ordering::Relaxed);
+        }
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Bytes forwarded in `dir` on its connections.
+    pub fn bytes(&self, dir: crate::direction::Dir) -> &AtomicU64 {
+        match dir {
+            crate::direction::Dir::Up => &self.bytes_up,
+            crate::direction::Dir::Down => &self.bytes_down,
         }
     }
 }

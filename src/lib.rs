@@ -11,6 +11,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod access;
+pub mod access_log;
 pub mod backend;
 pub mod backend_ids;
 pub mod balance;

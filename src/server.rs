@@ -45,6 +45,8 @@ pub enum StartError {
     },
     #[error("too many backends: {0} (at most {MAX_BACKENDS})")]
     TooManyBackends(usize),
+    #[error("{0}")]
+    AccessLog(std::io::Error),
 }
 
 /// Forwarding buffer per direction per connection.
@@ -88,6 +90,8 @@ pub struct Server {
     worker_config: WorkerConfig,
     /// Slots per worker: any worker may hold every place of `--max-conns`.
     slots: usize,
+    /// The access log's writer, when `--access-log` is on.
+    access_log: Option<crate::access_log::writer::AccessLog>,
 }
 
 struct WorkerHandle {
@@ -116,6 +120,8 @@ struct PublishState {
     bound: Vec<Bound>,
     /// Each service's `max_conns` count, by [`ServiceId`].
     budgets: Vec<Arc<ServiceBudget>>,
+    /// Service and backend names by id, for the access log.
+    names: Arc<crate::access_log::Names>,
 }
 
 /// The key of a backend in [`BackendIds`]: names are unique within a service only.
@@ -134,6 +140,7 @@ impl PublishState {
             services: Vec::new(),
             bound: Vec::new(),
             budgets: Vec::new(),
+            names: Arc::default(),
         }
     }
 
@@ -143,6 +150,8 @@ impl PublishState {
             Some(i) => i,
             None => {
                 self.services.push(name.to_string());
+                self.names
+                    .set_service(ServiceId(self.services.len() as u32 - 1), name);
                 self.services.len() - 1
             }
         };
@@ -212,7 +221,17 @@ impl Server {
         // Again, now that the listen addresses are known (port 0 resolved).
         state.bound = bound;
         let routing = republish_all(&mut state, config)?;
-        let shared = Arc::new(Shared::new(n_workers, max_conns, state.counters.clone()));
+        let mut shared = Shared::new(n_workers, max_conns, state.counters.clone());
+        let access_log = crate::access_log::writer::AccessLog::start(
+            &config.access_log,
+            config.access_log_format,
+            n_workers,
+            state.names.clone(),
+            shared.wall_epoch,
+        )
+        .map_err(StartError::AccessLog)?;
+        shared.access_log = access_log.as_ref().map(|l| l.queues().clone());
+        let shared = Arc::new(shared);
         let worker_config = WorkerConfig {
             forward: config.forward,
             buf_size: BUF_SIZE,
@@ -257,6 +276,7 @@ impl Server {
             config: config.clone(),
             worker_config,
             slots,
+            access_log,
         };
         if let Some(e) = failure {
             server.stop(Duration::ZERO);
@@ -454,12 +474,23 @@ impl Server {
         Ok(restarted)
     }
 
-    /// Waits for every worker thread to exit.
+    /// Waits for every worker thread to exit, then for the access log to write the
+    /// records they left.
     pub fn join(mut self) {
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {
                 let _ = t.join();
             }
+        }
+        if let Some(mut log) = self.access_log.take() {
+            log.stop();
+        }
+    }
+
+    /// Reopens the access log file by its path (SIGUSR1, after logrotate moved it).
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.reopen();
         }
     }
 
@@ -472,6 +503,13 @@ impl Server {
 }
 
 impl Server {
+    /// The id of service `name`, if it has one.
+    pub fn service_id(&self, name: &str) -> Option<ServiceId> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let i = state.services.iter().position(|n| n == name)?;
+        Some(ServiceId(i as u32))
+    }
+
     /// The id backend `name` of `service` has (or gets) in the shared counters.
     pub fn backend_id(&self, service: &str, name: &str) -> Option<BackendId> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -608,6 +646,7 @@ fn build_snapshot(
         let id = state
             .id_for(table.name, &e.spec.name)
             .ok_or(StartError::TooManyBackends(state.ids.taken() + 1))?;
+        state.names.set_backend(id, &e.spec.name);
         backends.push(Backend {
             id,
             name: e.spec.name.clone(),

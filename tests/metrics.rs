@@ -138,18 +138,55 @@ fn metrics_match_the_traffic_and_parse() {
     );
     assert_eq!(m.value("uringlb_workers_alive", &[]), 2.0);
 
-    // One connect time per established connection, in seconds.
-    let count = m.value("uringlb_connect_duration_seconds_count", &[]);
-    let sum = m.value("uringlb_connect_duration_seconds_sum", &[]);
-    assert_eq!(count, conns as f64);
-    assert!(
-        sum > 0.0 && sum / count < 0.5,
-        "mean connect time {}s",
-        sum / count
-    );
+    // Per backend: the bytes each way are what that backend echoed.
+    for (name, echo) in [("e0", &e0), ("e1", &e1)] {
+        for dir in ["client_to_backend", "backend_to_client"] {
+            let n = m.value(
+                "uringlb_backend_bytes_total",
+                &[("backend", name), ("direction", dir)],
+            );
+            println!(
+                "metrics: backend {name} bytes {dir} {n} (it echoed {})",
+                echo.bytes()
+            );
+            assert_eq!(n, echo.bytes() as f64, "{name} {dir}");
+        }
+    }
+    for dir in ["client_to_backend", "backend_to_client"] {
+        assert_eq!(
+            m.value(
+                "uringlb_backend_bytes_total",
+                &[("backend", "dead"), ("direction", dir)]
+            ),
+            0.0
+        );
+    }
+    assert_eq!(m.value("uringlb_access_log_dropped_total", &[]), 0.0);
+
+    // One connect time per established connection, in seconds, per backend.
+    for b in ["e0", "e1"] {
+        let count = m.value("uringlb_connect_duration_seconds_count", &[("backend", b)]);
+        let sum = m.value("uringlb_connect_duration_seconds_sum", &[("backend", b)]);
+        assert_eq!(count, total(b), "{b}");
+        assert!(
+            sum > 0.0 && sum / count < 0.5,
+            "mean connect time {}s",
+            sum / count
+        );
+        assert_eq!(
+            m.value(
+                "uringlb_connect_duration_seconds_bucket",
+                &[("backend", b), ("le", "+Inf")]
+            ),
+            count
+        );
+    }
     assert_eq!(
-        m.value("uringlb_connect_duration_seconds_bucket", &[("le", "+Inf")]),
-        count
+        m.value(
+            "uringlb_connect_duration_seconds_count",
+            &[("backend", "dead")]
+        ),
+        0.0
     );
     assert_eq!(
         m.families.get("uringlb_connect_duration_seconds"),
@@ -164,6 +201,8 @@ fn metrics_match_the_traffic_and_parse() {
         families,
         [
             "uringlb_accepted",
+            "uringlb_access_log_dropped",
+            "uringlb_backend_bytes",
             "uringlb_backend_up",
             "uringlb_bytes",
             "uringlb_client_connections",
@@ -177,8 +216,12 @@ fn metrics_match_the_traffic_and_parse() {
             "uringlb_discovery_failures",
             "uringlb_discovery_resolutions",
             "uringlb_health_checks",
+            "uringlb_queue_depth",
+            "uringlb_queue_dequeued",
+            "uringlb_queue_wait_seconds",
             "uringlb_rejected",
             "uringlb_replays",
+            "uringlb_service_rejected",
             "uringlb_snapshot_published_version",
             "uringlb_snapshot_version",
             "uringlb_splice_bytes",
@@ -312,7 +355,75 @@ fn rejections_are_counted_by_reason() {
         m.value("uringlb_connections_total", &[("backend", "dead")]),
         0.0
     );
-    assert_eq!(m.value("uringlb_connect_duration_seconds_count", &[]), 0.0);
+    assert_eq!(
+        m.value(
+            "uringlb_connect_duration_seconds_count",
+            &[("backend", "dead")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn per_service_refusals_and_the_queue_for_full_backends() {
+    let echo = EchoServer::start("127.0.0.1:0").unwrap();
+    let (lb, admin) = start_with_admin(&[
+        "--backend",
+        &format!("{},name=e,max-conns=1", echo.addr()),
+        "--health",
+        "none",
+        "--connect-timeout",
+        "20s",
+        "--deny",
+        "127.0.0.3",
+    ]);
+    let svc = [("service", "default")];
+    let m = admin.metrics();
+    assert_eq!(m.value("uringlb_queue_depth", &svc), 0.0);
+    assert_eq!(m.value("uringlb_queue_dequeued_total", &svc), 0.0);
+
+    // One client holds the backend's only place; the next waits in the queue.
+    let mut first = lb.connect();
+    first.write_all(b"a").unwrap();
+    let mut b = [0u8; 1];
+    first.read_exact(&mut b).unwrap();
+    let mut second = lb.connect();
+    wait_until("a client in the queue", Duration::from_secs(10), || {
+        admin.metrics().value("uringlb_queue_depth", &svc) == 1.0
+    });
+    drop(first);
+    second.write_all(b"b").unwrap();
+    second
+        .read_exact(&mut b)
+        .expect("served once the place frees");
+    let m = admin.metrics();
+    let waited = m.value("uringlb_queue_wait_seconds_total", &svc);
+    println!("metrics: one client queued, waited {waited}s");
+    assert_eq!(m.value("uringlb_queue_depth", &svc), 0.0);
+    assert_eq!(m.value("uringlb_queue_dequeued_total", &svc), 1.0);
+    assert!(waited > 0.0 && waited < 20.0, "{waited}");
+
+    if let Some(mut s) = connect_or_reset_from("127.0.0.3", lb.addr) {
+        assert!(closed_within(&mut s, Duration::from_secs(10)).is_some());
+    }
+    wait_until("the refusal to be counted", Duration::from_secs(10), || {
+        admin.metrics().value(
+            "uringlb_service_rejected_total",
+            &[("service", "default"), ("reason", "denied")],
+        ) == 1.0
+    });
+    let m = admin.metrics();
+    assert_eq!(
+        m.value("uringlb_rejected_total", &[("reason", "denied")]),
+        1.0
+    );
+    assert_eq!(
+        m.all("uringlb_service_rejected_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>(),
+        1.0
+    );
 }
 
 #[test]

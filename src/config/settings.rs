@@ -222,6 +222,21 @@ settings! {
         example "debug",
     }
 
+    /// One line per finished connection: off, stderr or a file path (appended to;
+    /// SIGUSR1 reopens it) [default: off]
+    process access_log: crate::access_log::Target {
+        one = crate::access_log::Target::Off, parse = crate::access_log::parse_target,
+        arg(long, value_name = "off|stderr|PATH"),
+        example "/tmp/uringlb-access.log",
+    }
+
+    /// Access log lines: json or logfmt (the same keys) [default: json]
+    process access_log_format: crate::access_log::Format {
+        one = crate::access_log::Format::Json, parse = crate::access_log::parse_format,
+        arg(long, value_name = "json|logfmt"),
+        example "logfmt",
+    }
+
     /// Maglev lookup table size, a prime [default: 65537]
     service maglev_table_size: u64 {
         one = 65537, parse = parse_maglev_table_size,

@@ -109,18 +109,20 @@ pub struct ServiceSample {
     pub active_conns: u64,
 }
 
-/// SIGTERM, SIGINT and SIGHUP, installed before the workers start so that a signal during
+/// SIGTERM, SIGINT, SIGHUP and SIGUSR1 (reopen the access log), installed before the workers start so that a signal during
 /// start-up is handled, never the default kill.
 pub struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 enum Sig {
     Term,
     Int,
     Hup,
+    Usr1,
 }
 
 impl Signals {
@@ -129,6 +131,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
@@ -137,6 +140,7 @@ impl Signals {
             _ = self.term.recv() => Sig::Term,
             _ = self.int.recv() => Sig::Int,
             _ = self.hup.recv() => Sig::Hup,
+            _ = self.usr1.recv() => Sig::Usr1,
         }
     }
 }
@@ -184,6 +188,7 @@ pub async fn run(
                 Sig::Term => stop(&server, config.grace, &mut stopping, "SIGTERM"),
                 Sig::Int => stop(&server, config.grace, &mut stopping, "SIGINT"),
                 Sig::Hup => reloads.push(reload::Request { why: "SIGHUP", reply: None }),
+                Sig::Usr1 => server.reopen_access_log(),
             },
             Some(cmd) = commands.recv() => {
                 let stop_now = handle(cmd, &mut services, &server, &mut held, &mut counts, &mut reloads, stopping);
@@ -402,7 +407,11 @@ fn handle(
                 .collect();
             counts.retain_backends(&live);
             let published = server.published_version();
-            let text = metrics::encode(counts, &samples, server.shared(), published);
+            let ids: Vec<(String, crate::backend::ServiceId)> = services
+                .iter()
+                .filter_map(|s| Some((s.name.to_string(), server.service_id(&s.name)?)))
+                .collect();
+            let text = metrics::encode(counts, &samples, &ids, server.shared(), published);
             let _ = reply.send(text);
         }
         Command::Health { reply } => {

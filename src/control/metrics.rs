@@ -12,7 +12,7 @@
 //! `uringlb_connections_total`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -21,8 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::backend::{BackendId, BackendState};
-use crate::direction::Dir;
+use crate::backend::{BackendId, BackendState, ServiceId};
+use crate::direction::{Dir, PerDir};
+use crate::worker::stats::{Refused, ServiceCounts};
 use crate::worker::Shared;
 
 use super::backends::BackendStatus;
@@ -81,6 +82,10 @@ pub struct BackendSample {
     pub active_conns: u64,
     pub total_conns: u64,
     pub connect_failures: u64,
+    /// Its id in the shared counters (none for a backend not published yet).
+    pub id: Option<BackendId>,
+    /// Bytes forwarded on its connections, client -> backend and back.
+    pub bytes: PerDir<u64>,
 }
 
 impl BackendSample {
@@ -90,16 +95,20 @@ impl BackendSample {
         id: Option<BackendId>,
         shared: &Shared,
     ) -> BackendSample {
-        let (active, total, failures) = match id {
+        let (active, total, failures, bytes) = match id {
             Some(id) => {
                 let c = shared.counters.get(id);
                 (
                     c.active.load(Ordering::Relaxed),
                     c.total.load(Ordering::Relaxed),
                     c.failures.load(Ordering::Relaxed),
+                    PerDir::new(
+                        c.bytes(Dir::Up).load(Ordering::Relaxed),
+                        c.bytes(Dir::Down).load(Ordering::Relaxed),
+                    ),
                 )
             }
-            None => (0, 0, 0),
+            None => (0, 0, 0, PerDir::new(0, 0)),
         };
         BackendSample {
             service: service.to_string(),
@@ -107,6 +116,8 @@ impl BackendSample {
             active_conns: active,
             total_conns: total,
             connect_failures: failures,
+            id,
+            bytes,
         }
     }
 }
@@ -129,18 +140,26 @@ fn backend_labels(b: &BackendSample) -> Labels {
 pub fn encode(
     counts: &Counts,
     backends: &[BackendSample],
+    services: &[(String, ServiceId)],
     shared: &Shared,
     published: u64,
 ) -> String {
     let mut reg = Registry::default();
+    register_service_counts(&mut reg, services, shared);
 
     let connections = Family::<Labels, Counter>::default();
     let active = Family::<Labels, Gauge>::default();
     let failures = Family::<Labels, Counter>::default();
     let up = Family::<Labels, Gauge>::default();
     let checks = Family::<Labels, Counter>::default();
+    let backend_bytes = Family::<Labels, Counter>::default();
     for b in backends {
         let labels = backend_labels(b);
+        for dir in Dir::BOTH {
+            let mut l = labels.clone();
+            l.push(("direction".to_string(), dir.label().to_string()));
+            backend_bytes.get_or_create(&l).inc_by(b.bytes[dir]);
+        }
         connections.get_or_create(&labels).inc_by(b.total_conns);
         active
             .get_or_create(&labels)
@@ -180,6 +199,12 @@ pub fn encode(
         "uringlb_health_checks",
         "Active health checks of the backend by result",
         checks,
+    );
+    reg.register(
+        "uringlb_backend_bytes",
+        "Bytes forwarded on the backend's connections by direction (open connections' \
+         bytes are added once a second, the rest when they end)",
+        backend_bytes,
     );
 
     let sum = |f: fn(&crate::worker::WorkerStats) -> u64| -> u64 {
@@ -315,9 +340,22 @@ pub fn encode(
 
     reg.register_with_unit(
         "uringlb_connect_duration",
-        "Time to connect to a backend (successful connects)",
+        "Time to connect to the backend (successful connects)",
         Unit::Seconds,
-        connect_histogram(shared),
+        BackendHistograms(
+            backends
+                .iter()
+                .filter_map(|b| Some((backend_labels(b), connect_histogram(shared, b.id?))))
+                .collect(),
+        ),
+    );
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(sum(|s| s.access_log_dropped.load(Ordering::Relaxed)));
+    reg.register(
+        "uringlb_access_log_dropped",
+        "Access log records dropped because a worker's queue was full (the destination \
+         did not keep up); the connections themselves were not slowed",
+        dropped,
     );
 
     let reloads = Family::<Labels, Counter>::default();
@@ -356,6 +394,62 @@ pub fn encode(
     out
 }
 
+/// Per service: refusals by reason and the queue for backends at their max-conns, summed
+/// over workers.
+fn register_service_counts(reg: &mut Registry, services: &[(String, ServiceId)], shared: &Shared) {
+    let refused = Family::<Labels, Counter>::default();
+    let depth = Family::<Labels, Gauge>::default();
+    let dequeued = Family::<Labels, Counter>::default();
+    let waited = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    for (name, id) in services {
+        let mut sum = ServiceCounts::default();
+        for w in shared.stats.iter() {
+            let c = w.service_counts(*id);
+            for (a, b) in sum.refused.iter_mut().zip(c.refused) {
+                *a += b;
+            }
+            sum.queued_now += c.queued_now;
+            sum.dequeued += c.dequeued;
+            sum.queue_wait_ns += c.queue_wait_ns;
+        }
+        let service = label("service", name);
+        for (why, n) in Refused::ALL.iter().zip(sum.refused) {
+            let mut l = service.clone();
+            l.push(("reason".to_string(), why.label().to_string()));
+            refused.get_or_create(&l).inc_by(n);
+        }
+        depth
+            .get_or_create(&service)
+            .set(i64::try_from(sum.queued_now).unwrap_or(i64::MAX));
+        dequeued.get_or_create(&service).inc_by(sum.dequeued);
+        waited
+            .get_or_create(&service)
+            .inc_by(sum.queue_wait_ns as f64 / 1e9);
+    }
+    reg.register(
+        "uringlb_service_rejected",
+        "Client connections of the service closed unserved, by reason (as uringlb_rejected_total)",
+        refused,
+    );
+    reg.register(
+        "uringlb_queue_depth",
+        "Clients of the service waiting now for a backend below its max-conns",
+        depth,
+    );
+    reg.register(
+        "uringlb_queue_dequeued",
+        "Clients of the service that waited for a backend below its max-conns, then got one \
+         or ran out of connect timeout",
+        dequeued,
+    );
+    reg.register_with_unit(
+        "uringlb_queue_wait",
+        "Time those clients waited in all (mean wait: its rate over uringlb_queue_dequeued_total's)",
+        Unit::Seconds,
+        waited,
+    );
+}
+
 /// A histogram whose buckets are computed once, at scrape time.
 #[derive(Debug)]
 struct ConstHistogram {
@@ -379,18 +473,43 @@ impl EncodeMetric for ConstHistogram {
     }
 }
 
-/// The sum of every worker's connect-time histogram (microseconds) in [`CONNECT_BUCKETS`].
-/// A value is placed by the top of its hdrhistogram bucket (3 significant digits), so an
-/// `le` count never includes a connect that took longer than its bound; the sum is
-/// accurate to the same 0.1%.
-fn connect_histogram(shared: &Shared) -> ConstHistogram {
+/// One [`ConstHistogram`] per backend, by its labels.
+#[derive(Debug)]
+struct BackendHistograms(Vec<(Labels, ConstHistogram)>);
+
+impl TypedMetric for BackendHistograms {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for BackendHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.0 {
+            h.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The sum of every worker's connect-time histogram (microseconds) of backend `id` in
+/// [`CONNECT_BUCKETS`]. A value is placed by the top of its hdrhistogram bucket (2
+/// significant digits), so an `le` count never includes a connect that took longer than
+/// its bound; the sum is accurate to the same 1%.
+fn connect_histogram(shared: &Shared, id: BackendId) -> ConstHistogram {
     let mut counts = vec![0u64; CONNECT_BUCKETS.len() + 1];
     let mut sum_us = 0f64;
     let mut total = 0u64;
+    let epoch = shared.counters.get(id).epoch.load(Ordering::Acquire);
     for stats in shared.stats.iter() {
-        let h = stats.connect_us.lock().unwrap_or_else(|p| p.into_inner());
+        let times = stats.connect_us.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = times.get(id, epoch) else {
+            continue;
+        };
         for v in h.iter_recorded() {
-            let n = v.count_at_value();
+            let n = u64::from(v.count_at_value());
             let top_s = v.value_iterated_to() as f64 / 1e6;
             let i = CONNECT_BUCKETS
                 .iter()
@@ -448,18 +567,26 @@ mod tests {
         sh.stats[0].no_slot.store(2, Ordering::Relaxed);
         sh.stats[0].rejected_denied.store(4, Ordering::Relaxed);
         sh.stats[1].rejected_denied.store(1, Ordering::Relaxed);
+        let id = BackendId(0);
         {
             let mut h = sh.stats[0].connect_us.lock().expect("lock");
-            h.record(80).expect("record"); // 80 us
-            h.record(3000).expect("record"); // 3 ms
+            h.record(id, 0, 80); // 80 us
+            h.record(id, 0, 3000); // 3 ms
+            h.record(BackendId(1), 0, 3000); // another backend's
         }
         sh.stats[1]
             .connect_us
             .lock()
             .expect("lock")
-            .record(20_000_000)
-            .expect("record"); // 20 s: above every bound
-        let id = BackendId(0);
+            .record(id, 0, 20_000_000); // 20 s: above every bound
+        sh.counters
+            .get(id)
+            .bytes(Dir::Up)
+            .store(11, Ordering::Relaxed);
+        sh.counters
+            .get(id)
+            .bytes(Dir::Down)
+            .store(12, Ordering::Relaxed);
         sh.counters.get(id).total.store(5, Ordering::Relaxed);
         sh.counters.get(id).active.store(1, Ordering::Relaxed);
         sh.counters.get(id).failures.store(2, Ordering::Relaxed);
@@ -476,7 +603,14 @@ mod tests {
         sh.stats[1].spliced[Dir::Down].store(5, Ordering::Relaxed);
         sh.stats[0].snapshot_version.store(3, Ordering::Relaxed);
         sh.stats[1].snapshot_version.store(2, Ordering::Relaxed);
-        let text = encode(&counts, &backends, &sh, 3);
+        sh.stats[1].refused(ServiceId(0), Refused::Denied);
+        sh.stats[0].with_service(ServiceId(0), |c| {
+            c.queued_now = 2;
+            c.dequeued = 3;
+            c.queue_wait_ns = 1_500_000_000;
+        });
+        let ids = [("web".to_string(), ServiceId(0))];
+        let text = encode(&counts, &backends, &ids, &sh, 3);
         for line in [
             "uringlb_splice_bytes_total{worker=\"0\"} 0",
             "uringlb_splice_bytes_total{worker=\"1\"} 5",
@@ -497,17 +631,26 @@ mod tests {
             "uringlb_accepted_total{worker=\"1\"} 4",
             "uringlb_rejected_total{reason=\"no_backend\"} 0",
             "uringlb_rejected_total{reason=\"no_slot\"} 2",
-            "uringlb_rejected_total{reason=\"denied\"} 5",
+            "uringlb_rejected_total{reason=\"denied\"} 6",
             "uringlb_config_reloads_total{result=\"ok\"} 0",
             "uringlb_config_reloads_total{result=\"error\"} 1",
             "# TYPE uringlb_connect_duration_seconds histogram",
-            "uringlb_connect_duration_seconds_count 3",
-            "uringlb_connect_duration_seconds_bucket{le=\"0.00005\"} 0",
-            "uringlb_connect_duration_seconds_bucket{le=\"0.0001\"} 1",
-            "uringlb_connect_duration_seconds_bucket{le=\"0.0025\"} 1",
-            "uringlb_connect_duration_seconds_bucket{le=\"0.005\"} 2",
-            "uringlb_connect_duration_seconds_bucket{le=\"10.0\"} 2",
-            "uringlb_connect_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "uringlb_backend_bytes_total{service=\"web\",backend=\"a\",direction=\"client_to_backend\"} 11",
+            "uringlb_backend_bytes_total{service=\"web\",backend=\"a\",direction=\"backend_to_client\"} 12",
+            "uringlb_backend_bytes_total{service=\"web\",backend=\"b\",direction=\"client_to_backend\"} 0",
+            "uringlb_access_log_dropped_total 0",
+            "uringlb_service_rejected_total{service=\"web\",reason=\"denied\"} 1",
+            "uringlb_service_rejected_total{service=\"web\",reason=\"no_backend\"} 0",
+            "uringlb_queue_depth{service=\"web\"} 2",
+            "uringlb_queue_dequeued_total{service=\"web\"} 3",
+            "uringlb_queue_wait_seconds_total{service=\"web\"} 1.5",
+            "uringlb_connect_duration_seconds_count{service=\"web\",backend=\"a\"} 3",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.00005\",service=\"web\",backend=\"a\"} 0",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.0001\",service=\"web\",backend=\"a\"} 1",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.0025\",service=\"web\",backend=\"a\"} 1",
+            "uringlb_connect_duration_seconds_bucket{le=\"0.005\",service=\"web\",backend=\"a\"} 2",
+            "uringlb_connect_duration_seconds_bucket{le=\"10.0\",service=\"web\",backend=\"a\"} 2",
+            "uringlb_connect_duration_seconds_bucket{le=\"+Inf\",service=\"web\",backend=\"a\"} 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -516,10 +659,14 @@ mod tests {
         }
         let sum: f64 = text
             .lines()
-            .find_map(|l| l.strip_prefix("uringlb_connect_duration_seconds_sum "))
+            .find_map(|l| {
+                l.strip_prefix(
+                    "uringlb_connect_duration_seconds_sum{service=\"web\",backend=\"a\"} ",
+                )
+            })
             .and_then(|v| v.parse().ok())
             .expect("sum");
-        assert!((sum - 20.00308).abs() < 20.0 * 0.002, "{sum}");
+        assert!((sum - 20.00308).abs() < 20.0 * 0.01, "{sum}");
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -161,6 +161,11 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     check(running.admin != new.admin, "--admin");
     check(running.admin_token != new.admin_token, "--admin-token");
     check(running.log_level != new.log_level, "--log-level");
+    check(running.access_log != new.access_log, "--access-log");
+    check(
+        running.access_log_format != new.access_log_format,
+        "--access-log-format",
+    );
     out
 }
 
@@ -176,6 +181,8 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
         admin: running.admin,
         admin_token: running.admin_token.clone(),
         log_level: running.log_level.clone(),
+        access_log: running.access_log.clone(),
+        access_log_format: running.access_log_format,
         ..new
     }
 }

@@ -21,9 +21,12 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use super::access_log::SlotLog;
 use super::conn::Conn;
+use super::stats::Refused;
 use super::token::{OpKind, Token};
 use super::{Slot, Worker, WorkerStats};
+use crate::access_log::End;
 use crate::backend::ServiceId;
 use crate::loops::{ClientEnds, Verdict};
 use crate::net;
@@ -140,14 +143,10 @@ impl Worker {
         WorkerStats::add(&self.stats().accepted, 1);
         // A multishot accept writes no address: ask the socket, if anything needs it.
         let service = self.listeners[listener].service;
-        let peer = peer.or_else(|| {
-            self.service(service)
-                .needs_client_addr
-                .then(|| net::peer_addr(&fd))
-                .flatten()
-        });
+        let wanted = self.service(service).needs_client_addr || self.shared.access_log.is_some();
+        let peer = peer.or_else(|| wanted.then(|| net::peer_addr(&fd)).flatten());
         if !self.passes_access_lists(service, peer) {
-            return self.deny(fd, peer);
+            return self.deny(listener, fd, peer);
         }
         let open = self.take_places(service) == Places::Taken;
         if self.ring.accepting_multi(listener) && self.room(service) < MULTISHOT_ROOM {
@@ -181,8 +180,10 @@ impl Worker {
     }
 
     /// Refuses a client the lists do not serve: reset at once and counted.
-    fn deny(&mut self, fd: OwnedFd, peer: Option<SocketAddr>) {
-        WorkerStats::add(&self.stats().rejected_denied, 1);
+    fn deny(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
+        let service = self.listeners[listener].service;
+        self.stats().refused(service, Refused::Denied);
+        self.log_refused(listener, peer);
         tracing::debug!(worker = self.index, client = ?peer, "refused: denied by --allow/--deny");
         net::set_linger_zero(&fd);
         drop(fd); // closed with linger 0: the client sees a reset
@@ -197,8 +198,10 @@ impl Worker {
         if access.is_open() || addr.is_some_and(|a| access.permits(a.ip())) {
             return false;
         }
-        WorkerStats::add(&self.stats().rejected_denied, 1);
+        self.stats()
+            .refused(self.slots[slot].service, Refused::Denied);
         tracing::debug!(worker = self.index, client = ?addr, "refused: denied by --allow/--deny");
+        self.end_as(slot, End::Rejected);
         self.abort(slot, true);
         true
     }
@@ -268,7 +271,8 @@ impl Worker {
     fn serve(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
         let Some(slot) = self.alloc_slot() else {
             // Never expected: the ring has a slot for every place of the budget.
-            WorkerStats::add(&self.stats().no_slot, 1);
+            let service = self.listeners[listener].service;
+            self.stats().refused(service, Refused::NoSlot);
             tracing::error!(
                 worker = self.index,
                 "no free connection slot; resetting a client"
@@ -285,6 +289,7 @@ impl Worker {
         let service = self.listeners[listener].service;
         self.slots[slot].service = service;
         self.slots[slot].service_place = self.service(service).budget.clone();
+        self.slots[slot].log = SlotLog::new(self.listeners[listener].addr, self.now_ns);
         if let Some(idle) = self.service(service).tcp_keepalive {
             net::set_keepalive(&fd, idle);
         }
@@ -319,12 +324,14 @@ impl Worker {
     }
 
     fn cut_loop(&mut self, slot: usize) {
-        WorkerStats::add(&self.stats().loops, 1);
+        self.stats()
+            .refused(self.slots[slot].service, Refused::Loop);
         tracing::warn!(
             worker = self.index,
             client = ?self.slots[slot].conn.client_addr,
             "a backend leads back to this balancer: its connection is refused"
         );
+        self.end_as(slot, End::Rejected);
         self.abort(slot, true);
     }
 
@@ -420,13 +427,13 @@ impl Worker {
                 true
             }
             Err(refusal) => {
-                let stats = &self.shared.stats[self.index];
-                let counter = match refusal {
-                    crate::limits::Refusal::TooManyConns => &stats.rejected_source_conns,
-                    crate::limits::Refusal::TooFast => &stats.rejected_source_rate,
+                let why = match refusal {
+                    crate::limits::Refusal::TooManyConns => Refused::MaxConnsPerSource,
+                    crate::limits::Refusal::TooFast => Refused::MaxConnRatePerSource,
                 };
-                WorkerStats::add(counter, 1);
+                self.stats().refused(self.slots[slot].service, why);
                 tracing::debug!(worker = self.index, client = %addr, "refused: {refusal:?}");
+                self.end_as(slot, End::Rejected);
                 self.abort(slot, true);
                 false
             }
@@ -449,6 +456,7 @@ impl Worker {
                 outgoing: None,
                 ticket: None,
                 waiting: None,
+                log: SlotLog::new(SocketAddr::from(([0, 0, 0, 0], 0)), 0),
             });
             self.slots.len() - 1
         } else {

@@ -7,9 +7,12 @@ use std::sync::atomic::Ordering;
 
 use super::candidates::Candidates;
 use super::conn::{LeftBackend, Phase, Target};
+use super::stats::Refused;
 use super::{Worker, WorkerStats};
+use crate::access_log::End;
 use crate::backend::BackendCounters;
 use crate::balance::{self, PeakEwma, Request};
+use crate::direction::PerDir;
 use crate::net;
 
 impl Worker {
@@ -37,14 +40,26 @@ impl Worker {
             if attempts <= retries && self.all_eligible_full(slot) {
                 // Every backend it could go to is at its max-conns: wait in line (HAProxy's
                 // server queue) for at most the connect timeout.
+                if self.slots[slot].conn.waited(self.now_ns).is_none() {
+                    let service = self.slots[slot].service;
+                    self.stats().with_service(service, |c| c.queued_now += 1);
+                }
                 self.slots[slot].conn.queue(self.now_ns);
                 let gen = self.slots[slot].gen;
                 self.queue.push((slot as u32, gen));
                 return;
             }
-            WorkerStats::add(&self.stats().no_backend, 1);
+            self.stats()
+                .refused(self.slots[slot].service, Refused::NoBackend);
+            let end = if attempts == 0 {
+                End::NoBackend
+            } else {
+                End::ConnectFailed
+            };
+            self.end_as(slot, end);
             return self.abort(slot, true);
         };
+        self.leave_queue(slot);
         let service = self.slot_service(slot);
         let backend = &service.backends[i];
         let target = Target {
@@ -58,12 +73,14 @@ impl Worker {
             Ok(sock) => sock,
             Err(e) => {
                 // Out of descriptors or memory: a local failure, not the backend's.
-                WorkerStats::add(&self.stats().local_error, 1);
+                self.stats()
+                    .refused(self.slots[slot].service, Refused::LocalError);
                 self.warn_rate_limited(&format!("cannot open a backend socket: {e}"));
                 self.let_go(Some(LeftBackend {
                     id: target.id,
                     counted: true,
                 }));
+                self.end_as(slot, End::ConnectFailed);
                 return self.abort(slot, true);
             }
         };
@@ -79,6 +96,7 @@ impl Worker {
             }
         }
         let now = self.now_ns;
+        self.slots[slot].log.target = Some((target.id, target.addr));
         self.slots[slot]
             .conn
             .connect(target, sock, now, &mut self.actions);
@@ -132,11 +150,27 @@ impl Worker {
                 continue;
             };
             if waited >= timeout {
-                WorkerStats::add(&self.stats().rejected_backends_full, 1);
+                self.stats()
+                    .refused(self.slots[slot].service, Refused::BackendsFull);
+                self.end_as(slot, End::NoBackend);
                 self.abort(slot, true);
             } else {
                 self.connect_next(slot);
             }
+        }
+    }
+
+    /// The connection in `slot` stops waiting for a backend below its max-conns, if it
+    /// was: counted in its service's queue figures.
+    pub(super) fn leave_queue(&mut self, slot: usize) {
+        let now = self.now_ns;
+        if let Some(waited) = self.slots[slot].conn.dequeue(now) {
+            let service = self.slots[slot].service;
+            self.stats().with_service(service, |c| {
+                c.queued_now = c.queued_now.saturating_sub(1);
+                c.dequeued += 1;
+                c.queue_wait_ns += waited;
+            });
         }
     }
 
@@ -178,18 +212,22 @@ impl Worker {
             counters.consecutive_failures.store(0, Ordering::Relaxed);
             let took = now.saturating_sub(conn.connect_started_ns());
             record_connect_time(counters, took, now);
+            let epoch = counters.epoch.load(Ordering::Acquire);
             if let Ok(mut h) = self.stats().connect_us.lock() {
-                h.saturating_record((took / 1000).max(1));
+                h.record(id, epoch, took / 1000);
             }
+            self.slots[slot].log.connect_ns = Some(took);
             let looped = self.is_loop(slot);
             self.connect_done(slot);
             if looped {
-                WorkerStats::add(&self.stats().loops, 1);
+                self.stats()
+                    .refused(self.slots[slot].service, Refused::Loop);
                 tracing::warn!(
                     worker = self.index,
                     backend = id.0,
                     "a backend leads back to this balancer: its connection is cut"
                 );
+                self.end_as(slot, End::Rejected);
                 return self.abort(slot, true);
             }
             let header = self.proxy_header(slot);
@@ -260,6 +298,10 @@ impl Worker {
     /// The backend went away before answering: count it as a failure of that backend,
     /// close its socket, and send the client's first bytes to the next backend.
     pub(super) fn replay(&mut self, slot: usize) {
+        // The bytes sent to the backend that went away are its; the next one starts at 0.
+        self.flush_backend_bytes(slot);
+        self.slots[slot].log.flushed = PerDir::new(0, 0);
+        self.slots[slot].log.connect_ns = None;
         let conn = &mut self.slots[slot].conn;
         for pipe in conn.take_pipes().into_iter().flatten() {
             self.pipes.discard(pipe);

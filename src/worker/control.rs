@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::accept::Listener;
 use super::conn::{Phase, Timeout};
+use super::stats::Refused;
 use super::token::{OpKind, Token};
-use super::{Command, Worker, WorkerStats, TICK};
+use super::{Command, Worker, TICK};
 use crate::backend::{BackendId, BackendState};
 
 impl Worker {
@@ -137,13 +138,16 @@ impl Worker {
                 Timeout::Later(at) => self.timers.arm(slot, at),
                 Timeout::Idle => {
                     tracing::debug!(worker = self.index, slot, "idle timeout");
+                    self.end_as(slot, crate::access_log::End::IdleTimeout);
                     self.perform(slot);
                     self.release_if_done(slot);
                 }
                 Timeout::Header => {
                     // A trusted peer that never finished its PROXY header: a bad header too.
-                    WorkerStats::add(&self.stats().rejected_proxy_header, 1);
+                    self.stats()
+                        .refused(self.slots[slot].service, Refused::BadProxyHeader);
                     tracing::debug!(worker = self.index, slot, "no PROXY header in time");
+                    self.end_as(slot, crate::access_log::End::IdleTimeout);
                     self.perform(slot);
                     self.release_if_done(slot);
                 }
@@ -174,6 +178,7 @@ impl Worker {
                 && s.conn.backend().is_some_and(|id| expired.contains(&id))
             {
                 tracing::debug!(worker = self.index, slot, "drain deadline: resetting");
+                self.end_as(slot, crate::access_log::End::Drained);
                 self.abort(slot, true);
             }
         }

@@ -2,7 +2,7 @@
 //! ahead of its bytes, read before any backend is chosen, and the header we send backends
 //! (`--proxy-protocol`), written ahead of the client's first bytes.
 
-use super::{Worker, WorkerStats};
+use super::Worker;
 use crate::direction::Dir;
 use crate::net;
 use crate::proxy_protocol::{self, Decoded, MAX_HEADER};
@@ -14,7 +14,11 @@ impl Worker {
         let Some(total) = self.slots[slot].conn.header_bytes(res, &mut self.actions) else {
             if had > 0 || res < 0 {
                 // Truncated: the client went away in the middle of its header.
-                WorkerStats::add(&self.stats().rejected_proxy_header, 1);
+                self.stats().refused(
+                    self.slots[slot].service,
+                    super::stats::Refused::BadProxyHeader,
+                );
+                self.end_as(slot, crate::access_log::End::Rejected);
             }
             return self.perform(slot);
         };
@@ -53,8 +57,12 @@ impl Worker {
 
     /// A trusted client sent something that is not a valid PROXY header: close it (only it).
     pub(super) fn bad_header(&mut self, slot: usize, why: &str) {
-        WorkerStats::add(&self.stats().rejected_proxy_header, 1);
+        self.stats().refused(
+            self.slots[slot].service,
+            super::stats::Refused::BadProxyHeader,
+        );
         tracing::debug!(worker = self.index, slot, "bad PROXY header: {why}");
+        self.end_as(slot, crate::access_log::End::Rejected);
         self.abort(slot, true);
     }
 

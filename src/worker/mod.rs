@@ -14,6 +14,7 @@
 //! docs/ARCHITECTURE.md tells how the pieces fit.
 
 mod accept;
+mod access_log;
 mod candidates;
 pub mod conn;
 mod connect;
@@ -129,6 +130,8 @@ struct Slot {
     ticket: Option<crate::loops::Ticket>,
     /// A client from this host waiting to be judged until these connects are done.
     waiting: Option<crate::loops::Barrier>,
+    /// What the access log and the per-backend byte counts need (see [`access_log`]).
+    log: access_log::SlotLog,
 }
 
 /// The per-worker event loop.
@@ -491,6 +494,9 @@ impl Worker {
         if !self.slots[slot].in_use || !self.slots[slot].conn.releasable() {
             return;
         }
+        self.flush_backend_bytes(slot);
+        self.leave_queue(slot);
+        self.log_end(slot);
         let released = self.slots[slot].conn.release();
         let ignore = Token::new(0, 0, OpKind::Ignore).encode();
         for sock in [released.client, released.backend].into_iter().flatten() {
@@ -551,6 +557,10 @@ impl Worker {
     fn reclaim_idle_buffers(&mut self) {
         let quiet = RECLAIM_EVERY.as_nanos() as u64;
         for slot in 0..self.slots.len() {
+            if self.slots[slot].in_use {
+                // Open connections' bytes reach the per-backend counts once a second.
+                self.flush_backend_bytes(slot);
+            }
             let s = &self.slots[slot];
             let idle_conn = s.in_use && s.conn.buffers_reclaimable(self.now_ns, quiet);
             let cold_slot = !s.in_use && s.dirty && self.now_ns.saturating_sub(s.freed_ns) >= quiet;
@@ -583,6 +593,7 @@ impl Worker {
             self.parked.clear();
             for slot in 0..self.slots.len() {
                 if self.slots[slot].in_use {
+                    self.end_as(slot, crate::access_log::End::Drained);
                     self.abort(slot, true);
                 }
             }

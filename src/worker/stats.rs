@@ -2,13 +2,14 @@
 //! counters, the balancer-wide connection budget, the per-source limits, and each worker's
 //! own counters, which only that worker writes and the control thread sums on a scrape.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crossbeam_utils::CachePadded;
 
-use crate::backend::SharedCounters;
+use crate::backend::{BackendId, SharedCounters};
 use crate::direction::{Dir, PerDir};
 
 /// Counters of one worker, on their own cache line; only this worker writes them (no
@@ -48,9 +49,159 @@ pub struct WorkerStats {
     pub cq_backlogged: AtomicU64,
     /// The snapshot version this worker routes with.
     pub snapshot_version: AtomicU64,
-    /// Connect times in microseconds. The lock is taken once per established connection
-    /// by this worker and once per scrape by the control thread: uncontended.
-    pub connect_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Access log records dropped because this worker's queue was full.
+    pub access_log_dropped: AtomicU64,
+    /// Connect times per backend. The lock is taken once per established connection by
+    /// this worker and once per scrape by the control thread: uncontended.
+    pub connect_us: Mutex<ConnectTimes>,
+    /// Per service (by [`ServiceId`] index): refusals and the queue for full backends.
+    /// Taken only on a refusal or a queue change, and by a scrape.
+    pub services: Mutex<Vec<ServiceCounts>>,
+}
+
+/// Why a client was closed unserved (`uringlb_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    NoBackend,
+    NoSlot,
+    MaxConnsPerSource,
+    MaxConnRatePerSource,
+    Denied,
+    BadProxyHeader,
+    BackendsFull,
+    LocalError,
+    Loop,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 9] = [
+        Refused::NoBackend,
+        Refused::NoSlot,
+        Refused::MaxConnsPerSource,
+        Refused::MaxConnRatePerSource,
+        Refused::Denied,
+        Refused::BadProxyHeader,
+        Refused::BackendsFull,
+        Refused::LocalError,
+        Refused::Loop,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::NoBackend => "no_backend",
+            Refused::NoSlot => "no_slot",
+            Refused::MaxConnsPerSource => "max_conns_per_source",
+            Refused::MaxConnRatePerSource => "max_conn_rate_per_source",
+            Refused::Denied => "denied",
+            Refused::BadProxyHeader => "bad_proxy_header",
+            Refused::BackendsFull => "backends_full",
+            Refused::LocalError => "local_error",
+            Refused::Loop => "loop",
+        }
+    }
+
+    /// The worker's own counter of this reason.
+    pub fn counter(self, s: &WorkerStats) -> &AtomicU64 {
+        match self {
+            Refused::NoBackend => &s.no_backend,
+            Refused::NoSlot => &s.no_slot,
+            Refused::MaxConnsPerSource => &s.rejected_source_conns,
+            Refused::MaxConnRatePerSource => &s.rejected_source_rate,
+            Refused::Denied => &s.rejected_denied,
+            Refused::BadProxyHeader => &s.rejected_proxy_header,
+            Refused::BackendsFull => &s.rejected_backends_full,
+            Refused::LocalError => &s.local_error,
+            Refused::Loop => &s.loops,
+        }
+    }
+}
+
+/// One worker's counts for one service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounts {
+    /// By [`Refused::ALL`] order.
+    pub refused: [u64; 9],
+    /// Clients waiting now for a backend below its max-conns.
+    pub queued_now: u64,
+    /// Clients that left that queue (connected, or out of time), and how long they
+    /// waited in all, in nanoseconds.
+    pub dequeued: u64,
+    pub queue_wait_ns: u64,
+}
+
+impl WorkerStats {
+    /// Counts a refusal of a client of service `service` (the worker's counter and the
+    /// service's).
+    pub fn refused(&self, service: crate::backend::ServiceId, why: Refused) {
+        WorkerStats::add(why.counter(self), 1);
+        let i = Refused::ALL.iter().position(|&r| r == why).unwrap_or(0);
+        self.with_service(service, |c| c.refused[i] += 1);
+    }
+
+    /// Changes this worker's counts of `service`.
+    pub fn with_service(
+        &self,
+        service: crate::backend::ServiceId,
+        f: impl FnOnce(&mut ServiceCounts),
+    ) {
+        let mut v = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let i = service.0 as usize;
+        if v.len() <= i {
+            v.resize(i + 1, ServiceCounts::default());
+        }
+        f(&mut v[i]);
+    }
+
+    /// This worker's counts of `service`.
+    pub fn service_counts(&self, service: crate::backend::ServiceId) -> ServiceCounts {
+        let v = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        v.get(service.0 as usize).copied().unwrap_or_default()
+    }
+}
+
+/// One worker's connect times per backend, in microseconds.
+#[derive(Debug, Default)]
+pub struct ConnectTimes {
+    /// By backend: the backend counters' epoch the histogram belongs to, and the histogram.
+    /// Made at a backend's first connect (about 10 KiB each: 1 us to 60 s at 2 significant
+    /// digits, enough for the 17 buckets of the metric).
+    by_backend: HashMap<BackendId, (u64, hdrhistogram::Histogram<u32>)>,
+}
+
+impl ConnectTimes {
+    /// Records a connect of `us` microseconds to backend `id`, whose counters are at
+    /// `epoch` (a histogram of an earlier backend with the same id starts over).
+    pub fn record(&mut self, id: BackendId, epoch: u64, us: u64) {
+        let entry = self
+            .by_backend
+            .entry(id)
+            .or_insert_with(|| (epoch, histogram()));
+        if entry.0 != epoch {
+            *entry = (epoch, histogram());
+        }
+        entry.1.saturating_record(us.max(1));
+    }
+
+    /// The histogram of backend `id` at `epoch`, if it has connected since.
+    pub fn get(&self, id: BackendId, epoch: u64) -> Option<&hdrhistogram::Histogram<u32>> {
+        self.by_backend
+            .get(&id)
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, h)| h)
+    }
+
+    /// Forgets the histograms of backends whose id was given to a new one.
+    pub fn retain(&mut self, current: impl Fn(BackendId, u64) -> bool) {
+        self.by_backend
+            .retain(|&id, (epoch, _)| current(id, *epoch));
+    }
+}
+
+fn histogram() -> hdrhistogram::Histogram<u32> {
+    // new_with_bounds only fails on bad bounds.
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+        .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("2 sigfigs is valid"))
 }
 
 impl Default for WorkerStats {
@@ -73,12 +224,9 @@ impl Default for WorkerStats {
             rejected_backends_full: zero(),
             cq_backlogged: zero(),
             snapshot_version: zero(),
-            // 1 us .. 1 h at 3 significant digits; new_with_bounds only fails on bad bounds.
-            connect_us: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(
-                    |_| hdrhistogram::Histogram::new(3).expect("3 sigfigs is valid"),
-                ),
-            ),
+            access_log_dropped: zero(),
+            connect_us: Mutex::new(ConnectTimes::default()),
+            services: Mutex::new(Vec::new()),
         }
     }
 }
@@ -102,6 +250,10 @@ pub struct Shared {
     pub counters: Arc<SharedCounters>,
     /// The clock all workers measure `now_ns` from, so shared time stamps agree.
     pub epoch: Instant,
+    /// The wall-clock time of `epoch` (access log time stamps).
+    pub wall_epoch: SystemTime,
+    /// Where workers hand finished connections to the access log, when it is on.
+    pub access_log: Option<Arc<crate::access_log::Queues>>,
     /// Client connections open in the whole balancer: a client is served only after this
     /// is raised below `max_conns` (see [`Shared::try_open`]).
     pub open_clients: AtomicUsize,
@@ -123,6 +275,8 @@ impl Shared {
         Shared {
             counters,
             epoch: Instant::now(),
+            wall_epoch: SystemTime::now(),
+            access_log: None,
             open_clients: AtomicUsize::new(0),
             max_conns,
             sources: crate::limits::SourceTable::default(),

@@ -9,6 +9,7 @@
 //! - [`backends`]: test backends and the `--backend` flags and specs that name them;
 //! - [`data`]: pattern bytes and their hash, for byte-exact transfers;
 //! - [`http`]: a small HTTP/1.1 client;
+//! - [`access_log`]: the access log's lines, parsed strictly;
 //! - [`admin`]: the admin endpoint (`--admin`) through that client;
 //! - [`metrics`]: a strict parser of the OpenMetrics text `/metrics` serves;
 //! - [`load`]: loops of new connections and long byte-checked echo transfers;
@@ -18,6 +19,7 @@
 //! Each test file declares `mod util;` and `use util::*;`.
 #![allow(dead_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod backends;
 pub mod data;
@@ -33,6 +35,6 @@ pub mod wait;
 // Not every test file uses every helper.
 #[allow(unused_imports)]
 pub use self::{
-    admin::*, backends::*, data::*, http::*, inproc::*, load::*, metrics::*, net::*, peers::*,
-    process::*, wait::*,
+    access_log::*, admin::*, backends::*, data::*, http::*, inproc::*, load::*, metrics::*, net::*,
+    peers::*, process::*, wait::*,
 };

@@ -515,6 +515,14 @@ impl Conn {
         self.queued_ns.map(|since| now_ns.saturating_sub(since))
     }
 
+    /// It stops waiting (a backend has room, or it is closed): how long it waited, if it
+    /// was waiting.
+    pub fn dequeue(&mut self, now_ns: u64) -> Option<u64> {
+        self.queued_ns
+            .take()
+            .map(|since| now_ns.saturating_sub(since))
+    }
+
     /// Takes the backend socket for [`Action::CloseBackend`].
     pub fn take_backend_sock(&mut self) -> Option<OwnedFd> {
         self.backend_sock.take()

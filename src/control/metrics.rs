@@ -259,6 +259,12 @@ pub fn encode(
         .get_or_create(&label("reason", "backends_full"))
         .inc_by(sum(|s| s.rejected_backends_full.load(Ordering::Relaxed)));
     rejected
+        .get_or_create(&label("reason", "no_route"))
+        .inc_by(sum(|s| s.rejected_no_route.load(Ordering::Relaxed)));
+    rejected
+        .get_or_create(&label("reason", "bad_tls"))
+        .inc_by(sum(|s| s.rejected_bad_tls.load(Ordering::Relaxed)));
+    rejected
         .get_or_create(&label("reason", "local_error"))
         .inc_by(sum(|s| s.local_error.load(Ordering::Relaxed)));
     rejected
@@ -269,7 +275,8 @@ pub fn encode(
         "Client connections closed unserved, by reason: no backend reachable, no connection \
          slot free, a per-source limit, an allow/deny list, a bad PROXY header, every backend at max-conns \
          for the whole connect timeout, no local resource for the backend socket, the \
-         balancer's own connection coming back",
+         balancer's own connection coming back, a TLS server name no service takes, no valid \
+         ClientHello in time",
         rejected,
     );
 

@@ -140,6 +140,12 @@ impl Worker {
                     self.perform(slot);
                     self.release_if_done(slot);
                 }
+                Timeout::Hello => {
+                    WorkerStats::add(&self.stats().rejected_bad_tls, 1);
+                    tracing::debug!(worker = self.index, slot, "no TLS ClientHello in time");
+                    self.perform(slot);
+                    self.release_if_done(slot);
+                }
                 Timeout::Header => {
                     // A trusted peer that never finished its PROXY header: a bad header too.
                     WorkerStats::add(&self.stats().rejected_proxy_header, 1);

@@ -44,6 +44,12 @@ pub struct WorkerStats {
     pub rejected_proxy_header: AtomicU64,
     /// Clients that waited the whole connect timeout for a backend below its max-conns.
     pub rejected_backends_full: AtomicU64,
+    /// Clients of an address routed by TLS server name whose name no service there takes
+    /// (and the address has no `*` default).
+    pub rejected_no_route: AtomicU64,
+    /// Clients of an address routed by TLS server name that sent no valid ClientHello
+    /// within `sni_timeout` (not TLS, malformed, too long, cut short or too slow).
+    pub rejected_bad_tls: AtomicU64,
     /// Times the completion queue was full and the kernel held completions back.
     pub cq_backlogged: AtomicU64,
     /// The snapshot version this worker routes with.
@@ -71,6 +77,8 @@ impl Default for WorkerStats {
             rejected_denied: zero(),
             rejected_proxy_header: zero(),
             rejected_backends_full: zero(),
+            rejected_no_route: zero(),
+            rejected_bad_tls: zero(),
             cq_backlogged: zero(),
             snapshot_version: zero(),
             // 1 us .. 1 h at 3 significant digits; new_with_bounds only fails on bad bounds.

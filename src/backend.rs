@@ -94,6 +94,8 @@ pub struct Routing {
     pub version: u64,
     /// By [`ServiceId`]; `None` for a service that is gone.
     pub services: Vec<Option<Arc<Snapshot>>>,
+    /// The listen addresses whose services route by TLS server name, with their names.
+    pub sni: crate::sni::SniRoutes,
 }
 
 impl Routing {
@@ -165,6 +167,10 @@ pub struct Policy {
     pub limits: crate::limits::Limits,
     /// TCP keepalive on both sockets of new connections, probing after this idle time.
     pub tcp_keepalive: Option<Duration>,
+    /// The TLS server names it takes on its listen addresses (none: every client).
+    pub sni: Vec<crate::sni::Pattern>,
+    /// How long a client has, from its accept, to send its ClientHello.
+    pub sni_timeout: Duration,
 }
 
 /// The backend table a worker routes with. Immutable: a change is a new snapshot.
@@ -196,6 +202,10 @@ pub struct Snapshot {
     pub limits: crate::limits::Limits,
     /// TCP keepalive on both sockets of new connections, probing after this idle time.
     pub tcp_keepalive: Option<Duration>,
+    /// The TLS server names it takes on its listen addresses (none: every client).
+    pub sni: Vec<crate::sni::Pattern>,
+    /// How long a client has, from its accept, to send its ClientHello.
+    pub sni_timeout: Duration,
     /// The algorithm's shared, prebuilt part (e.g. the Maglev table), built once here on
     /// the control thread; each worker makes its own selector from it.
     pub balance: Arc<Prepared>,
@@ -261,6 +271,8 @@ impl Snapshot {
             access: policy.access.clone(),
             limits: policy.limits,
             tcp_keepalive: policy.tcp_keepalive,
+            sni: policy.sni.clone(),
+            sni_timeout: policy.sni_timeout,
             balance,
             local_ips,
             watch_loops,

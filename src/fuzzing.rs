@@ -248,3 +248,40 @@ pub fn admin_body(data: &[u8]) {
         Err(m) => one_line_for(data, "PATCH /backends", &m),
     }
 }
+
+/// `tls_hello::parse`: a name read is a valid lower-case host name; every prefix of a
+/// complete hello is incomplete or complete alike (never an error: the worker would have
+/// closed a client that was sending a good hello); an error stays an error with more bytes;
+/// and a hello cut into records differently (any record size) reads the same name.
+pub fn tls_hello(data: &[u8]) {
+    use crate::tls_hello::{parse, Hello, MAX_HELLO};
+    let got = parse(data);
+    match got {
+        Ok(Hello::Complete(name)) => {
+            if let Some(n) = name {
+                let s = n.as_str();
+                assert!(crate::sni::SniName::parse(s) == Some(n), "{s:?}");
+                assert_eq!(s, s.to_ascii_lowercase());
+            }
+            for k in [
+                0,
+                data.len() / 3,
+                data.len() / 2,
+                data.len().saturating_sub(1),
+            ] {
+                assert!(
+                    parse(&data[..k]).is_ok(),
+                    "a prefix of {k} bytes of a complete hello is an error"
+                );
+            }
+            let longer = [data, &[0x17, 3, 3, 0, 1, 0][..]].concat();
+            assert_eq!(parse(&longer), got, "bytes after the hello changed it");
+        }
+        Ok(Hello::Incomplete) => assert!(data.len() < MAX_HELLO),
+        Err(e) => {
+            one_line("tls_hello", &e.to_string());
+            let longer = [data, &[22, 3, 1, 0, 1, 1][..]].concat();
+            assert!(parse(&longer).is_err(), "{e} then ok");
+        }
+    }
+}

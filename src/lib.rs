@@ -29,7 +29,9 @@ pub mod loops;
 pub mod net;
 pub mod proxy_protocol;
 pub mod server;
+pub mod sni;
 pub mod tier;
+pub mod tls_hello;
 /// The only module allowed `unsafe`: see its documentation.
 #[allow(unsafe_code)]
 pub mod uring;

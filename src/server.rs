@@ -624,9 +624,33 @@ fn build_routing(
     let key_refs: HashSet<&str> = keys.iter().map(String::as_str).collect();
     state.ids.retire_absent(&key_refs);
     state.reclaim();
-    let routing = Arc::new(Routing { version, services });
+    let sni = sni_routes(&services);
+    let routing = Arc::new(Routing {
+        version,
+        services,
+        sni,
+    });
     state.last = Some(routing.clone());
     Ok(routing)
+}
+
+/// The names of the services that route by TLS server name, by listen address as bound.
+/// Only accepting services: a removed one's names are free for new connections at once.
+/// The configuration was checked (each name once per address), so nothing is refused here;
+/// were a name given twice anyway, the first service keeps it.
+fn sni_routes(services: &[Option<Arc<Snapshot>>]) -> crate::sni::SniRoutes {
+    let mut routes = crate::sni::SniRoutes::default();
+    for (i, s) in services.iter().enumerate() {
+        let Some(s) = s.as_ref().filter(|s| s.accepting && !s.sni.is_empty()) else {
+            continue;
+        };
+        for addr in &s.listen {
+            if let Err(e) = routes.add(*addr, &s.sni, ServiceId(i as u32)) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+    routes
 }
 
 /// One service's snapshot, recorded as published.

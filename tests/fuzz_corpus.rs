@@ -45,3 +45,8 @@ fn duration() {
 fn admin_body() {
     replay("admin_body", uringlb::fuzzing::admin_body);
 }
+
+#[test]
+fn tls_hello() {
+    replay("tls_hello", uringlb::fuzzing::tls_hello);
+}

@@ -53,7 +53,7 @@ pub fn write_line(
         listen: r.listen,
         backend: r.backend.map(|_| backend.unwrap_or("")),
         backend_addr: r.backend.map(|(_, a)| a),
-        sni: None,
+        sni: r.sni.as_ref().map(crate::sni::SniName::as_str),
         duration_ms: ms(r.end_ns.saturating_sub(r.start_ns)),
         connect_ms: r.connect_ns.map(ms),
         bytes_in: r.bytes[Dir::Up],
@@ -179,6 +179,7 @@ mod tests {
             bytes: PerDir::new(100, 2000),
             retries: 1,
             end: End::Closed,
+            sni: None,
         }
     }
 

@@ -115,6 +115,8 @@ pub struct Record {
     /// Connect attempts after the first (failed connects and replays).
     pub retries: u32,
     pub end: End,
+    /// The TLS server name it was routed by (on an address shared by name).
+    pub sni: Option<crate::sni::SniName>,
 }
 
 /// The workers' queues, one per worker index (a restarted worker takes over its queue):
@@ -240,6 +242,7 @@ mod tests {
             bytes: PerDir::new(0, 0),
             retries: 0,
             end: End::Closed,
+            sni: None,
         };
         assert!(q.push(1, r) && q.push(1, r));
         assert!(!q.push(1, r));

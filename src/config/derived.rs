@@ -25,6 +25,8 @@ impl ServiceSettings {
                 max_rate: self.max_conn_rate_per_source,
             },
             tcp_keepalive: self.tcp_keepalive.0,
+            sni: self.sni.clone(),
+            sni_timeout: self.sni_timeout,
         }
     }
 

@@ -43,7 +43,7 @@ pub enum ConfigError {
     },
     #[error("duplicate service name '{0}'")]
     DuplicateService(String),
-    #[error("{addr} is the listen address of services '{first}' and '{second}': each address belongs to one service")]
+    #[error("{addr} is the listen address of services '{first}' and '{second}': services share an address only when each sets `sni`")]
     SharedListen {
         addr: SocketAddr,
         first: String,

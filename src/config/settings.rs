@@ -291,6 +291,24 @@ settings! {
         example "61s",
     }
 
+    /// TLS server names (SNI) this service takes on its listen addresses, which services
+    /// with names may share: a.example.com, *.example.org (one label) or * (the address's
+    /// default); other clients are closed [default: none: every client, TLS or not]
+    service sni: crate::sni::Pattern {
+        list = Vec::new(), parse = crate::sni::Pattern::parse,
+        file = each_string(crate::sni::Pattern::parse),
+        arg(long, value_name = "NAME[,NAME...]", value_delimiter = ','),
+        example "a.example.com",
+    }
+
+    /// How long a client of a service with `sni` has, from its accept, to send its TLS
+    /// ClientHello (and a trusted peer's PROXY header before it) [default: 5s]
+    service sni_timeout: Duration {
+        one = Duration::from_secs(5), parse = parse_positive_duration,
+        arg(long, value_name = "DUR"),
+        example "7s",
+    }
+
     /// Splice pipes per worker; when all are busy a chunk is copied; 0 = never splice
     /// [default: 256]
     process splice_pipes: usize {

@@ -7,6 +7,7 @@ use super::address::{check_accept_proxy_len, check_client_networks_len};
 use super::backend_spec::{check_backend_name, check_weight};
 use super::duration::{check_duration, check_positive};
 use super::services::check_service_name;
+use super::services::ServiceConfig;
 use super::values::*;
 use super::{Algorithm, Config, ConfigError, HealthCheck, ServiceSettings};
 
@@ -36,18 +37,10 @@ impl Config {
             if !names.insert(s.name.as_str()) {
                 return Err(ConfigError::DuplicateService(s.name.clone()));
             }
-            for addr in &s.settings.listen {
-                if let Some((_, first)) = listen.iter().find(|(a, n)| a == addr && *n != s.name) {
-                    return Err(ConfigError::SharedListen {
-                        addr: *addr,
-                        first: first.to_string(),
-                        second: s.name.clone(),
-                    });
-                }
-                listen.push((*addr, &s.name));
-            }
+            listen.extend(s.settings.listen.iter().map(|a| (*a, s.name.as_str())));
             backends += s.settings.backends.len();
         }
+        check_shared_listen(&services)?;
         if backends > crate::backend::MAX_BACKENDS {
             return Err(ConfigError::TooManyBackends(backends));
         }
@@ -66,6 +59,60 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Services may share a listen address only when each routes by TLS server name (`sni`):
+/// each name once per address, and the same values for what acts on a client before its
+/// name picks the service (reading a PROXY header, the time to send the hello, keepalive).
+/// A service's own `max_conns` cannot go with `sni`: its clients are accepted before the
+/// name that makes them its clients is known.
+fn check_shared_listen(services: &[ServiceConfig]) -> Result<(), ConfigError> {
+    let mut routes = crate::sni::SniRoutes::default();
+    for (i, s) in services.iter().enumerate() {
+        let in_service = |message: String| ConfigError::InService {
+            service: s.name.clone(),
+            source: Box::new(ConfigError::Services(message)),
+        };
+        let sni = &s.settings.sni;
+        if !sni.is_empty() && s.max_conns.is_some() {
+            return Err(in_service(
+                "`max_conns` cannot go with `sni`: clients are accepted before their server name picks the service".to_string(),
+            ));
+        }
+        for addr in &s.settings.listen {
+            if let Some(first) = services[..i]
+                .iter()
+                .find(|o| o.settings.listen.contains(addr))
+            {
+                if sni.is_empty() || first.settings.sni.is_empty() {
+                    return Err(ConfigError::SharedListen {
+                        addr: *addr,
+                        first: first.name.clone(),
+                        second: s.name.clone(),
+                    });
+                }
+                let (a, b) = (&first.settings, &s.settings);
+                for (key, same) in [
+                    ("accept_proxy", a.accept_proxy == b.accept_proxy),
+                    ("sni_timeout", a.sni_timeout == b.sni_timeout),
+                    ("tcp_keepalive", a.tcp_keepalive == b.tcp_keepalive),
+                ] {
+                    if !same {
+                        return Err(in_service(format!(
+                            "its `{key}` differs from service '{}' on {addr}: services sharing an address must agree on it (it acts before the server name picks one)",
+                            first.name
+                        )));
+                    }
+                }
+            }
+            if !sni.is_empty() {
+                routes
+                    .add(*addr, sni, crate::backend::ServiceId(i as u32))
+                    .map_err(in_service)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn invalid(key: &'static str, message: String) -> ConfigError {

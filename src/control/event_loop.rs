@@ -107,6 +107,8 @@ pub struct ServiceSample {
     pub backends: usize,
     pub backends_up: usize,
     pub active_conns: u64,
+    /// The TLS server names it takes on its addresses (empty: every client).
+    pub sni: Vec<String>,
 }
 
 /// SIGTERM, SIGINT, SIGHUP and SIGUSR1 (reopen the access log), installed before the workers start so that a signal during
@@ -444,6 +446,7 @@ fn service_samples(services: &[Service], server: &Server) -> Vec<ServiceSample> 
                     .filter(|b| b.status.state == crate::backend::BackendState::Up)
                     .count(),
                 active_conns: samples.iter().map(|b| b.active_conns).sum(),
+                sni: s.settings.sni.iter().map(ToString::to_string).collect(),
             }
         })
         .collect()

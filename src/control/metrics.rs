@@ -262,39 +262,24 @@ pub fn encode(
     );
 
     let rejected = Family::<Labels, Counter>::default();
-    rejected
-        .get_or_create(&label("reason", "no_backend"))
-        .inc_by(sum(|s| s.no_backend.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "no_slot"))
-        .inc_by(sum(|s| s.no_slot.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "max_conns_per_source"))
-        .inc_by(sum(|s| s.rejected_source_conns.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "max_conn_rate_per_source"))
-        .inc_by(sum(|s| s.rejected_source_rate.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "denied"))
-        .inc_by(sum(|s| s.rejected_denied.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "bad_proxy_header"))
-        .inc_by(sum(|s| s.rejected_proxy_header.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "backends_full"))
-        .inc_by(sum(|s| s.rejected_backends_full.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "local_error"))
-        .inc_by(sum(|s| s.local_error.load(Ordering::Relaxed)));
-    rejected
-        .get_or_create(&label("reason", "loop"))
-        .inc_by(sum(|s| s.loops.load(Ordering::Relaxed)));
+    for why in Refused::ALL {
+        rejected
+            .get_or_create(&label("reason", why.label()))
+            .inc_by(
+                shared
+                    .stats
+                    .iter()
+                    .map(|s| why.counter(s).load(Ordering::Relaxed))
+                    .sum(),
+            );
+    }
     reg.register(
         "uringlb_rejected",
         "Client connections closed unserved, by reason: no backend reachable, no connection \
          slot free, a per-source limit, an allow/deny list, a bad PROXY header, every backend at max-conns \
          for the whole connect timeout, no local resource for the backend socket, the \
-         balancer's own connection coming back",
+         balancer's own connection coming back, a TLS server name no service takes, no valid \
+         ClientHello in time",
         rejected,
     );
 

@@ -141,11 +141,18 @@ impl Worker {
     /// cancelled is already waiting; it is served within the grace period).
     fn accepted(&mut self, listener: usize, fd: OwnedFd, peer: Option<SocketAddr>) {
         WorkerStats::add(&self.stats().accepted, 1);
-        // A multishot accept writes no address: ask the socket, if anything needs it.
+        // A multishot accept writes no address: ask the socket, if anything needs it. On
+        // an address routed by TLS server name the service is not known yet: ask anyway.
         let service = self.listeners[listener].service;
-        let wanted = self.service(service).needs_client_addr || self.shared.access_log.is_some();
+        let by_name = self
+            .services
+            .sni_table(self.listeners[listener].addr)
+            .is_some();
+        let wanted =
+            by_name || self.service(service).needs_client_addr || self.shared.access_log.is_some();
         let peer = peer.or_else(|| wanted.then(|| net::peer_addr(&fd)).flatten());
-        if !self.passes_access_lists(service, peer) {
+        // By name, the lists of the service the name picks apply, once it is read.
+        if !by_name && !self.passes_access_lists(service, peer) {
             return self.deny(listener, fd, peer);
         }
         let open = self.take_places(service) == Places::Taken;
@@ -288,6 +295,8 @@ impl Worker {
         self.open += 1;
         let service = self.listeners[listener].service;
         self.slots[slot].service = service;
+        let addr = self.listeners[listener].addr;
+        self.slots[slot].sni_addr = self.services.sni_table(addr).map(|_| addr);
         self.slots[slot].service_place = self.service(service).budget.clone();
         self.slots[slot].log = SlotLog::new(self.listeners[listener].addr, self.now_ns);
         if let Some(idle) = self.service(service).tcp_keepalive {
@@ -311,12 +320,21 @@ impl Worker {
     /// limits and connect it to a backend.
     fn start(&mut self, slot: usize) {
         let peer = self.slots[slot].conn.client_addr;
+        let by_name = self.slots[slot].sni_addr.is_some();
         if peer.is_some_and(|a| self.slot_service(slot).trusts_proxy(&a)) {
             // The upstream balancer's header comes first; it may change the client address
             // that limits and hashing see, so both wait for it.
-            self.arm_idle_timer(slot);
+            if by_name {
+                self.arm_hello_deadline(slot);
+            } else {
+                self.arm_idle_timer(slot);
+            }
             self.slots[slot].conn.open_handshake(&mut self.actions);
             return self.perform(slot);
+        }
+        if by_name {
+            self.arm_hello_deadline(slot);
+            return self.read_hello(slot, 0);
         }
         if self.admit(slot) {
             self.connect_next(slot);
@@ -451,6 +469,7 @@ impl Worker {
                 freed_ns: 0,
                 service: ServiceId(0),
                 service_place: None,
+                sni_addr: None,
                 conn: Conn::new(),
                 incoming: None,
                 outgoing: None,

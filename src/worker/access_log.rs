@@ -86,6 +86,7 @@ impl Worker {
             bytes: conn.bytes(),
             retries: conn.tried().len().saturating_sub(1) as u32,
             end,
+            sni: conn.sni,
         };
         if !queues.push(self.index, record) {
             WorkerStats::add(&self.stats().access_log_dropped, 1);
@@ -109,6 +110,7 @@ impl Worker {
             bytes: PerDir::new(0, 0),
             retries: 0,
             end: End::Rejected,
+            sni: None,
         };
         if !queues.push(self.index, record) {
             WorkerStats::add(&self.stats().access_log_dropped, 1);

@@ -142,6 +142,14 @@ impl Worker {
                     self.perform(slot);
                     self.release_if_done(slot);
                 }
+                Timeout::Hello => {
+                    self.stats()
+                        .refused(self.slots[slot].service, Refused::BadTls);
+                    tracing::debug!(worker = self.index, slot, "no TLS ClientHello in time");
+                    self.end_as(slot, crate::access_log::End::Rejected);
+                    self.perform(slot);
+                    self.release_if_done(slot);
+                }
                 Timeout::Header => {
                     // A trusted peer that never finished its PROXY header: a bad header too.
                     self.stats()

@@ -44,6 +44,11 @@ impl Worker {
                     conn.client_addr = Some(src);
                     conn.orig_dst = Some(dst);
                 }
+                if self.slots[slot].sni_addr.is_some() {
+                    // The TLS ClientHello follows; what came with the header is its start.
+                    return self.read_hello(slot, total - len);
+                }
+                let conn = &mut self.slots[slot].conn;
                 conn.header_done(total - len);
                 if self.denied_after_header(slot) {
                     return;

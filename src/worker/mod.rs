@@ -6,6 +6,7 @@
 //!
 //! - [`accept`]: one accept per listener, a client served only within `--max-conns`;
 //! - [`handshake`]: a trusted client's PROXY header, and the one we send backends;
+//! - [`sni`]: the TLS ClientHello whose server name picks the service;
 //! - [`connect`]: picking a backend, connecting with a timeout, retries and replays;
 //! - [`conn`]: forwarding, decided by the connection's state machine, performed here;
 //! - [`control`]: snapshots and stop commands from the control thread, and the tick that
@@ -22,6 +23,7 @@ mod control;
 mod handshake;
 pub mod pipes;
 mod services;
+mod sni;
 pub mod stats;
 pub mod timer;
 pub mod token;
@@ -121,6 +123,9 @@ struct Slot {
     /// The connection holds a place of its service's own `max_conns` (given back to that
     /// count even if a reload has since lifted the limit).
     service_place: Option<Arc<crate::backend::ServiceBudget>>,
+    /// The listen address whose TLS server names pick the service (`None`: the
+    /// listener's service is the connection's).
+    sni_addr: Option<SocketAddr>,
     conn: Conn,
     /// Recorded in the loop table: the client (peer, our address, the address before NAT)
     /// and the backend connection (our address, backend), both ends local.
@@ -356,7 +361,10 @@ impl Worker {
         self.slots[slot].conn.completed();
         match tok.op {
             OpKind::Recv(Dir::Up) if self.slots[slot].conn.phase() == conn::Phase::Handshake => {
-                self.on_header(slot, res)
+                match self.slots[slot].conn.reading() {
+                    conn::Reading::ProxyHeader => self.on_header(slot, res),
+                    conn::Reading::Hello => self.on_hello(slot, res),
+                }
             }
             OpKind::Connect => self.on_connected(slot, res),
             OpKind::ConnectTimeout => {}

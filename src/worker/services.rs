@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::{Routing, ServiceId, SharedCounters, Snapshot};
 use crate::balance::Balance;
+use crate::sni::{SniRoutes, SniTable};
 
 use super::candidates::Candidates;
 
@@ -23,6 +24,8 @@ pub(super) struct Services {
     picks: Vec<u64>,
     /// Gone from the routing, kept while connections of theirs are open.
     retired: Vec<ServiceId>,
+    /// The routing's TLS server names, by listen address.
+    sni: SniRoutes,
 }
 
 impl Services {
@@ -33,6 +36,7 @@ impl Services {
             balancers: Vec::new(),
             picks: Vec::new(),
             retired: Vec::new(),
+            sni: SniRoutes::default(),
         };
         s.adopt(routing, worker, counters);
         s
@@ -69,7 +73,15 @@ impl Services {
                 (None, None) => {}
             }
         }
+        if self.sni != routing.sni {
+            self.sni = routing.sni.clone();
+        }
         self.version = routing.version;
+    }
+
+    /// The TLS server names of listen address `addr`, when its services route by name.
+    pub(super) fn sni_table(&self, addr: std::net::SocketAddr) -> Option<&SniTable> {
+        self.sni.table(addr)
     }
 
     /// Drops the retired services no connection refers to any more.

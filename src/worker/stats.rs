@@ -45,6 +45,12 @@ pub struct WorkerStats {
     pub rejected_proxy_header: AtomicU64,
     /// Clients that waited the whole connect timeout for a backend below its max-conns.
     pub rejected_backends_full: AtomicU64,
+    /// Clients of an address routed by TLS server name whose name no service there takes
+    /// (and the address has no `*` default).
+    pub rejected_no_route: AtomicU64,
+    /// Clients of an address routed by TLS server name that sent no valid ClientHello
+    /// within `sni_timeout` (not TLS, malformed, too long, cut short or too slow).
+    pub rejected_bad_tls: AtomicU64,
     /// Times the completion queue was full and the kernel held completions back.
     pub cq_backlogged: AtomicU64,
     /// The snapshot version this worker routes with.
@@ -71,10 +77,12 @@ pub enum Refused {
     BackendsFull,
     LocalError,
     Loop,
+    NoRoute,
+    BadTls,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 9] = [
+    pub const ALL: [Refused; 11] = [
         Refused::NoBackend,
         Refused::NoSlot,
         Refused::MaxConnsPerSource,
@@ -84,6 +92,8 @@ impl Refused {
         Refused::BackendsFull,
         Refused::LocalError,
         Refused::Loop,
+        Refused::NoRoute,
+        Refused::BadTls,
     ];
 
     /// The `reason` label.
@@ -98,6 +108,8 @@ impl Refused {
             Refused::BackendsFull => "backends_full",
             Refused::LocalError => "local_error",
             Refused::Loop => "loop",
+            Refused::NoRoute => "no_route",
+            Refused::BadTls => "bad_tls",
         }
     }
 
@@ -113,6 +125,8 @@ impl Refused {
             Refused::BackendsFull => &s.rejected_backends_full,
             Refused::LocalError => &s.local_error,
             Refused::Loop => &s.loops,
+            Refused::NoRoute => &s.rejected_no_route,
+            Refused::BadTls => &s.rejected_bad_tls,
         }
     }
 }
@@ -121,7 +135,7 @@ impl Refused {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceCounts {
     /// By [`Refused::ALL`] order.
-    pub refused: [u64; 9],
+    pub refused: [u64; Refused::ALL.len()],
     /// Clients waiting now for a backend below its max-conns.
     pub queued_now: u64,
     /// Clients that left that queue (connected, or out of time), and how long they
@@ -222,6 +236,8 @@ impl Default for WorkerStats {
             rejected_denied: zero(),
             rejected_proxy_header: zero(),
             rejected_backends_full: zero(),
+            rejected_no_route: zero(),
+            rejected_bad_tls: zero(),
             cq_backlogged: zero(),
             snapshot_version: zero(),
             access_log_dropped: zero(),

@@ -97,7 +97,8 @@ pub struct Forwarding {
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Reading the PROXY protocol header of a trusted client (`--accept-proxy`).
+    /// Reading the PROXY protocol header of a trusted client (`--accept-proxy`), or the
+    /// TLS ClientHello whose server name picks the service (see [`Reading`]).
     Handshake,
     /// Waiting for a backend connect (possibly a retry), or for a backend below its
     /// max-conns.
@@ -108,6 +109,15 @@ pub enum Phase {
     Replaying,
     /// Aborted or finished: waiting for in-flight operations, then released.
     Closing,
+}
+
+/// What the handshake phase reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// A trusted client's PROXY protocol header.
+    ProxyHeader,
+    /// The TLS ClientHello (after the PROXY header, if any).
+    Hello,
 }
 
 /// The backend a connection is sent to.
@@ -153,6 +163,8 @@ pub enum Timeout {
     Idle,
     /// A trusted client did not finish its PROXY header within the idle timeout: aborted.
     Header,
+    /// The client did not finish its ClientHello within `sni_timeout`: aborted.
+    Hello,
 }
 
 /// A proxied connection.
@@ -195,6 +207,13 @@ pub struct Conn {
     queued_ns: Option<u64>,
     /// The copy buffers' pages were given back since the last read.
     pages_released: bool,
+    /// What the handshake phase reads.
+    reading: Reading,
+    /// When the handshake must be over (a ClientHello's `sni_timeout`), if not the idle
+    /// timeout.
+    handshake_deadline: Option<u64>,
+    /// The TLS server name the connection was routed by (fixed size: no allocation).
+    pub sni: Option<crate::sni::SniName>,
 }
 
 impl Conn {
@@ -225,6 +244,9 @@ impl Conn {
             source: None,
             queued_ns: None,
             pages_released: false,
+            reading: Reading::ProxyHeader,
+            handshake_deadline: None,
+            sni: None,
         }
     }
 
@@ -259,6 +281,9 @@ impl Conn {
         self.source = None;
         self.queued_ns = None;
         self.pages_released = false;
+        self.reading = Reading::ProxyHeader;
+        self.handshake_deadline = None;
+        self.sni = None;
     }
 
     // ---- what the worker reads ------------------------------------------------------
@@ -409,8 +434,29 @@ impl Conn {
     /// A trusted client: read its PROXY header before connecting anywhere.
     pub fn open_handshake(&mut self, out: &mut Vec<Action>) {
         self.phase = Phase::Handshake;
+        self.reading = Reading::ProxyHeader;
         self.flows[Dir::Up].len = 0;
         self.emit(Action::RecvHeader { offset: 0 }, out);
+    }
+
+    /// The handshake must be over by `deadline` (whatever the client sends meanwhile):
+    /// a client routed by its TLS server name.
+    pub fn handshake_deadline(&mut self, deadline: u64) {
+        self.handshake_deadline = Some(deadline);
+    }
+
+    /// Read a TLS ClientHello next, after the `have` bytes at the start of the client ->
+    /// backend buffer (what followed a PROXY header). The worker looks at those first and
+    /// asks for more with [`Conn::read_more_header`].
+    pub fn expect_hello(&mut self, have: usize) {
+        self.phase = Phase::Handshake;
+        self.reading = Reading::Hello;
+        self.flows[Dir::Up].len = have;
+    }
+
+    /// What the handshake phase reads.
+    pub fn reading(&self) -> Reading {
+        self.reading
     }
 
     /// A header read completed with `res`: the bytes now in the buffer, or `None` when the
@@ -446,6 +492,7 @@ impl Conn {
     /// the start of the buffer. Next: connect.
     pub fn header_done(&mut self, early: usize) {
         self.phase = Phase::Connecting;
+        self.handshake_deadline = None;
         self.flows[Dir::Up].len = 0;
         self.early = early;
         if early > 0 {
@@ -550,6 +597,7 @@ impl Conn {
     /// it has none (connecting: the connect timeout covers it).
     pub fn poll_timeout(&self, idle_ns: u64) -> Option<u64> {
         match self.phase {
+            Phase::Handshake if self.handshake_deadline.is_some() => self.handshake_deadline,
             Phase::Handshake | Phase::Forwarding => Some(self.last_active_ns + idle_ns),
             _ => None,
         }
@@ -560,12 +608,12 @@ impl Conn {
     pub fn on_timeout(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Action>) -> Timeout {
         match self.poll_timeout(idle_ns) {
             Some(deadline) if deadline <= now_ns => {
-                let header = self.phase == Phase::Handshake;
+                let handshake = (self.phase == Phase::Handshake).then_some(self.reading);
                 self.abort(true, out);
-                if header {
-                    Timeout::Header
-                } else {
-                    Timeout::Idle
+                match handshake {
+                    Some(Reading::Hello) => Timeout::Hello,
+                    Some(Reading::ProxyHeader) => Timeout::Header,
+                    None => Timeout::Idle,
                 }
             }
             Some(deadline) => Timeout::Later(deadline),

@@ -29,6 +29,8 @@ pub mod net;
 pub mod proxy_protocol;
 pub mod server;
 pub mod tier;
+pub mod udp_flows;
+pub mod udp_net;
 /// The only module allowed `unsafe`: see its documentation.
 #[allow(unsafe_code)]
 pub mod uring;

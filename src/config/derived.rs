@@ -25,6 +25,20 @@ impl ServiceSettings {
                 max_rate: self.max_conn_rate_per_source,
             },
             tcp_keepalive: self.tcp_keepalive.0,
+            udp: (self.protocol == super::Protocol::Udp).then_some(crate::backend::UdpPolicy {
+                idle_timeout: self.udp_idle_timeout,
+                responses: self.udp_responses,
+                max_flows: self.max_flows,
+            }),
+        }
+    }
+
+    /// The active check the service runs: a UDP service has no TCP port to try, so the
+    /// default `tcp` means none there (passive health only).
+    pub fn active_check(&self) -> HealthCheck {
+        match (&self.health, self.protocol) {
+            (HealthCheck::Tcp, super::Protocol::Udp) => HealthCheck::None,
+            (h, _) => h.clone(),
         }
     }
 
@@ -33,7 +47,7 @@ impl ServiceSettings {
         crate::health::Params {
             rise: self.rise.max(1),
             fall: self.fall.max(1),
-            active: self.health != HealthCheck::None,
+            active: self.active_check() != HealthCheck::None,
             eject_after: self.eject_after,
             eject_base: self.eject_base,
             eject_max: self.eject_max.max(self.eject_base),

@@ -525,3 +525,45 @@ fn a_graceful_stop_serves_open_flows_and_takes_no_new_ones() {
         .expect("exit after the last flow");
     assert!(st.success(), "{st}\n{}", lb.log_text());
 }
+
+#[test]
+fn a_reload_can_turn_a_tcp_service_into_a_udp_one() {
+    let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 3, 1), false);
+    let tcp = uringlb_bench::NameServer::start("127.0.0.1:0", "web").expect("name server");
+    let addr = free_addr();
+    let file = |protocol: &str, backend: SocketAddr| {
+        format!(
+            "[[service]]\nname = \"svc\"\nprotocol = \"{protocol}\"\nlisten = \"{addr}\"\nhealth = \"none\"\n\
+             [[service.backend]]\naddr = \"{backend}\"\n"
+        )
+    };
+    let path = config_file("switch", &file("tcp", tcp.addr()));
+    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    assert_eq!(greet_once(lb.addr).as_deref(), Ok("web"));
+    write_atomic(&path, &file("udp", dns.addr));
+    assert_eq!(admin.req("POST", "/reload", None).status, 200);
+    admin.wait_settled();
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&client, lb.addr, 1, ANSWER), Some(dns.answer));
+    // The TCP listeners of the service are closed.
+    wait_until(
+        "the TCP listeners to close",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(lb.addr).is_err(),
+    );
+    assert_eq!(admin.get("/services").json()[0]["protocol"], "udp");
+}
+
+#[test]
+fn a_denied_client_gets_no_answer() {
+    let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 4, 1), false);
+    let b = dns.addr.to_string();
+    let (lb, admin) =
+        start_with_admin(&["--protocol", "udp", "--backend", &b, "--deny", "127.0.0.5"]);
+    let denied = client_on("127.0.0.5".parse().unwrap());
+    assert_eq!(ask(&denied, lb.addr, 1, Duration::from_millis(500)), None);
+    let allowed = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&allowed, lb.addr, 2, ANSWER), Some(dns.answer));
+    let labels = [("service", "default"), ("reason", "denied")];
+    wait_metric(&admin, "uringlb_udp_drops_total", &labels, |v| v == 1.0);
+}

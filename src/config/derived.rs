@@ -94,14 +94,24 @@ pub fn summary(cfg: &Config) -> String {
         } else {
             format!("{} backend(s)", c.backends.len())
         };
+        let listen = if c.protocol == super::Protocol::Udp {
+            format!("udp {}", listen.join(", "))
+        } else {
+            listen.join(", ")
+        };
         s.push_str(&format!(
-            "\nservice {}: listen {}; {count} [{}]; algorithm {}, health {}",
+            "\nservice {}: listen {listen}; {count} [{}]; algorithm {}, health {}",
             svc.name,
-            listen.join(", "),
             backends.join(", "),
             c.algorithm.name(),
-            c.health,
+            c.active_check(),
         ));
+        if c.protocol == super::Protocol::Udp {
+            s.push_str(&format!(
+                ", udp_idle_timeout {:?}, udp_responses {}, max_flows {}",
+                c.udp_idle_timeout, c.udp_responses, c.max_flows
+            ));
+        }
         if let Some(d) = &c.discovery {
             s.push_str(&format!(", discovery {d}"));
         }

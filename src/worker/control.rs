@@ -24,9 +24,11 @@ impl Worker {
                     let services = &self.services;
                     let keep = |l: &Listener| {
                         services.is_live(l.service)
-                            && services
-                                .get(l.service)
-                                .is_some_and(|s| s.accepting && s.listen.contains(&l.addr))
+                            && services.get(l.service).is_some_and(|s| {
+                                // A reload that made the service UDP closes its TCP
+                                // listeners.
+                                s.accepting && s.udp.is_none() && s.listen.contains(&l.addr)
+                            })
                     };
                     let close: Vec<bool> = self.listeners.iter().map(|l| !keep(l)).collect();
                     self.close_listeners(|i| close[i]);

@@ -145,7 +145,7 @@ impl Worker {
                 && self
                     .services
                     .get(l.service)
-                    .is_some_and(|s| s.accepting && s.listen.contains(&l.addr));
+                    .is_some_and(|s| s.accepting && s.udp.is_some() && s.listen.contains(&l.addr));
             if !keep && l.fd.is_some() {
                 self.udp.listeners[i].draining = true;
                 self.close_udp_listener_if_done(i);

@@ -171,6 +171,18 @@ pub struct Policy {
     pub sni: Vec<crate::sni::Pattern>,
     /// How long a client has, from its accept, to send its ClientHello.
     pub sni_timeout: Duration,
+    /// A UDP service's flow settings; `None` for TCP.
+    pub udp: Option<UdpPolicy>,
+}
+
+/// How a UDP service's flows live (`udp_idle_timeout`, `udp_responses`, `max_flows`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpPolicy {
+    pub idle_timeout: Duration,
+    /// Replies after which a flow ends; 0 = unlimited.
+    pub responses: u32,
+    /// Flows of the service at once (shared out among the workers).
+    pub max_flows: u32,
 }
 
 /// The backend table a worker routes with. Immutable: a change is a new snapshot.
@@ -181,6 +193,8 @@ pub struct Policy {
 pub struct Snapshot {
     /// Increases with every snapshot the control thread publishes.
     pub version: u64,
+    /// The service's name (labels of the counts workers keep per service).
+    pub name: Arc<str>,
     /// Sorted by name, so every instance given the same backends sees the same order.
     /// `weight` is the effective weight (slow start already applied).
     pub backends: Vec<Backend>,
@@ -206,6 +220,8 @@ pub struct Snapshot {
     pub sni: Vec<crate::sni::Pattern>,
     /// How long a client has, from its accept, to send its ClientHello.
     pub sni_timeout: Duration,
+    /// A UDP service's flow settings; `None` for TCP.
+    pub udp: Option<UdpPolicy>,
     /// The algorithm's shared, prebuilt part (e.g. the Maglev table), built once here on
     /// the control thread; each worker makes its own selector from it.
     pub balance: Arc<Prepared>,
@@ -258,6 +274,7 @@ impl Snapshot {
             || backends.iter().any(|b| b.proxy_protocol.is_some());
         Snapshot {
             version,
+            name: Arc::from(""),
             backends,
             algorithm: policy.algorithm,
             hash_key: policy.hash_key,
@@ -273,6 +290,7 @@ impl Snapshot {
             tcp_keepalive: policy.tcp_keepalive,
             sni: policy.sni.clone(),
             sni_timeout: policy.sni_timeout,
+            udp: policy.udp,
             balance,
             local_ips,
             watch_loops,

@@ -32,6 +32,8 @@ pub mod server;
 pub mod sni;
 pub mod tier;
 pub mod tls_hello;
+pub mod udp_flows;
+pub mod udp_net;
 /// The only module allowed `unsafe`: see its documentation.
 #[allow(unsafe_code)]
 pub mod uring;

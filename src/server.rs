@@ -23,7 +23,7 @@ use crate::backend::{
     MAX_BACKENDS,
 };
 use crate::backend_ids::BackendIds;
-use crate::config::{Config, Workers};
+use crate::config::{Config, Protocol as ServiceProtocol, Workers};
 use crate::net;
 use crate::uring::RingError;
 use crate::worker::{Command, Shared, Worker, WorkerConfig, WorkerSetup};
@@ -78,6 +78,7 @@ pub struct Bound {
     pub addr: SocketAddr,
     pub service: String,
     pub id: ServiceId,
+    pub protocol: ServiceProtocol,
 }
 
 /// A running balancer.
@@ -206,15 +207,16 @@ impl Server {
             max_conns,
             mut state,
         } = Plan::new(config)?;
-        let wanted: Vec<(SocketAddr, String, ServiceId)> = config
+        let wanted: Vec<(SocketAddr, String, ServiceId, ServiceProtocol)> = config
             .services()
             .iter()
             .flat_map(|s| {
                 let id = state.service_id(&s.name);
+                let protocol = s.settings.protocol;
                 s.settings
                     .listen
                     .iter()
-                    .map(move |a| (*a, s.name.clone(), id))
+                    .map(move |a| (*a, s.name.clone(), id, protocol))
             })
             .collect();
         let (listeners, bound) = bind_all(&wanted, n_workers)?;
@@ -333,16 +335,20 @@ impl Server {
     /// every one not bound yet (one socket per worker, handed to each worker now) and
     /// forgets the others (each worker closes them when the next routing no longer lists
     /// them). All or nothing: if one cannot be bound, none is, and nothing changes.
-    pub fn update_listeners(&self, wanted: &[(SocketAddr, String)]) -> Result<(), StartError> {
+    pub fn update_listeners(
+        &self,
+        wanted: &[(SocketAddr, String, ServiceProtocol)],
+    ) -> Result<(), StartError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let is_bound = |b: &Bound, (addr, service): &(SocketAddr, String)| {
-            b.wanted == *addr && b.service == *service
-        };
-        let mut new: Vec<(SocketAddr, String, ServiceId)> = Vec::new();
+        let is_bound =
+            |b: &Bound, (addr, service, protocol): &(SocketAddr, String, ServiceProtocol)| {
+                b.wanted == *addr && b.service == *service && b.protocol == *protocol
+            };
+        let mut new: Vec<(SocketAddr, String, ServiceId, ServiceProtocol)> = Vec::new();
         for w in wanted {
             if !state.bound.iter().any(|b| is_bound(b, w)) {
                 let id = state.service_id(&w.1);
-                new.push((w.0, w.1.clone(), id));
+                new.push((w.0, w.1.clone(), id, w.2));
             }
         }
         let (listeners, bound) = bind_all(&new, self.workers.len())?;
@@ -445,10 +451,10 @@ impl Server {
                 worker = index,
                 "worker loop ended: {why}; starting a new one"
             );
-            let wanted: Vec<(SocketAddr, String, ServiceId)> = self
+            let wanted: Vec<(SocketAddr, String, ServiceId, ServiceProtocol)> = self
                 .bound()
                 .into_iter()
-                .map(|b| (b.addr, b.service, b.id))
+                .map(|b| (b.addr, b.service, b.id, b.protocol))
                 .collect();
             let (mut listeners, _) = bind_all(&wanted, 1)?;
             let routing = self
@@ -686,6 +692,7 @@ fn build_snapshot(
     }
     let mut snapshot = Snapshot::new(version, backends, &table.policy, local_ips.clone());
     snapshot.accepting = table.accepting;
+    snapshot.name = Arc::from(table.name);
     snapshot.budget = table.max_conns.map(|max| {
         let id = state.service_id(table.name).0 as usize;
         if state.budgets.len() <= id {
@@ -785,17 +792,20 @@ fn spawn_worker(
 /// its service. With port 0 the first socket's kernel-chosen port is reused for the others.
 #[allow(clippy::type_complexity)]
 fn bind_all(
-    wanted: &[(SocketAddr, String, ServiceId)],
+    wanted: &[(SocketAddr, String, ServiceId, ServiceProtocol)],
     workers: usize,
 ) -> Result<(Vec<Vec<ListenerFd>>, Vec<Bound>), StartError> {
     let mut per_worker: Vec<Vec<ListenerFd>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(wanted.len());
-    for (addr, service, id) in wanted {
+    for (addr, service, id, protocol) in wanted {
         let addr = *addr;
         let mut actual = addr;
         for sockets in per_worker.iter_mut() {
-            let sock =
-                listen_socket(actual).map_err(|source| StartError::Listen { addr, source })?;
+            let sock = match protocol {
+                ServiceProtocol::Tcp => listen_socket(actual),
+                ServiceProtocol::Udp => crate::udp_net::listen_socket(actual),
+            }
+            .map_err(|source| StartError::Listen { addr, source })?;
             if actual.port() == 0 {
                 if let Some(a) = sock.local_addr().ok().and_then(|a| a.as_socket()) {
                     actual = a;
@@ -808,6 +818,7 @@ fn bind_all(
             addr: actual,
             service: service.clone(),
             id: *id,
+            protocol: *protocol,
         });
     }
     Ok((per_worker, bound))

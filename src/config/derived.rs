@@ -27,6 +27,20 @@ impl ServiceSettings {
             tcp_keepalive: self.tcp_keepalive.0,
             sni: self.sni.clone(),
             sni_timeout: self.sni_timeout,
+            udp: (self.protocol == super::Protocol::Udp).then_some(crate::backend::UdpPolicy {
+                idle_timeout: self.udp_idle_timeout,
+                responses: self.udp_responses,
+                max_flows: self.max_flows,
+            }),
+        }
+    }
+
+    /// The active check the service runs: a UDP service has no TCP port to try, so the
+    /// default `tcp` means none there (passive health only).
+    pub fn active_check(&self) -> HealthCheck {
+        match (&self.health, self.protocol) {
+            (HealthCheck::Tcp, super::Protocol::Udp) => HealthCheck::None,
+            (h, _) => h.clone(),
         }
     }
 
@@ -35,7 +49,7 @@ impl ServiceSettings {
         crate::health::Params {
             rise: self.rise.max(1),
             fall: self.fall.max(1),
-            active: self.health != HealthCheck::None,
+            active: self.active_check() != HealthCheck::None,
             eject_after: self.eject_after,
             eject_base: self.eject_base,
             eject_max: self.eject_max.max(self.eject_base),
@@ -82,14 +96,24 @@ pub fn summary(cfg: &Config) -> String {
         } else {
             format!("{} backend(s)", c.backends.len())
         };
+        let listen = if c.protocol == super::Protocol::Udp {
+            format!("udp {}", listen.join(", "))
+        } else {
+            listen.join(", ")
+        };
         s.push_str(&format!(
-            "\nservice {}: listen {}; {count} [{}]; algorithm {}, health {}",
+            "\nservice {}: listen {listen}; {count} [{}]; algorithm {}, health {}",
             svc.name,
-            listen.join(", "),
             backends.join(", "),
             c.algorithm.name(),
-            c.health,
+            c.active_check(),
         ));
+        if c.protocol == super::Protocol::Udp {
+            s.push_str(&format!(
+                ", udp_idle_timeout {:?}, udp_responses {}, max_flows {}",
+                c.udp_idle_timeout, c.udp_responses, c.max_flows
+            ));
+        }
         if let Some(d) = &c.discovery {
             s.push_str(&format!(", discovery {d}"));
         }

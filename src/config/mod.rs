@@ -52,6 +52,7 @@ pub mod file;
 pub mod flags;
 pub mod services;
 mod settings;
+pub mod udp;
 pub mod validate;
 pub mod values;
 
@@ -64,6 +65,7 @@ pub use error::ConfigError;
 pub use file::{load_file, parse_toml};
 pub use services::{ServiceConfig, DEFAULT_SERVICE};
 pub use settings::{Config, Flags, PartialConfig, PartialServiceSettings, ServiceSettings};
+pub use udp::*;
 pub use validate::check_not_self;
 pub use values::*;
 

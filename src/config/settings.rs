@@ -14,6 +14,7 @@ use super::declare::settings;
 use super::duration::{parse_duration, parse_positive_duration};
 use super::file::{backend_tables, each_string, joined_strings};
 use super::flags::PinFlags;
+use super::udp::*;
 use super::values::*;
 use super::{Algorithm, BackendSpec, ForwardMode, HashKey, HealthCheck, ProxyProtocol};
 
@@ -307,6 +308,37 @@ settings! {
         one = Duration::from_secs(5), parse = parse_positive_duration,
         arg(long, value_name = "DUR"),
         example "7s",
+    }
+
+    /// What the service balances: tcp (connections) or udp (datagrams, in flows keyed by
+    /// the client's address) [default: tcp]
+    service protocol: Protocol {
+        one = Protocol::Tcp, parse = parse_protocol,
+        arg(long, value_name = "tcp|udp"),
+        example "udp",
+    }
+
+    /// UDP services: end a flow with no datagram either way for this long [default: 30s]
+    service udp_idle_timeout: Duration {
+        one = Duration::from_secs(30), parse = parse_positive_duration,
+        arg(long, value_name = "DUR"),
+        example "7s",
+    }
+
+    /// UDP services: end a flow after this many replies (1 for DNS); 0 = unlimited
+    /// [default: 0]
+    service udp_responses: u32 {
+        one = 0, parse = parse_udp_responses,
+        arg(long, value_name = "N"),
+        example "1",
+    }
+
+    /// UDP services: flows of the service at once; when full, the flow idle longest is
+    /// ended for a new one [default: 16384]
+    service max_flows: u32 {
+        one = DEFAULT_MAX_FLOWS, parse = parse_max_flows,
+        arg(long, value_name = "N"),
+        example "77",
     }
 
     /// Splice pipes per worker; when all are busy a chunk is copied; 0 = never splice

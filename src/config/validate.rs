@@ -8,6 +8,7 @@ use super::backend_spec::{check_backend_name, check_weight};
 use super::duration::{check_duration, check_positive};
 use super::services::check_service_name;
 use super::services::ServiceConfig;
+use super::udp::{Protocol, MAX_MAX_FLOWS, MAX_UDP_RESPONSES};
 use super::values::*;
 use super::{Algorithm, Config, ConfigError, HealthCheck, ServiceSettings};
 
@@ -30,21 +31,27 @@ impl Config {
         }
         let services = self.services();
         let mut names = std::collections::HashSet::new();
-        let mut listen: Vec<(SocketAddr, &str)> = Vec::new();
+        let mut listen: Vec<(SocketAddr, &str, Protocol)> = Vec::new();
         let mut backends = 0;
         for s in &services {
             check_service_name(&s.name).map_err(ConfigError::Services)?;
             if !names.insert(s.name.as_str()) {
                 return Err(ConfigError::DuplicateService(s.name.clone()));
             }
-            listen.extend(s.settings.listen.iter().map(|a| (*a, s.name.as_str())));
+            let protocol = s.settings.protocol;
+            listen.extend(
+                s.settings
+                    .listen
+                    .iter()
+                    .map(|a| (*a, s.name.as_str(), protocol)),
+            );
             backends += s.settings.backends.len();
         }
         check_shared_listen(&services)?;
         if backends > crate::backend::MAX_BACKENDS {
             return Err(ConfigError::TooManyBackends(backends));
         }
-        let all_listen: Vec<SocketAddr> = listen.iter().map(|(a, _)| *a).collect();
+        let all_listen: Vec<SocketAddr> = listen.iter().map(|(a, _, _)| *a).collect();
         for s in &services {
             s.settings.validate(&all_listen).map_err(|e| {
                 if self.has_service_tables() {
@@ -61,7 +68,7 @@ impl Config {
     }
 }
 
-/// Services may share a listen address only when each routes by TLS server name (`sni`):
+/// Services of one protocol may share a listen address only when each routes by TLS server name (`sni`):
 /// each name once per address, and the same values for what acts on a client before its
 /// name picks the service (reading a PROXY header, the time to send the hello, keepalive).
 /// A service's own `max_conns` cannot go with `sni`: its clients are accepted before the
@@ -74,15 +81,22 @@ fn check_shared_listen(services: &[ServiceConfig]) -> Result<(), ConfigError> {
             source: Box::new(ConfigError::Services(message)),
         };
         let sni = &s.settings.sni;
+        let protocol = s.settings.protocol;
+        if !sni.is_empty() && protocol == Protocol::Udp {
+            return Err(in_service(
+                "`sni` is for TLS over TCP: a UDP service cannot route by server name".to_string(),
+            ));
+        }
         if !sni.is_empty() && s.max_conns.is_some() {
             return Err(in_service(
                 "`max_conns` cannot go with `sni`: clients are accepted before their server name picks the service".to_string(),
             ));
         }
         for addr in &s.settings.listen {
+            // A TCP and a UDP service may share an address: they are different ports.
             if let Some(first) = services[..i]
                 .iter()
-                .find(|o| o.settings.listen.contains(addr))
+                .find(|o| o.settings.listen.contains(addr) && o.settings.protocol == protocol)
             {
                 if sni.is_empty() || first.settings.sni.is_empty() {
                     return Err(ConfigError::SharedListen {
@@ -189,8 +203,54 @@ impl ServiceSettings {
             ));
         }
         check_duration(self.slow_start).map_err(|m| invalid("--slow-start", m))?;
-        if let HealthCheck::Http(path) = &self.health {
-            check_http_path(path).map_err(|m| invalid("--health", m))?;
+        match (&self.health, self.protocol) {
+            (HealthCheck::Http(path), Protocol::Tcp) => {
+                check_http_path(path).map_err(|m| invalid("--health", m))?
+            }
+            (HealthCheck::Http(_), Protocol::Udp) => {
+                return Err(invalid(
+                    "--health",
+                    "an HTTP check cannot test a UDP service; use dns:NAME or none".to_string(),
+                ))
+            }
+            (HealthCheck::Dns(name), Protocol::Udp) => {
+                check_dns_name(name).map_err(|m| invalid("--health", m))?
+            }
+            (HealthCheck::Dns(_), Protocol::Tcp) => {
+                return Err(invalid(
+                    "--health",
+                    "dns:NAME checks UDP services (--protocol udp); use tcp or http:PATH"
+                        .to_string(),
+                ))
+            }
+            _ => {}
+        }
+        if self.protocol == Protocol::Udp {
+            check_positive(self.udp_idle_timeout).map_err(|m| invalid("--udp-idle-timeout", m))?;
+            check_range(u64::from(self.max_flows), 1, u64::from(MAX_MAX_FLOWS))
+                .map_err(|m| invalid("--max-flows", m))?;
+            check_range(
+                u64::from(self.udp_responses),
+                0,
+                u64::from(MAX_UDP_RESPONSES),
+            )
+            .map_err(|m| invalid("--udp-responses", m))?;
+            // Settings of a byte stream that a datagram service cannot honour: refused
+            // rather than silently ignored.
+            if self.proxy_protocol.is_some()
+                || self.backends.iter().any(|b| b.proxy_protocol.is_some())
+            {
+                return Err(invalid(
+                    "--proxy-protocol",
+                    "a UDP service cannot send PROXY headers".to_string(),
+                ));
+            }
+            if !self.accept_proxy.is_empty() {
+                return Err(invalid(
+                    "--accept-proxy",
+                    "a UDP service cannot read PROXY headers".to_string(),
+                ));
+            }
         }
         if let Some(f) = self.hash_balance_factor {
             check_range(

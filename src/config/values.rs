@@ -127,22 +127,36 @@ pub fn parse_max_conns(s: &str) -> Result<usize, String> {
     parse_uint(s, 1, u64::from(u32::MAX)).map(|n| n as usize)
 }
 
-/// `tcp`, `http:/path` or `none`.
+/// `tcp`, `http:/path`, `dns:NAME` (UDP services) or `none`.
 pub fn parse_health(s: &str) -> Result<HealthCheck, String> {
     let t = s.trim();
     match t {
         "tcp" => Ok(HealthCheck::Tcp),
         "none" => Ok(HealthCheck::None),
-        _ => match t.strip_prefix("http:") {
-            Some(path) => {
+        _ => {
+            if let Some(path) = t.strip_prefix("http:") {
                 check_http_path(path)?;
                 Ok(HealthCheck::Http(path.to_string()))
+            } else if let Some(name) = t.strip_prefix("dns:") {
+                check_dns_name(name)?;
+                Ok(HealthCheck::Dns(name.to_string()))
+            } else {
+                Err(format!(
+                    "unknown health check '{t}'; expected tcp, http:/PATH, dns:NAME or none"
+                ))
             }
-            None => Err(format!(
-                "unknown health check '{t}'; expected tcp, http:/PATH or none"
-            )),
-        },
+        }
     }
+}
+
+/// A name a DNS health check can ask for.
+pub(crate) fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the DNS health check needs a name, e.g. dns:example.com".to_string());
+    }
+    hickory_resolver::proto::rr::Name::from_ascii(name)
+        .map(|_| ())
+        .map_err(|e| format!("'{name}' is not a DNS name: {e}"))
 }
 
 /// The path goes into a request line verbatim, so it must not be able to break it.

@@ -54,7 +54,7 @@ impl Checker {
             ^ u64::from(std::process::id());
         Checker {
             service: service.into(),
-            kind: settings.health.clone(),
+            kind: settings.active_check(),
             interval: settings.health_interval,
             timeout: settings.health_timeout,
             proxy_protocol: settings.proxy_protocol,

@@ -433,7 +433,7 @@ fn service_samples(services: &[Service], server: &Server) -> Vec<ServiceSample> 
             let samples = s.samples(server);
             ServiceSample {
                 name: s.name.clone(),
-                protocol: "tcp",
+                protocol: s.settings.protocol.name(),
                 listen: bound
                     .iter()
                     .filter(|b| b.service == s.name)
@@ -518,10 +518,16 @@ impl Reloader<'_> {
         };
         let restart_needed = reload::restart_needed(self.config, &new);
         let new = reload::in_effect(self.config, new);
-        let wanted: Vec<(std::net::SocketAddr, String)> = new
+        let wanted: Vec<(std::net::SocketAddr, String, crate::config::Protocol)> = new
             .services()
             .iter()
-            .flat_map(|s| s.settings.listen.iter().map(|a| (*a, s.name.clone())))
+            .flat_map(|s| {
+                let protocol = s.settings.protocol;
+                s.settings
+                    .listen
+                    .iter()
+                    .map(move |a| (*a, s.name.clone(), protocol))
+            })
             .collect();
         // Listeners first: the one step that can fail, and then nothing has changed.
         if let Err(e) = self.server.update_listeners(&wanted) {

@@ -371,6 +371,8 @@ pub fn encode(
         discovery_failures,
     );
 
+    register_udp(&mut reg, shared);
+
     let mut out = String::new();
     // Writing to a String cannot fail; an encoder error would mean a bug in a name.
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
@@ -432,6 +434,89 @@ fn register_service_counts(reg: &mut Registry, services: &[(String, ServiceId)],
         "Time those clients waited in all (mean wait: its rate over uringlb_queue_dequeued_total's)",
         Unit::Seconds,
         waited,
+    );
+}
+
+/// The UDP services' series, summed over the counts each worker published on its tick.
+fn register_udp(reg: &mut Registry, shared: &Shared) {
+    use crate::worker::stats::{UdpCounts, UdpDrop};
+    let mut per_service: Vec<UdpCounts> = Vec::new();
+    for worker in shared.udp.iter() {
+        let Ok(counts) = worker.lock() else { continue };
+        for c in counts.iter() {
+            let total = match per_service.iter_mut().find(|t| t.service == c.service) {
+                Some(t) => t,
+                None => {
+                    per_service.push(UdpCounts {
+                        service: c.service.clone(),
+                        ..UdpCounts::default()
+                    });
+                    per_service.last_mut().expect("pushed")
+                }
+            };
+            total.flows_active += c.flows_active;
+            total.flows_total += c.flows_total;
+            total.evictions += c.evictions;
+            for d in 0..2 {
+                total.datagrams[d] += c.datagrams[d];
+                total.bytes[d] += c.bytes[d];
+            }
+            for (t, n) in total.drops.iter_mut().zip(c.drops) {
+                *t += n;
+            }
+        }
+    }
+    let active = Family::<Labels, Gauge>::default();
+    let flows = Family::<Labels, Counter>::default();
+    let datagrams = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let evictions = Family::<Labels, Counter>::default();
+    let drops = Family::<Labels, Counter>::default();
+    for t in &per_service {
+        let service = label("service", &t.service);
+        active
+            .get_or_create(&service)
+            .set(i64::try_from(t.flows_active).unwrap_or(i64::MAX));
+        flows.get_or_create(&service).inc_by(t.flows_total);
+        evictions.get_or_create(&service).inc_by(t.evictions);
+        for (d, dir) in Dir::BOTH.iter().enumerate() {
+            let mut l = service.clone();
+            l.push(("direction".to_string(), dir.label().to_string()));
+            datagrams.get_or_create(&l).inc_by(t.datagrams[d]);
+            bytes.get_or_create(&l).inc_by(t.bytes[d]);
+        }
+        for (why, n) in UdpDrop::ALL.iter().zip(t.drops) {
+            let mut l = service.clone();
+            l.push(("reason".to_string(), why.label().to_string()));
+            drops.get_or_create(&l).inc_by(n);
+        }
+    }
+    reg.register(
+        "uringlb_udp_flows_active",
+        "UDP flows open (client addresses with a backend), per UDP service",
+        active,
+    );
+    reg.register("uringlb_udp_flows", "UDP flows opened", flows);
+    reg.register(
+        "uringlb_udp_datagrams",
+        "UDP datagrams forwarded, by direction",
+        datagrams,
+    );
+    reg.register(
+        "uringlb_udp_bytes",
+        "UDP payload bytes forwarded, by direction",
+        bytes,
+    );
+    reg.register(
+        "uringlb_udp_evictions",
+        "UDP flows ended to make room for a new one (max_flows)",
+        evictions,
+    );
+    reg.register(
+        "uringlb_udp_drops",
+        "UDP datagrams dropped, by reason: larger than 64 KiB (truncated), no backend, a new \
+         client while stopping, denied by allow/deny, send failed",
+        drops,
     );
 }
 

@@ -3,6 +3,7 @@
 //! probes, polls the workers' connect-failure counters for passive ejection, and publishes
 //! a new snapshot whenever a backend's state changes.
 
+pub mod dns;
 pub mod probe;
 pub mod state;
 
@@ -17,6 +18,8 @@ pub enum HealthCheck {
     Tcp,
     /// GET this path; 2xx/3xx is healthy.
     Http(String),
+    /// UDP services: a DNS query for this name (type A) that must be answered.
+    Dns(String),
     None,
 }
 
@@ -26,6 +29,7 @@ impl fmt::Display for HealthCheck {
         match self {
             HealthCheck::Tcp => f.write_str("tcp"),
             HealthCheck::Http(path) => write!(f, "http:{path}"),
+            HealthCheck::Dns(name) => write!(f, "dns:{name}"),
             HealthCheck::None => f.write_str("none"),
         }
     }

@@ -63,6 +63,7 @@ pub async fn check(
             HealthCheck::None => Ok(()),
             HealthCheck::Tcp => tcp(addr, proxy).await,
             HealthCheck::Http(path) => http(addr, path, proxy).await,
+            HealthCheck::Dns(name) => super::dns::check(addr, name).await,
         }
     };
     tokio::time::timeout(timeout, run)

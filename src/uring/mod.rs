@@ -11,7 +11,10 @@
 //! - per slot, the backend address of a connect (one connect at a time) and its timeout;
 //! - per listener, the client address an accept writes (one accept at a time), turned into
 //!   an `OwnedFd` and a `SocketAddr` when the accept completes;
-//! - the eventfd read target and the tick timespec, boxed.
+//! - the eventfd read target and the tick timespec, boxed;
+//! - the provided buffer ring of UDP receives ([`datagrams`]): a buffer is the kernel's
+//!   while in the ring, and readable only between the completion that names it and its
+//!   recycling.
 //!
 //! The ring marks the operations it tracks in the top two bits of their `user_data`
 //! (callers keep those bits clear) and frees their memory when their final completion is
@@ -23,6 +26,8 @@
 //! operations use them, and [`Ring::close`] takes ownership of what it closes.
 
 mod arena;
+mod datagrams;
 mod ring;
 
+pub use datagrams::Datagram;
 pub use ring::{Accepted, Completion, Ring, RingError, RingFeatures};

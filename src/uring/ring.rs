@@ -9,6 +9,7 @@ use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::arena::Arena;
+use super::datagrams::{Datagram, Datagrams};
 use crate::direction::Dir;
 
 /// One completion, taken out of the completion queue.
@@ -21,6 +22,9 @@ pub struct Completion {
     pub more: bool,
     /// For a successful [`Ring::accept`]: the new socket, owned, and the client's address.
     pub accepted: Option<Accepted>,
+    /// For a datagram receive: the provided buffer the datagram is in (read it with
+    /// [`Ring::datagram`], then give it back with [`Ring::recycle`]).
+    pub buffer: Option<u16>,
 }
 
 impl Completion {
@@ -31,6 +35,7 @@ impl Completion {
             result,
             more: false,
             accepted: None,
+            buffer: None,
         }
     }
 }
@@ -163,6 +168,8 @@ pub struct Ring {
     #[allow(clippy::vec_box)]
     accepts: Vec<Box<AcceptIo>>,
     arena: Arena,
+    /// The provided buffers of UDP receives, made when the first UDP socket needs them.
+    datagrams: Option<Datagrams>,
     /// Per buffer (two per slot): the tagged user data of the operation using it, 0 if none.
     buf_owner: Vec<u64>,
     wake_buf: Box<u64>,
@@ -225,6 +232,7 @@ impl Ring {
                         connects: Vec::new(),
                         accepts: Vec::new(),
                         arena: arena.take().expect("built once"),
+                        datagrams: None,
                         buf_owner: Vec::new(),
                         wake_buf: Box::new(0),
                         tick: Box::new(Timespec::new()),
@@ -291,6 +299,8 @@ impl Ring {
                     // connect address or an accept address is handed to one operation at a
                     // time (the owner checks in the functions that build the entries), and
                     // Rust code reads or writes a buffer only while no operation owns it.
+                    // Datagram receives point at the boxed, never-written `msghdr` of
+                    // `datagrams` and draw buffers from its ring (see `Datagrams`).
                     unsafe { sq.push_multiple(entries) }.expect("room checked above");
                     self.inflight += entries.len();
                     return;
@@ -346,6 +356,10 @@ impl Ring {
         for cqe in self.ring.completion() {
             let (user_data, result) = (cqe.user_data(), cqe.result());
             let more = cqueue::more(cqe.flags());
+            let buffer = cqueue::buffer_select(cqe.flags());
+            if let (Some(bid), Some(d)) = (buffer, self.datagrams.as_mut()) {
+                d.handed_over(bid);
+            }
             let mut accepted = None;
             if !more {
                 finals += 1;
@@ -359,6 +373,7 @@ impl Ring {
                 result,
                 more,
                 accepted,
+                buffer,
             });
         }
         debug_assert!(finals <= self.inflight, "more completions than operations");
@@ -698,6 +713,40 @@ impl Ring {
         self.push(e);
     }
 
+    /// Makes the provided buffer ring datagram receives use (once; later calls do nothing).
+    pub fn enable_datagrams(&mut self) -> io::Result<()> {
+        if self.datagrams.is_none() {
+            self.datagrams = Some(Datagrams::new(&self.ring, page_size())?);
+        }
+        Ok(())
+    }
+
+    /// A multishot `recvmsg` on the UDP socket `fd`: one completion per datagram, each in
+    /// a provided buffer, until it fails or is cancelled (a completion without `more`).
+    /// Returns false (nothing submitted) before [`Ring::enable_datagrams`].
+    pub fn recv_datagrams(&mut self, fd: RawFd, user_data: u64) -> bool {
+        let Some(d) = self.datagrams.as_ref() else {
+            return false;
+        };
+        let e = opcode::RecvMsgMulti::new(Fd(fd), d.msghdr(), super::datagrams::GROUP)
+            .build()
+            .user_data(user_data & !TAG_MASK);
+        self.push(e);
+        true
+    }
+
+    /// The datagram a receive completion put in buffer `bid` (`len` = its result).
+    pub fn datagram(&self, bid: u16, len: usize) -> Option<Datagram<'_>> {
+        self.datagrams.as_ref()?.datagram(bid, len)
+    }
+
+    /// Gives buffer `bid` back for the next datagrams; after this it cannot be read.
+    pub fn recycle(&mut self, bid: u16) {
+        if let Some(d) = self.datagrams.as_mut() {
+            d.recycle(bid);
+        }
+    }
+
     /// Cancels everything in flight and waits up to `within` for the completions. If some
     /// never come, the memory they may still use is leaked (kept mapped forever) rather than
     /// freed under the kernel. Returns whether everything completed.
@@ -728,6 +777,9 @@ impl Ring {
         std::mem::forget(std::mem::take(&mut self.connects));
         std::mem::forget(std::mem::take(&mut self.accepts));
         self.arena.leak();
+        if let Some(d) = self.datagrams.as_mut() {
+            d.leak();
+        }
         std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
         std::mem::forget(std::mem::replace(&mut self.tick, Box::new(Timespec::new())));
         false

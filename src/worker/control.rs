@@ -25,22 +25,25 @@ impl Worker {
                     let services = &self.services;
                     let keep = |l: &Listener| {
                         services.is_live(l.service)
-                            && services
-                                .get(l.service)
-                                .is_some_and(|s| s.accepting && s.listen.contains(&l.addr))
+                            && services.get(l.service).is_some_and(|s| {
+                                // A reload that made the service UDP closes its TCP
+                                // listeners.
+                                s.accepting && s.udp.is_none() && s.listen.contains(&l.addr)
+                            })
                     };
                     let close: Vec<bool> = self.listeners.iter().map(|l| !keep(l)).collect();
                     self.close_listeners(|i| close[i]);
                     self.arm_accepts();
+                    self.udp_routing_changed();
                     self.stats()
                         .snapshot_version
                         .store(r.version, Ordering::Release);
                 }
                 Command::Listen(new) => {
-                    for (fd, addr, service) in new {
+                    for (_, addr, _) in &new {
                         tracing::debug!(worker = self.index, %addr, "new listener");
-                        self.listeners.push(Listener::new(fd, addr, service));
                     }
+                    self.take_listeners(new);
                     self.arm_accepts();
                 }
                 Command::Stop { grace } => self.begin_stop(grace),
@@ -65,6 +68,7 @@ impl Worker {
         }
         self.stopping = Some(deadline);
         self.close_listeners(|_| true);
+        self.udp_begin_stop();
         tracing::info!(worker = self.index, open = self.open, "stopping");
     }
 
@@ -103,6 +107,7 @@ impl Worker {
             }
         }
         self.expire_idle();
+        self.udp_tick();
         self.close_drained();
         self.retry_queue();
         if self.index == 0 && self.services.all().any(|s| s.limits.max_rate.is_some()) {
@@ -117,9 +122,9 @@ impl Worker {
         self.serve_parked();
         self.arm_accepts();
         if self.services.has_retired() {
-            let slots = &self.slots;
+            let (slots, udp) = (&self.slots, &self.udp);
             self.services
-                .prune(|id| slots.iter().any(|s| s.in_use && s.service == id));
+                .prune(|id| udp.uses(id) || slots.iter().any(|s| s.in_use && s.service == id));
         }
     }
 

@@ -27,6 +27,7 @@ mod sni;
 pub mod stats;
 pub mod timer;
 pub mod token;
+mod udp;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -178,6 +179,8 @@ pub struct Worker {
     /// Rate-limited warnings: none before this time.
     next_warn_ns: u64,
     fail_after: Option<u64>,
+    /// UDP listeners and flows.
+    udp: udp::Udp,
 }
 
 impl Worker {
@@ -203,14 +206,10 @@ impl Worker {
             ForwardMode::Copy => 0,
             _ => cfg.pipes_max,
         };
-        Ok(Worker {
+        let mut worker = Worker {
             index: setup.index,
             ring,
-            listeners: setup
-                .listeners
-                .into_iter()
-                .map(|(fd, addr, service)| accept::Listener::new(fd, addr, service))
-                .collect(),
+            listeners: Vec::new(),
             wake: setup.wake,
             commands: setup.commands,
             services,
@@ -237,7 +236,22 @@ impl Worker {
             next_reclaim_ns: 0,
             next_warn_ns: 0,
             fail_after: cfg.fail_after,
-        })
+            udp: udp::Udp::default(),
+        };
+        worker.take_listeners(setup.listeners);
+        Ok(worker)
+    }
+
+    /// Takes listening sockets: TCP ones accept, UDP ones receive datagrams.
+    fn take_listeners(&mut self, listeners: Vec<crate::server::ListenerFd>) {
+        for (fd, addr, service) in listeners {
+            if crate::udp_net::is_datagram(&fd) {
+                self.add_udp_listener(fd, addr, service);
+            } else {
+                self.listeners
+                    .push(accept::Listener::new(fd, addr, service));
+            }
+        }
     }
 
     fn stats(&self) -> &WorkerStats {
@@ -347,6 +361,8 @@ impl Worker {
             OpKind::Wake => self.on_wake(c.result),
             OpKind::Tick => self.on_tick(c.more, c.result),
             OpKind::Ignore => {}
+            OpKind::UdpListen => self.on_udp_listen(tok.slot as usize, c),
+            OpKind::UdpBackend => self.on_udp_backend(tok, c),
             _ => self.on_conn_op(tok, c.result),
         }
     }
@@ -588,7 +604,7 @@ impl Worker {
         let Some(deadline) = self.stopping else {
             return false;
         };
-        if self.open == 0 && self.parked.is_empty() {
+        if self.open == 0 && self.parked.is_empty() && self.udp.idle() {
             return true;
         }
         if self.now_ns >= deadline && !self.hard_stop {
@@ -599,6 +615,7 @@ impl Worker {
             );
             self.hard_stop = true;
             self.parked.clear();
+            self.udp_end_all();
             for slot in 0..self.slots.len() {
                 if self.slots[slot].in_use {
                     self.end_as(slot, crate::access_log::End::Drained);
@@ -615,6 +632,7 @@ impl Worker {
     /// with a reset when the worker is dropped.
     fn abandon(&mut self) {
         self.parked.clear();
+        self.udp_abandon();
         for slot in 0..self.slots.len() {
             if !self.slots[slot].in_use {
                 continue;

@@ -284,6 +284,62 @@ pub struct Shared {
     pub alive: Box<[AtomicBool]>,
     /// Workers started again after their loop failed.
     pub worker_restarts: AtomicU64,
+    /// Per worker: its UDP services' counts, as it last published them (every tick).
+    pub udp: Box<[Mutex<Vec<UdpCounts>>]>,
+}
+
+/// One worker's counts for one UDP service. Counted in the worker's own memory and
+/// copied here on its tick: a datagram costs no shared write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpCounts {
+    /// The service's name (metrics label).
+    pub service: std::sync::Arc<str>,
+    pub flows_active: u64,
+    pub flows_total: u64,
+    /// Datagrams and bytes forwarded, by direction (client to backend first).
+    pub datagrams: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Flows ended to make room for a new one (`max_flows`).
+    pub evictions: u64,
+    /// Datagrams dropped, by [`UdpDrop`].
+    pub drops: [u64; UdpDrop::ALL.len()],
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// Larger than the receive buffer (`MSG_TRUNC`): never forwarded cut.
+    Truncated,
+    /// No backend could take a new flow.
+    NoBackend,
+    /// A new client while the service or the balancer stops.
+    Stopping,
+    /// The client is refused by `--allow`/`--deny`.
+    Denied,
+    /// The send failed (socket buffer full, backend unreachable) or no socket could be
+    /// opened.
+    SendFailed,
+}
+
+impl UdpDrop {
+    pub const ALL: [UdpDrop; 5] = [
+        UdpDrop::Truncated,
+        UdpDrop::NoBackend,
+        UdpDrop::Stopping,
+        UdpDrop::Denied,
+        UdpDrop::SendFailed,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            UdpDrop::Truncated => "truncated",
+            UdpDrop::NoBackend => "no_backend",
+            UdpDrop::Stopping => "stopping",
+            UdpDrop::Denied => "denied",
+            UdpDrop::SendFailed => "send_failed",
+        }
+    }
 }
 
 impl Shared {
@@ -302,6 +358,7 @@ impl Shared {
                 .collect(),
             alive: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             worker_restarts: AtomicU64::new(0),
+            udp: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 

@@ -30,6 +30,10 @@ pub enum OpKind {
     SpliceOut(Dir),
     /// A poll linked ahead of a splice: counted, but its splice reports the outcome.
     LinkedPoll,
+    /// A UDP listener's multishot receive; slot = UDP listener index.
+    UdpListen,
+    /// A UDP flow's multishot receive from its backend; slot = flow id.
+    UdpBackend,
 }
 
 impl OpKind {
@@ -50,6 +54,8 @@ impl OpKind {
             OpKind::SpliceIn(dir) => 20 + d(dir),
             OpKind::SpliceOut(dir) => 22 + d(dir),
             OpKind::LinkedPoll => 24,
+            OpKind::UdpListen => 25,
+            OpKind::UdpBackend => 26,
         }
     }
 
@@ -73,6 +79,8 @@ impl OpKind {
             20 | 21 => OpKind::SpliceIn(dir),
             22 | 23 => OpKind::SpliceOut(dir),
             24 => OpKind::LinkedPoll,
+            25 => OpKind::UdpListen,
+            26 => OpKind::UdpBackend,
             _ => return None,
         })
     }
@@ -134,6 +142,8 @@ mod tests {
             OpKind::SpliceOut(Dir::Down),
             OpKind::ConnectTimeout,
             OpKind::LinkedPoll,
+            OpKind::UdpListen,
+            OpKind::UdpBackend,
         ] {
             let t = Token::new(123_456, 0xfff_fff, op);
             assert_eq!(Token::decode(t.encode()), Some(t));

@@ -14,7 +14,8 @@
 //! - [`metrics`]: a strict parser of the OpenMetrics text `/metrics` serves;
 //! - [`load`]: loops of new connections and long byte-checked echo transfers;
 //! - [`inproc`]: the balancer run in process (`Server`), waited on by snapshot version;
-//! - [`peers`]: real NGINX and HAProxy, and PROXY protocol headers built by hand.
+//! - [`peers`]: real NGINX and HAProxy, and PROXY protocol headers built by hand;
+//! - [`udp`]: dnsmasq, a UDP echo backend and hand-built DNS queries for UDP services.
 //!
 //! Each test file declares `mod util;` and `use util::*;`.
 #![allow(dead_code)]
@@ -30,11 +31,12 @@ pub mod metrics;
 pub mod net;
 pub mod peers;
 pub mod process;
+pub mod udp;
 pub mod wait;
 
 // Not every test file uses every helper.
 #[allow(unused_imports)]
 pub use self::{
     access_log::*, admin::*, backends::*, data::*, http::*, inproc::*, load::*, metrics::*, net::*,
-    peers::*, process::*, wait::*,
+    peers::*, process::*, udp::*, wait::*,
 };

@@ -1,0 +1,570 @@
+//! UDP services (`--protocol udp`) through the real binary: real dnsmasq servers behind
+//! the balancer, a UDP echo backend for large datagrams, clients from many loopback
+//! addresses. Every wait is on a condition (an answer, a metric), never a fixed sleep.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use util::*;
+
+const ANSWER: Duration = Duration::from_secs(2);
+
+/// Three dnsmasq servers answering with 10.0.0.1, .2 and .3.
+fn three_servers() -> Vec<Dnsmasq> {
+    (1..=3)
+        .map(|i| Dnsmasq::start(Ipv4Addr::new(10, 0, 0, i), false))
+        .collect()
+}
+
+fn backend_flags(servers: &[Dnsmasq]) -> Vec<String> {
+    servers
+        .iter()
+        .flat_map(|s| {
+            [
+                "--backend".to_string(),
+                format!("{},name=dns{}", s.addr, s.answer.octets()[3]),
+            ]
+        })
+        .collect()
+}
+
+fn start_udp(servers: &[Dnsmasq], extra: &[&str]) -> (Lb, Admin) {
+    let flags = backend_flags(servers);
+    let mut args: Vec<&str> = vec!["--protocol", "udp"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    start_with_admin(&args)
+}
+
+fn udp_metric(admin: &Admin, name: &str, labels: &[(&str, &str)]) -> f64 {
+    admin.metrics().get(name, labels).unwrap_or(0.0)
+}
+
+/// Waits (at most 10 s) until the metric's value satisfies `ok`; returns it.
+fn wait_metric(
+    admin: &Admin,
+    name: &str,
+    labels: &[(&str, &str)],
+    ok: impl Fn(f64) -> bool,
+) -> f64 {
+    let mut last = None;
+    poll(Duration::from_secs(10), || {
+        let v = admin.metrics().get(name, labels);
+        last = v;
+        v.filter(|v| ok(*v))
+    })
+    .unwrap_or_else(|| panic!("{name}{labels:?} never as wanted; last {last:?}"))
+}
+
+#[test]
+fn every_query_is_answered_and_spread_and_one_response_ends_each_flow() {
+    let servers = three_servers();
+    let (lb, admin) = start_udp(
+        &servers,
+        &[
+            "--algorithm",
+            "round-robin",
+            "--udp-responses",
+            "1",
+            "--health",
+            "none",
+        ],
+    );
+    // One client socket asking again and again: each answer ends its flow, so each query
+    // is a new flow and round-robin moves on.
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    let mut answers: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for id in 0..60u16 {
+        let ip = ask(&client, lb.addr, id + 100, ANSWER)
+            .unwrap_or_else(|| panic!("query {id} unanswered\n{}", lb.log_text()));
+        *answers.entry(ip).or_default() += 1;
+    }
+    let want: Vec<Ipv4Addr> = servers.iter().map(|s| s.answer).collect();
+    assert_eq!(
+        answers.keys().copied().collect::<Vec<_>>(),
+        want,
+        "{answers:?}"
+    );
+    for (ip, n) in &answers {
+        assert!(*n >= 10, "{ip} answered only {n} of 60: {answers:?}");
+    }
+    // Workers publish their counts on their tick: wait for them.
+    let svc = [("service", "default")];
+    wait_metric(&admin, "uringlb_udp_flows_total", &svc, |v| v == 60.0);
+    wait_metric(&admin, "uringlb_udp_flows_active", &svc, |v| v == 0.0);
+    for dir in ["client_to_backend", "backend_to_client"] {
+        let labels = [("service", "default"), ("direction", dir)];
+        wait_metric(&admin, "uringlb_udp_datagrams_total", &labels, |v| {
+            v == 60.0
+        });
+    }
+    let services = admin.get("/services").json();
+    assert_eq!(services[0]["protocol"], "udp", "{services}");
+}
+
+#[test]
+fn without_a_response_limit_a_client_sticks_to_its_backend() {
+    let servers = three_servers();
+    let (lb, admin) = start_udp(
+        &servers,
+        &["--algorithm", "round-robin", "--health", "none"],
+    );
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    let first = ask(&client, lb.addr, 1, ANSWER).expect("answer");
+    for id in 2..20 {
+        assert_eq!(ask(&client, lb.addr, id, ANSWER), Some(first));
+    }
+    wait_metric(
+        &admin,
+        "uringlb_udp_flows_active",
+        &[("service", "default")],
+        |v| v == 1.0,
+    );
+}
+
+/// Asks `n` fresh flows (one query each, with `--udp-responses 1`) from one client
+/// socket; returns the answers, `None` for an unanswered query.
+fn ask_many(lb: &Lb, n: u16, timeout: Duration) -> Vec<Option<Ipv4Addr>> {
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    (0..n)
+        .map(|id| ask(&client, lb.addr, id, timeout))
+        .collect()
+}
+
+fn backend_up(admin: &Admin, name: &str) -> f64 {
+    udp_metric(
+        admin,
+        "uringlb_backend_up",
+        &[("service", "default"), ("backend", name)],
+    )
+}
+
+#[test]
+fn a_killed_server_gets_no_query_once_its_dns_check_fails() {
+    let mut servers = three_servers();
+    let (lb, admin) = start_udp(
+        &servers,
+        &[
+            "--algorithm",
+            "round-robin",
+            "--udp-responses",
+            "1",
+            "--health",
+            &format!("dns:{DNS_NAME}"),
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "200ms",
+            "--fall",
+            "2",
+            "--eject-after",
+            "0",
+        ],
+    );
+    assert!(ask_many(&lb, 9, ANSWER).iter().all(Option::is_some));
+    servers[1].kill();
+    wait_until(
+        "the DNS check to take dns2 down",
+        Duration::from_secs(10),
+        || backend_up(&admin, "dns2") == 0.0,
+    );
+    admin.wait_settled();
+    let answers = ask_many(&lb, 60, ANSWER);
+    assert!(
+        answers.iter().all(Option::is_some),
+        "{answers:?}\n{}",
+        lb.log_text()
+    );
+    assert!(!answers.contains(&Some(servers[1].answer)));
+    assert_eq!(backend_up(&admin, "dns1"), 1.0);
+    assert_eq!(backend_up(&admin, "dns3"), 1.0);
+}
+
+#[test]
+fn without_checks_passive_ejection_stops_a_killed_server() {
+    let mut servers = three_servers();
+    let (lb, admin) = start_udp(
+        &servers,
+        &[
+            "--algorithm",
+            "round-robin",
+            "--udp-responses",
+            "1",
+            "--health",
+            "none",
+            "--eject-after",
+            "2",
+        ],
+    );
+    servers[1].kill();
+    // Queries to it are refused (ICMP port unreachable): each refusal counts.
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    let mut id = 0;
+    wait_until("passive ejection of dns2", Duration::from_secs(20), || {
+        id += 1;
+        let _ = ask(&client, lb.addr, id, Duration::from_millis(300));
+        backend_up(&admin, "dns2") == 0.0
+    });
+    admin.wait_settled();
+    let answers = ask_many(&lb, 60, ANSWER);
+    assert!(
+        answers.iter().all(Option::is_some),
+        "{answers:?}\n{}",
+        lb.log_text()
+    );
+    assert!(!answers.contains(&Some(servers[1].answer)));
+    assert!(
+        udp_metric(
+            &admin,
+            "uringlb_connect_failures_total",
+            &[("service", "default"), ("backend", "dns2")]
+        ) >= 2.0
+    );
+}
+
+#[test]
+fn a_flood_from_25000_sources_keeps_the_table_within_max_flows() {
+    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
+    let b = echo.addr.to_string();
+    let (lb, admin) = start_with_admin(&[
+        "--protocol",
+        "udp",
+        "--backend",
+        &b,
+        "--max-flows",
+        "1000",
+        "--workers",
+        "2",
+        "--udp-idle-timeout",
+        "60s",
+    ]);
+    let fds_before = lb.fd_count();
+    let svc = [("service", "default")];
+    let mut most = 0.0f64;
+    for i in 0..25_000u32 {
+        let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + i);
+        let sock = client_on(src.into());
+        let _ = sock.send_to(b"flood", lb.addr);
+        if i % 2500 == 0 {
+            most = most.max(udp_metric(&admin, "uringlb_udp_flows_active", &svc));
+        }
+    }
+    // Every datagram the kernel queued for the balancer (all but those it dropped for a
+    // full receive queue) is counted as a flow or a drop once handled.
+    wait_until("the flood to be handled", Duration::from_secs(30), || {
+        let (queued, kernel_drops) = udp_socket_queues(lb.addr.port());
+        let m = admin.metrics();
+        let handled = m.value("uringlb_udp_flows_total", &svc)
+            + m.all("uringlb_udp_drops_total")
+                .iter()
+                .map(|(_, v)| v)
+                .sum::<f64>();
+        queued == 0 && handled == 25_000.0 - kernel_drops as f64
+    });
+    let m = admin.metrics();
+    let active = m.value("uringlb_udp_flows_active", &svc);
+    most = most.max(active);
+    assert!(most <= 1000.0, "{most} flows open at once");
+    assert!(
+        active >= 900.0,
+        "the table should be (nearly) full: {active}"
+    );
+    let opened = m.value("uringlb_udp_flows_total", &svc);
+    assert!(opened > 20_000.0, "{opened} flows opened of 25 000 sources");
+    assert_eq!(
+        m.value("uringlb_udp_evictions_total", &svc),
+        opened - active
+    );
+    // One socket per flow and nothing else left behind (the ring closes evicted flows'
+    // sockets asynchronously).
+    wait_until(
+        "at most one descriptor per open flow",
+        Duration::from_secs(10),
+        || lb.fd_count() <= fds_before + 1000,
+    );
+    // The service goes on.
+    let c = client_on(Ipv4Addr::LOCALHOST.into());
+    c.set_read_timeout(Some(ANSWER)).unwrap();
+    c.send_to(b"still there?", lb.addr).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = c.recv_from(&mut buf).expect("an echo after the flood");
+    assert_eq!(&buf[..n], b"still there?");
+}
+
+/// Sends `payload` to `to` and returns the reply and where it came from.
+fn echo_through(client: &UdpSocket, to: SocketAddr, payload: &[u8]) -> (Vec<u8>, SocketAddr) {
+    client.set_read_timeout(Some(ANSWER)).unwrap();
+    client.send_to(payload, to).expect("send");
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = client.recv_from(&mut buf).expect("echo");
+    buf.truncate(n);
+    (buf, from)
+}
+
+#[test]
+fn the_largest_datagrams_pass_intact_both_ways_over_ipv4_and_ipv6() {
+    for (bind, max) in [("127.0.0.1", 65_507usize), ("::1", 65_527)] {
+        let ip: IpAddr = bind.parse().unwrap();
+        let echo = UdpEcho::start(SocketAddr::new(ip, 0));
+        let listen = SocketAddr::new(ip, fixed_port());
+        let b = echo.addr.to_string();
+        let admin = free_addr();
+        let a = admin.to_string();
+        let lb = Lb::start_on(
+            listen,
+            &["--protocol", "udp", "--backend", &b, "--admin", &a],
+        );
+        wait_admin(admin);
+        let client = client_on(ip);
+        for (seed, len) in [(1u64, max), (2, 1), (3, 40_000), (4, max)] {
+            let data = pattern(seed, len);
+            let (back, from) = echo_through(&client, lb.addr, &data);
+            assert_eq!(back.len(), len, "{bind}: {len} bytes sent");
+            assert!(back == data, "{bind}: {len} bytes came back changed");
+            assert_eq!(from, listen, "{bind}: the reply's source");
+        }
+        let svc = [("service", "default"), ("direction", "backend_to_client")];
+        let want = (2 * max + 40_001) as f64;
+        wait_metric(&Admin::new(admin), "uringlb_udp_bytes_total", &svc, |v| {
+            v == want
+        });
+    }
+}
+
+#[test]
+fn a_dns_service_over_ipv6() {
+    let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 0, 6), true);
+    let listen: SocketAddr = format!("[::1]:{}", fixed_port()).parse().unwrap();
+    let b = dns.addr.to_string();
+    let lb = Lb::start_on(
+        listen,
+        &["--protocol", "udp", "--backend", &b, "--udp-responses", "1"],
+    );
+    let client = client_on("::1".parse().unwrap());
+    for id in 0..10 {
+        assert_eq!(ask(&client, lb.addr, id, ANSWER), Some(dns.answer));
+    }
+}
+
+#[test]
+fn a_wildcard_listener_replies_from_the_address_the_client_sent_to() {
+    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
+    let port = fixed_port();
+    let b = echo.addr.to_string();
+    let _lb = Lb::start_on(
+        SocketAddr::from(([0, 0, 0, 0], port)),
+        &["--protocol", "udp", "--backend", &b],
+    );
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    for dst in ["127.0.0.2", "127.0.0.1", "127.3.4.5"] {
+        let to = SocketAddr::new(dst.parse().unwrap(), port);
+        let (back, from) = echo_through(&client, to, dst.as_bytes());
+        assert_eq!(back, dst.as_bytes());
+        assert_eq!(
+            from, to,
+            "the reply to a datagram sent to {to} came from {from}"
+        );
+    }
+}
+
+#[test]
+fn two_instances_send_the_same_clients_to_the_same_backends_with_maglev() {
+    let servers = three_servers();
+    let flags = backend_flags(&servers);
+    let lbs: Vec<Lb> = (0..2)
+        .map(|_| {
+            let mut args: Vec<&str> = vec!["--protocol", "udp", "--algorithm", "maglev"];
+            args.extend(flags.iter().map(String::as_str));
+            Lb::start(&args)
+        })
+        .collect();
+    let mut seen = BTreeMap::new();
+    for i in 1..=64u8 {
+        let client = client_on(Ipv4Addr::new(127, 0, 9, i).into());
+        let a = ask(&client, lbs[0].addr, 1, ANSWER).expect("answer from the first");
+        let b = ask(&client, lbs[1].addr, 2, ANSWER).expect("answer from the second");
+        assert_eq!(a, b, "client 127.0.9.{i} went to different backends");
+        // A new source port of the same client IP goes to the same backend too.
+        let again = client_on(Ipv4Addr::new(127, 0, 9, i).into());
+        assert_eq!(ask(&again, lbs[1].addr, 3, ANSWER), Some(a));
+        *seen.entry(a).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "64 clients over 3 backends: {seen:?}");
+}
+
+fn config_file(tag: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("uringlb-udp-{tag}-{}.toml", std::process::id()));
+    write_atomic(&p, text);
+    p
+}
+
+#[test]
+fn a_tcp_and_a_udp_service_share_a_listen_address() {
+    let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 0, 7), false);
+    let tcp = uringlb_bench::NameServer::start("127.0.0.1:0", "web").expect("name server");
+    let addr = free_addr();
+    let text = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"{addr}\"\n[[service.backend]]\naddr = \"{}\"\n\n\
+         [[service]]\nname = \"dns\"\nprotocol = \"udp\"\nlisten = \"{addr}\"\nudp_responses = 1\n\
+         [[service.backend]]\naddr = \"{}\"\n",
+        tcp.addr(),
+        dns.addr
+    );
+    let path = config_file("shared", &text);
+    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    assert_eq!(greet_once(lb.addr).as_deref(), Ok("web"));
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&client, lb.addr, 9, ANSWER), Some(dns.answer));
+    let services = admin.get("/services").json();
+    let protocols: Vec<(String, String)> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().into(),
+                s["protocol"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        protocols,
+        vec![("web".into(), "tcp".into()), ("dns".into(), "udp".into())]
+    );
+}
+
+#[test]
+fn settings_a_udp_service_cannot_honour_are_refused() {
+    let check =
+        |args: &[&str]| run_bin(&[&["--check", "--backend", "127.0.0.1:53"], args].concat());
+    let (st, _, err) = check(&["--protocol", "udp", "--health", "http:/up"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(
+        err.contains("an HTTP check cannot test a UDP service"),
+        "{err}"
+    );
+    let (st, _, err) = check(&["--health", "dns:example.com"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("dns:NAME checks UDP services"), "{err}");
+    let (st, _, err) = check(&["--protocol", "udp", "--proxy-protocol", "v2"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("cannot send PROXY headers"), "{err}");
+    let (st, _, err) = check(&["--protocol", "sctp"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("expected tcp or udp"), "{err}");
+    let (st, _, err) = check(&["--protocol", "udp", "--max-flows", "0"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    let (st, _, err) = check(&["--protocol", "udp", "--health", "dns:"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    let (st, out, err) = check(&[
+        "--protocol",
+        "udp",
+        "--health",
+        "dns:svc.test",
+        "--udp-responses",
+        "1",
+    ]);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+}
+
+#[test]
+fn reload_sends_new_flows_to_the_new_backends_while_open_flows_finish() {
+    let a = Dnsmasq::start(Ipv4Addr::new(10, 0, 1, 1), false);
+    let b = Dnsmasq::start(Ipv4Addr::new(10, 0, 1, 2), false);
+    let addr = free_addr();
+    let file = |backend: SocketAddr| {
+        format!(
+            "[[service]]\nname = \"dns\"\nprotocol = \"udp\"\nlisten = \"{addr}\"\nhealth = \"none\"\n\
+             [[service.backend]]\naddr = \"{backend}\"\n"
+        )
+    };
+    let path = config_file("reload", &file(a.addr));
+    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    let open = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&open, lb.addr, 1, ANSWER), Some(a.answer));
+    write_atomic(&path, &file(b.addr));
+    let r = admin.req("POST", "/reload", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    admin.wait_settled();
+    // The open flow keeps its backend; a new client gets the new one.
+    assert_eq!(ask(&open, lb.addr, 2, ANSWER), Some(a.answer));
+    let new = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&new, lb.addr, 3, ANSWER), Some(b.answer));
+}
+
+#[test]
+fn a_graceful_stop_serves_open_flows_and_takes_no_new_ones() {
+    let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 2, 1), false);
+    let b = dns.addr.to_string();
+    let mut lb = Lb::start(&[
+        "--protocol",
+        "udp",
+        "--backend",
+        &b,
+        "--udp-idle-timeout",
+        "2s",
+        "--grace",
+        "30s",
+        "--workers",
+        "1",
+    ]);
+    let open = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&open, lb.addr, 1, ANSWER), Some(dns.answer));
+    lb.signal(libc::SIGTERM);
+    lb.wait_log(&["stopping"], 1, Duration::from_secs(10));
+    // The open flow is still served while it stays active.
+    assert_eq!(ask(&open, lb.addr, 2, ANSWER), Some(dns.answer));
+    // A new client is not.
+    let new = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&new, lb.addr, 3, Duration::from_millis(500)), None);
+    // Once the flow has been idle for its timeout the balancer exits, well within grace.
+    let st = lb
+        .wait_exit(Duration::from_secs(20))
+        .expect("exit after the last flow");
+    assert!(st.success(), "{st}\n{}", lb.log_text());
+}
+
+#[test]
+fn a_reload_can_turn_a_tcp_service_into_a_udp_one() {
+    let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 3, 1), false);
+    let tcp = uringlb_bench::NameServer::start("127.0.0.1:0", "web").expect("name server");
+    let addr = free_addr();
+    let file = |protocol: &str, backend: SocketAddr| {
+        format!(
+            "[[service]]\nname = \"svc\"\nprotocol = \"{protocol}\"\nlisten = \"{addr}\"\nhealth = \"none\"\n\
+             [[service.backend]]\naddr = \"{backend}\"\n"
+        )
+    };
+    let path = config_file("switch", &file("tcp", tcp.addr()));
+    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    assert_eq!(greet_once(lb.addr).as_deref(), Ok("web"));
+    write_atomic(&path, &file("udp", dns.addr));
+    assert_eq!(admin.req("POST", "/reload", None).status, 200);
+    admin.wait_settled();
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&client, lb.addr, 1, ANSWER), Some(dns.answer));
+    // The TCP listeners of the service are closed.
+    wait_until(
+        "the TCP listeners to close",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(lb.addr).is_err(),
+    );
+    assert_eq!(admin.get("/services").json()[0]["protocol"], "udp");
+}
+
+#[test]
+fn a_denied_client_gets_no_answer() {
+    let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 4, 1), false);
+    let b = dns.addr.to_string();
+    let (lb, admin) =
+        start_with_admin(&["--protocol", "udp", "--backend", &b, "--deny", "127.0.0.5"]);
+    let denied = client_on("127.0.0.5".parse().unwrap());
+    assert_eq!(ask(&denied, lb.addr, 1, Duration::from_millis(500)), None);
+    let allowed = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&allowed, lb.addr, 2, ANSWER), Some(dns.answer));
+    let labels = [("service", "default"), ("reason", "denied")];
+    wait_metric(&admin, "uringlb_udp_drops_total", &labels, |v| v == 1.0);
+}

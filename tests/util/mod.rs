@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod backends;
+pub mod consul;
 pub mod data;
 pub mod http;
 pub mod inproc;

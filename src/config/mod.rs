@@ -31,7 +31,7 @@
 //! [`settings`] the table · [`declare`] the macro · [`file`] the TOML file · [`flags`] flag
 //! helpers · [`validate`] the rules a resolved configuration keeps · [`derived`] what other
 //! modules take from it · value parsers: [`values`], [`duration`], [`address`],
-//! [`backend_spec`], [`admin_token`] · [`error`] why a configuration was rejected.
+//! [`backend_spec`], [`admin_token`], [`consul`] · [`error`] why a configuration was rejected.
 
 use std::path::Path;
 
@@ -44,6 +44,7 @@ pub use crate::worker::ForwardMode;
 pub mod address;
 pub mod admin_token;
 pub mod backend_spec;
+pub mod consul;
 mod declare;
 pub mod derived;
 pub mod duration;
@@ -59,6 +60,7 @@ pub mod values;
 pub use address::*;
 pub use admin_token::*;
 pub use backend_spec::*;
+pub use consul::{parse_consul_token, ConsulSource, ConsulToken};
 pub use derived::summary;
 pub use duration::*;
 pub use error::ConfigError;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::address::{parse_accept_proxy, parse_cidr, parse_client_networks, parse_listen};
 use super::admin_token::{parse_admin_token, AdminToken};
 use super::backend_spec::parse_backend;
+use super::consul::{parse_consul_token, ConsulToken};
 use super::declare::settings;
 use super::duration::{parse_duration, parse_positive_duration};
 use super::file::{backend_tables, each_string, joined_strings};
@@ -179,18 +180,28 @@ settings! {
         example "v2",
     }
 
-    /// Discover backends: dns-srv:NAME[@RESOLVER]
+    /// Discover backends: dns-srv:NAME[@RESOLVER] or consul:SERVICE[@HOST:PORT]
     service discovery: String {
         maybe, parse = parse_discovery,
         arg(long, value_name = "SOURCE"),
         example "dns-srv:_web._tcp.example",
     }
 
-    /// How often discovery re-resolves [default: 5s]
+    /// How often discovery re-resolves (DNS), the longest pause between retries (Consul)
+    /// [default: 5s]
     service discovery_interval: Duration {
         one = Duration::from_secs(5), parse = parse_positive_duration,
         arg(long, value_name = "DUR"),
         example "7s",
+    }
+
+    /// ACL token sent to Consul by consul: discovery (visible in `ps`: prefer consul_token
+    /// in a config file readable only by its owner, or CONSUL_HTTP_TOKEN) [default:
+    /// CONSUL_HTTP_TOKEN, else none]
+    service consul_token: ConsulToken {
+        maybe, parse = parse_consul_token,
+        arg(long, value_name = "TOKEN"),
+        example "t0ken",
     }
 
     /// Admin and metrics HTTP endpoint [default: off]

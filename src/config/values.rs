@@ -219,13 +219,17 @@ pub fn parse_splice_pipes(s: &str) -> Result<usize, String> {
     parse_uint(s, 0, MAX_SPLICE_PIPES as u64).map(|n| n as usize)
 }
 
-/// `dns-srv:NAME[@RESOLVER]`; RESOLVER is `IP` or `IP:PORT` (a host name would need a
-/// resolver to find the resolver). Returned unchanged once it is known to be well formed.
+/// `dns-srv:NAME[@RESOLVER]` (RESOLVER is `IP` or `IP:PORT`: a host name would need a
+/// resolver to find the resolver) or `consul:SERVICE[@HOST:PORT]`. Returned unchanged once
+/// it is known to be well formed.
 pub fn parse_discovery(s: &str) -> Result<String, String> {
     let t = s.trim();
+    if t.starts_with("consul:") {
+        return super::ConsulSource::parse(t).map(|_| t.to_string());
+    }
     let Some(rest) = t.strip_prefix("dns-srv:") else {
         return Err(format!(
-            "unknown discovery source '{t}'; expected dns-srv:NAME[@RESOLVER]"
+            "unknown discovery source '{t}'; expected dns-srv:NAME[@RESOLVER] or consul:SERVICE[@HOST:PORT]"
         ));
     };
     let (name, resolver) = match rest.split_once('@') {
@@ -318,7 +322,9 @@ mod tests {
         assert!(parse_discovery("dns-srv:_web._tcp.svc@10.0.0.1").is_ok());
         assert!(parse_discovery("dns-srv:_web._tcp.svc@resolver").is_err());
         assert!(parse_discovery("dns-srv:").is_err());
-        assert!(parse_discovery("consul:web").is_err());
+        assert!(parse_discovery("consul:web").is_ok());
+        assert!(parse_discovery("consul:web@bad").is_err());
+        assert!(parse_discovery("etcd:web").is_err());
         let e = parse_algorithm("fastest").expect_err("unknown");
         for (name, _) in Algorithm::ALL {
             assert!(e.contains(name), "{e}");

@@ -360,7 +360,7 @@ pub fn encode(
     resolutions.inc_by(super::discovery::RESOLUTIONS.load(Ordering::Relaxed));
     reg.register(
         "uringlb_discovery_resolutions",
-        "DNS SRV answers received by --discovery",
+        "Discovery answers received (DNS SRV or Consul)",
         resolutions,
     );
     let discovery_failures = Counter::<u64>::default();

@@ -198,7 +198,9 @@ pub fn checks_changed(running: &ServiceSettings, new: &ServiceSettings) -> bool 
 
 /// The resolver must be started again: its name or its interval changed.
 pub fn discovery_changed(running: &ServiceSettings, new: &ServiceSettings) -> bool {
-    running.discovery != new.discovery || running.discovery_interval != new.discovery_interval
+    running.discovery != new.discovery
+        || running.discovery_interval != new.discovery_interval
+        || running.consul_token != new.consul_token
 }
 
 /// Names added, removed and changed going from `before` to `after`.

@@ -23,6 +23,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod backends;
+pub mod consul;
 pub mod data;
 pub mod http;
 pub mod inproc;

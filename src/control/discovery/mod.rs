@@ -1,11 +1,14 @@
 //! Service discovery from DNS SRV records (`--discovery dns-srv:NAME[@RESOLVER]`): how
-//! Consul's DNS interface and Kubernetes headless services publish endpoints.
+//! Consul's DNS interface and Kubernetes headless services publish endpoints; and from
+//! Consul's HTTP health API (`--discovery consul:SERVICE[@HOST:PORT]`).
 //!
 //! - [`records`] (pure): SRV records -> backend specs: stable names (`TARGET:PORT`),
 //!   weights (0 -> 1, clamped to the config's maximum), priority classes, and the union
 //!   with static `--backend`s;
 //! - [`resolve`] (I/O): the task that resolves with hickory-resolver every
 //!   `--discovery-interval` or at TTL expiry, whichever is first;
+//! - [`consul`] (pure) and [`consul_watch`] (I/O): Consul's health answers to backend
+//!   specs, followed with blocking queries;
 //! - [`reconcile`]: applies the answer to the control loop's table (removed backends
 //!   drain), and hands over to the next priority class while the first one is all down.
 //!
@@ -15,6 +18,8 @@
 //! The counters below are process-wide statics so that the metrics endpoint can read them
 //! without a handle to the control loop.
 
+pub mod consul;
+pub mod consul_watch;
 pub mod reconcile;
 pub mod records;
 pub mod resolve;
@@ -26,7 +31,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::task::JoinHandle;
 
 use crate::backend::BackendId;
-use crate::config::{BackendSpec, ServiceSettings};
+use crate::config::{parse_consul_token, BackendSpec, ConsulSource, ServiceSettings};
 use crate::control::backends::Table;
 
 pub use reconcile::Reconciler;
@@ -75,37 +80,56 @@ impl Discovery {
         let Some(spec) = &settings.discovery else {
             return off;
         };
-        let source = match Source::parse(spec) {
-            Ok(s) => s,
-            Err(e) => {
-                // validate() has accepted it, so this is not expected; never panic for it.
-                tracing::error!("service {service}: discovery off: {e}");
-                return off;
-            }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (watcher, source_label) = if spec.trim().starts_with("consul:") {
+            let source = match ConsulSource::parse(spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    // validate() has accepted it, so this is not expected; never panic for it.
+                    tracing::error!("service {service}: discovery off: {e}");
+                    return off;
+                }
+            };
+            let token = consul_token(service, settings);
+            tracing::info!(
+                "service {service}: discovery following Consul service {} at {} (blocking queries{})",
+                source.service,
+                source.authority(),
+                if token.is_some() { ", with an ACL token" } else { "" }
+            );
+            let watch = consul_watch::run(source, token, settings.discovery_interval, tx);
+            (tokio::spawn(watch), "Consul")
+        } else {
+            let source = match Source::parse(spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("service {service}: discovery off: {e}");
+                    return off;
+                }
+            };
+            tracing::info!(
+                "service {service}: discovery resolving SRV {} via {} every {:?} (or at TTL expiry)",
+                source.name,
+                source
+                    .resolver
+                    .map_or_else(|| "the system resolver".to_string(), |a| a.to_string()),
+                settings.discovery_interval
+            );
+            let interval = settings.discovery_interval;
+            (tokio::spawn(resolve::run(source, interval, tx)), "DNS")
         };
-        tracing::info!(
-            "service {service}: discovery resolving SRV {} via {} every {:?} (or at TTL expiry)",
-            source.name,
-            source
-                .resolver
-                .map_or_else(|| "the system resolver".to_string(), |a| a.to_string()),
-            settings.discovery_interval
-        );
-        let interval = settings.discovery_interval;
         let name = service.to_string();
         let task = tokio::spawn(async move {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let resolver = tokio::spawn(resolve::run(source, interval, tx));
             while let Some(c) = rx.recv().await {
                 if found.send((name.clone(), c)).is_err() {
                     break;
                 }
             }
-            resolver.abort();
+            watcher.abort();
         });
         Discovery {
             task: Some(task),
-            reconciler: Reconciler::new(),
+            reconciler: Reconciler::for_source(source_label),
             listen,
         }
     }
@@ -137,6 +161,25 @@ impl Discovery {
             return false;
         }
         self.reconciler.reconcile(table, statics, now, ids)
+    }
+}
+
+/// The service's `consul_token`, else `CONSUL_HTTP_TOKEN` (as Consul's own tools read it);
+/// an unusable variable is ignored with a warning.
+fn consul_token(service: &str, settings: &ServiceSettings) -> Option<crate::config::ConsulToken> {
+    if let Some(t) = &settings.consul_token {
+        return Some(t.clone());
+    }
+    let v = std::env::var("CONSUL_HTTP_TOKEN").ok()?;
+    if v.is_empty() {
+        return None;
+    }
+    match parse_consul_token(&v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("service {service}: CONSUL_HTTP_TOKEN ignored: {e}");
+            None
+        }
     }
 }
 

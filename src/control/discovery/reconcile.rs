@@ -38,11 +38,21 @@ pub struct Reconciler {
     /// Names already warned about (hidden by a static backend of the same name, or left
     /// out for want of an id), so each is logged once.
     shadow_logged: HashSet<String>,
+    /// Where answers come from, for the log: "DNS" or "Consul".
+    source: &'static str,
 }
 
 impl Reconciler {
     pub fn new() -> Reconciler {
-        Reconciler::default()
+        Reconciler::for_source("DNS")
+    }
+
+    /// A reconciler whose log lines say the answers come from `source`.
+    pub fn for_source(source: &'static str) -> Reconciler {
+        Reconciler {
+            source,
+            ..Reconciler::default()
+        }
     }
 
     /// A new successful resolution.
@@ -131,8 +141,9 @@ impl Reconciler {
                 .filter(|d| found.iter().any(|c| c.spec == **d))
                 .count();
             tracing::info!(
-                "discovery: {} backend(s) in use, {discovered} of them from DNS",
-                desired.len()
+                "discovery: {} backend(s) in use, {discovered} of them from {}",
+                desired.len(),
+                self.source
             );
         } else {
             tracing::debug!("discovery: restoring discovered backends in the table");

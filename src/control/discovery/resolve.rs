@@ -275,7 +275,7 @@ fn failed(streak: &mut u64, label: &str, why: &str, last: Option<&Vec<Candidate>
 }
 
 /// `name=addr,weight=W,priority=P` for the first few candidates.
-fn describe(c: &[Candidate]) -> String {
+pub(super) fn describe(c: &[Candidate]) -> String {
     const SHOWN: usize = 16;
     let mut s: Vec<String> = c
         .iter()

@@ -25,6 +25,8 @@
 #             `promtool check rules` and runs a real Prometheus server (own config and
 #             storage in a temp dir) that scrapes the balancer's /metrics. The package's
 #             system service is not started (see policy-rc.d below).
+#   systemd-analyze (systemd) tests/systemd.rs checks contrib/uringlb.service with
+#             `systemd-analyze verify`; no systemd needs to run for that.
 #
 # Extra package names given as arguments are installed as well (when not installed).
 set -euo pipefail
@@ -40,6 +42,7 @@ DEPS=(
   "ss:iproute2"
   "chromium:chromium"
   "promtool:prometheus"
+  "systemd-analyze:systemd"
 )
 # tests/metrics.rs also checks the /metrics text with the official Python parser.
 PY_DEPS=(python3-prometheus-client)

@@ -15,6 +15,7 @@ use crate::server::{Server, StartError};
 use super::admin;
 use super::backends::{AdminState, BackendStatus, TableError};
 use super::event_loop::{self, Command};
+use super::notify::Notifier;
 
 /// Why a [`Controller`] call failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +88,7 @@ impl Controller {
                         addr
                     });
                     let _ = ready_tx.send(Ok((server.local_addrs().to_vec(), admin_addr)));
-                    event_loop::run(server, config, rx, None).await;
+                    event_loop::run(server, config, rx, None, Notifier::off()).await;
                 });
             })
             .map_err(ControlError::Thread)?;

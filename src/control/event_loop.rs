@@ -21,6 +21,7 @@ use super::backends::{AdminState, BackendStatus, Table, TableError};
 use super::checker::Checker;
 use super::discovery::Discovery;
 use super::metrics::{self, BackendSample, Counts};
+use super::notify::Notifier;
 use super::reload::{self, Outcome, ReloadError};
 use super::service::{self, Channels, Service};
 use super::settle::{self, Held};
@@ -155,12 +156,13 @@ async fn next_signal(signals: &mut Option<Signals>) -> Sig {
 }
 
 /// Runs until the balancer has stopped (a signal or [`Command::Stop`]) and every worker
-/// has exited.
+/// has exited. `notify` is told when it serves, reloads and stops (systemd).
 pub async fn run(
     mut server: Server,
     mut config: Config,
     mut commands: UnboundedReceiver<Command>,
     mut signals: Option<Signals>,
+    mut notify: Notifier,
 ) {
     let (checks_tx, mut results) = mpsc::unbounded_channel();
     let (found_tx, mut found) = mpsc::unbounded_channel();
@@ -184,6 +186,8 @@ pub async fn run(
     let mut reloads = reload::Queue::default();
     // Answers to table changes, waiting for the workers to run them.
     let mut held = Held::default();
+    // Every listener is bound and every worker runs (`Server::start`): clients are served.
+    notify.ready(status_line(&services, &server, false));
     loop {
         tokio::select! {
             sig = next_signal(&mut signals) => match sig {
@@ -223,6 +227,9 @@ pub async fn run(
                 if stopping && server.all_exited() {
                     break;
                 }
+                if notify.is_on() {
+                    notify.status(status_line(&services, &server, stopping));
+                }
                 if !stopping {
                     if let Err(e) = server.supervise() {
                         tracing::error!("cannot start a worker in the place of a failed one: {e}");
@@ -250,6 +257,13 @@ pub async fn run(
             _ = tokio::time::sleep(settle::POLL), if !held.is_empty() => {}
         }
         reloads.start_next(&config);
+        if stopping {
+            notify.stopping(|| status_line(&services, &server, true));
+        } else if reloads.busy() {
+            notify.reloading();
+        } else {
+            notify.reloaded(|| status_line(&services, &server, false));
+        }
         let now = Instant::now();
         for s in &mut services {
             let name = s.name.clone();
@@ -421,6 +435,34 @@ fn handle(
         }
     }
     None
+}
+
+/// The one-line status systemd shows (`systemctl status`).
+fn status_line(services: &[Service], server: &Server, stopping: bool) -> String {
+    if stopping {
+        return format!("stopping: {} connection(s) open", server.open_connections());
+    }
+    let live: Vec<&Service> = services.iter().filter(|s| !s.removing).collect();
+    let (mut up, mut total) = (0, 0);
+    for s in &live {
+        // A backend being removed (draining) is no longer one of the service's.
+        let status: Vec<BackendStatus> = s
+            .table
+            .status()
+            .into_iter()
+            .filter(|b| !b.removing)
+            .collect();
+        total += status.len();
+        up += status
+            .iter()
+            .filter(|b| b.state == crate::backend::BackendState::Up)
+            .count();
+    }
+    format!(
+        "serving {} service(s), {up} of {total} backend(s) up, {} connection(s) open",
+        live.len(),
+        server.open_connections()
+    )
 }
 
 /// `GET /services`: every service that is not being removed.

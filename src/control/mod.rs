@@ -12,6 +12,7 @@
 //! - [`admin`]: the HTTP API (`--admin`), which sends the loop [`event_loop::Command`]s;
 //! - [`metrics`]: `/metrics`, summed from the workers' counters at scrape time;
 //! - [`reload`]: SIGHUP and `POST /reload`;
+//! - [`notify`]: systemd's readiness notifications (`NOTIFY_SOCKET`);
 //! - [`settle`]: answers to table changes held until every worker runs them;
 //! - [`controller`]: the same loop on a thread of its own, behind a handle (tests).
 
@@ -22,6 +23,7 @@ pub mod controller;
 pub mod discovery;
 pub mod event_loop;
 pub mod metrics;
+pub mod notify;
 pub mod reload;
 pub mod service;
 pub mod settle;
@@ -54,7 +56,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         if let Some(listener) = admin {
             admin::spawn(listener, config.admin_token.clone(), commands);
         }
-        event_loop::run(server, config.clone(), rx, Some(signals)).await;
+        let notify = notify::Notifier::from_env();
+        event_loop::run(server, config.clone(), rx, Some(signals), notify).await;
         Ok(())
     });
     // A reload's DNS lookup still running on the blocking pool must not hold the exit.

@@ -7,7 +7,7 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,26 +16,6 @@ use std::time::{Duration, Instant};
 use uringlb_bench::EchoServer;
 
 use util::*;
-
-/// Sends `len` pattern bytes through a new connection, reads the echo back to EOF and
-/// closes with a FIN; returns the client's own address.
-fn echo_exchange(addr: SocketAddr, seed: u64, len: usize) -> SocketAddr {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let me = s.local_addr().unwrap();
-    let data = pattern(seed, len);
-    let mut r = s.try_clone().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).expect("read echo");
-        got
-    });
-    s.write_all(&data).expect("write");
-    s.shutdown(Shutdown::Write).unwrap();
-    let got = reader.join().unwrap();
-    assert!(got == data, "echo differs ({} of {len} bytes)", got.len());
-    me
-}
 
 /// A connection that has echoed `len` bytes and is kept open.
 fn open_after_echo(addr: SocketAddr, len: usize) -> TcpStream {

@@ -369,30 +369,13 @@ fn two_instances_fed_by_the_same_consul_agree_on_256_clients() {
         wait_for_log(lb, "4 backend(s) in use, 4 of them from Consul");
         admin.wait_settled();
     }
-    let ips: Vec<Ipv4Addr> = (1..=255u8)
-        .map(|x| Ipv4Addr::new(127, 0, 0, x))
-        .chain([Ipv4Addr::new(127, 0, 1, 1)])
-        .collect();
-    let one: Vec<String> = ips
-        .iter()
-        .map(|&ip| greet_from(ip.into(), lb1.addr))
-        .collect();
-    let two: Vec<String> = ips
-        .iter()
-        .map(|&ip| greet_from(ip.into(), lb2.addr))
-        .collect();
-    let differ: Vec<_> = ips
-        .iter()
-        .zip(one.iter().zip(&two))
-        .filter(|(_, (a, b))| a != b)
-        .collect();
-    assert!(differ.is_empty(), "instances disagree: {differ:?}");
-    let mut h: BTreeMap<&str, usize> = BTreeMap::new();
-    for n in &one {
-        *h.entry(n.as_str()).or_insert(0) += 1;
-    }
+    let h = same_backend_through_both(lb1.addr, lb2.addr);
     eprintln!("maglev, two instances fed by Consul: 256 clients {h:?}, identical");
-    assert_eq!(h.keys().copied().collect::<Vec<_>>(), all, "{h:?}");
+    assert_eq!(
+        h.keys().map(String::as_str).collect::<Vec<_>>(),
+        all,
+        "{h:?}"
+    );
 }
 
 /// A Consul-discovering service in a file of services.

@@ -230,3 +230,23 @@ pub fn long_echo_while(s: TcpStream, len: usize, during: impl FnOnce()) {
     assert!(r.sent >= len, "{r:?}");
     assert!(r.exact, "every byte came back, in order: {r:?}");
 }
+
+/// Sends `len` pattern bytes through a new connection, reads the echo back to EOF and
+/// closes with a FIN; returns the client's own address.
+pub fn echo_exchange(addr: SocketAddr, seed: u64, len: usize) -> SocketAddr {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let me = s.local_addr().unwrap();
+    let data = pattern(seed, len);
+    let mut r = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).expect("read echo");
+        got
+    });
+    s.write_all(&data).expect("write");
+    s.shutdown(Shutdown::Write).unwrap();
+    let got = reader.join().unwrap();
+    assert!(got == data, "echo differs ({} of {len} bytes)", got.len());
+    me
+}

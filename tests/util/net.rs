@@ -180,3 +180,28 @@ pub fn open_to(lb: &Lb, name: &str) -> TcpStream {
     }
     panic!("no connection reached {name}");
 }
+
+/// Connects to two balancers from the same 256 client addresses (127.0.0.1-255 and
+/// 127.0.1.1) and asserts each client reaches the same backend through both; returns how
+/// many clients each backend got.
+pub fn same_backend_through_both(a: SocketAddr, b: SocketAddr) -> BTreeMap<String, usize> {
+    let ips: Vec<std::net::Ipv4Addr> = (1..=255u8)
+        .map(|x| std::net::Ipv4Addr::new(127, 0, 0, x))
+        .chain([std::net::Ipv4Addr::new(127, 0, 1, 1)])
+        .collect();
+    let through = |lb: SocketAddr| -> Vec<String> {
+        ips.iter().map(|&ip| greet_from(ip.into(), lb)).collect()
+    };
+    let (one, two) = (through(a), through(b));
+    let differ: Vec<_> = ips
+        .iter()
+        .zip(one.iter().zip(&two))
+        .filter(|(_, (x, y))| x != y)
+        .collect();
+    assert!(differ.is_empty(), "instances disagree: {differ:?}");
+    let mut h = BTreeMap::new();
+    for n in one {
+        *h.entry(n).or_insert(0) += 1;
+    }
+    h
+}

@@ -47,31 +47,6 @@ fn start_lb(consul: &ConsulDouble, extra: &[&str], env: &[(&str, &str)]) -> (Lb,
     (lb, Admin::new(admin))
 }
 
-fn keys(m: &BTreeMap<String, usize>) -> Vec<&str> {
-    m.keys().map(String::as_str).collect()
-}
-
-/// Waits (at most 10 s) until `n` connections in a row reach exactly the backends `want`
-/// ("" counting a connection that got no greeting).
-fn wait_for_set(lb: &Lb, want: &[&str], n: usize) -> BTreeMap<String, usize> {
-    let mut last = BTreeMap::new();
-    let got = poll(Duration::from_secs(10), || {
-        last = BTreeMap::new();
-        for _ in 0..n {
-            *last
-                .entry(greet_from(IpAddr::from(Ipv4Addr::LOCALHOST), lb.addr))
-                .or_insert(0) += 1;
-        }
-        (keys(&last) == want).then(|| last.clone())
-    });
-    got.unwrap_or_else(|| {
-        panic!(
-            "connections never reached exactly {want:?}; last: {last:?}\nlog:\n{}",
-            lb.log_text()
-        )
-    })
-}
-
 /// The live backends (not draining) the admin API lists: name -> weight.
 fn live_backends(admin: &Admin) -> BTreeMap<String, u64> {
     admin

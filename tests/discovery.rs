@@ -15,7 +15,6 @@
 
 mod util;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -171,31 +170,6 @@ fn start_lb(dns: &Dns, extra: &[&str]) -> (Lb, Admin) {
     let mut args = vec!["--discovery", &d, "--discovery-interval", "300ms"];
     args.extend(extra);
     start_with_admin(&args)
-}
-
-fn keys(m: &BTreeMap<String, usize>) -> Vec<&str> {
-    m.keys().map(String::as_str).collect()
-}
-
-/// Waits (at most 10 s) until `n` connections in a row reach exactly the backends `want`
-/// ("" counting a connection that got no greeting: no backend yet, or a dead one).
-fn wait_for_set(lb: &Lb, want: &[&str], n: usize) -> BTreeMap<String, usize> {
-    let mut last = BTreeMap::new();
-    let got = poll(Duration::from_secs(10), || {
-        last = BTreeMap::new();
-        for _ in 0..n {
-            *last
-                .entry(greet_from(IpAddr::from(Ipv4Addr::LOCALHOST), lb.addr))
-                .or_insert(0) += 1;
-        }
-        (keys(&last) == want).then(|| last.clone())
-    });
-    got.unwrap_or_else(|| {
-        panic!(
-            "connections never reached exactly {want:?}; last: {last:?}\nlog:\n{}",
-            lb.log_text()
-        )
-    })
 }
 
 /// Waits (at most 10 s) until the log has `needle`.

@@ -205,3 +205,32 @@ pub fn same_backend_through_both(a: SocketAddr, b: SocketAddr) -> BTreeMap<Strin
     }
     h
 }
+
+/// The backend names of a spread, in order.
+pub fn keys(m: &BTreeMap<String, usize>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
+/// Waits (at most 10 s) until `n` connections in a row reach exactly the backends `want`
+/// ("" counting a connection that got no greeting: no backend yet, or a dead one).
+pub fn wait_for_set(lb: &Lb, want: &[&str], n: usize) -> BTreeMap<String, usize> {
+    let mut last = BTreeMap::new();
+    let got = super::wait::poll(Duration::from_secs(10), || {
+        last = BTreeMap::new();
+        for _ in 0..n {
+            *last
+                .entry(greet_from(
+                    IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+                    lb.addr,
+                ))
+                .or_insert(0) += 1;
+        }
+        (keys(&last) == want).then(|| last.clone())
+    });
+    got.unwrap_or_else(|| {
+        panic!(
+            "connections never reached exactly {want:?}; last: {last:?}\nlog:\n{}",
+            lb.log_text()
+        )
+    })
+}

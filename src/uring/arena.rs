@@ -2,18 +2,16 @@
 
 use std::io;
 
+use super::mapping::Mapping;
 use crate::direction::Dir;
 
 /// `slots x 2 x buf_size` bytes of address space (`MAP_NORESERVE`). A page costs memory only
 /// once written, so untouched slots cost nothing, and [`Arena::release`] gives an idle slot's
 /// pages back. Buffers are page-aligned, so a release never touches a neighbour.
 pub(super) struct Arena {
-    base: *mut u8,
-    len: usize,
+    map: Mapping,
     slots: usize,
     buf_size: usize,
-    /// Operations may still point into the mapping: never unmap it.
-    leaked: bool,
 }
 
 impl Arena {
@@ -23,27 +21,10 @@ impl Arena {
         let len = slots
             .checked_mul(2 * buf_size)
             .ok_or_else(|| io::Error::other("buffer arena size overflows"))?;
-        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; no
-        // existing memory is affected. The result is checked before use.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Arena {
-            base: base.cast(),
-            len,
+            map: Mapping::new(len)?,
             slots,
             buf_size,
-            leaked: false,
         })
     }
 
@@ -61,8 +42,8 @@ impl Arena {
     /// Start of buffer `index`; in bounds by construction of `index`.
     pub(super) fn ptr(&self, index: usize) -> *mut u8 {
         let off = index * self.buf_size;
-        debug_assert!(off + self.buf_size <= self.len);
-        self.base.wrapping_add(off)
+        debug_assert!(off + self.buf_size <= self.map.len());
+        self.map.base().wrapping_add(off)
     }
 
     /// The bytes of buffer `index`.
@@ -99,23 +80,11 @@ impl Arena {
 
     /// Operations may still point into the mapping: keep it mapped forever.
     pub(super) fn leak(&mut self) {
-        self.leaked = true;
+        self.map.leak();
     }
 
     pub(super) fn is_leaked(&self) -> bool {
-        self.leaked
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        if !self.leaked {
-            // SAFETY: `base`/`len` are the mapping made in `new`, unmapped only here; the ring
-            // that pointed operations into it was drained first (or this was leaked).
-            unsafe {
-                libc::munmap(self.base.cast(), self.len);
-            }
-        }
+        self.map.is_leaked()
     }
 }
 

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
+use super::mapping::Mapping;
+
 /// Buffers in the ring (a power of two): datagrams received and not yet handled at once.
 pub const BUFFERS: u16 = 256;
 /// Payload room of a buffer: the largest UDP payload (65 535 - 8 bytes of UDP header
@@ -38,8 +40,8 @@ pub struct Datagram<'a> {
 }
 
 pub(super) struct Datagrams {
-    base: *mut u8,
-    len: usize,
+    /// The ring entries, then the buffers.
+    map: Mapping,
     /// Bytes of the ring entries, page-aligned; the buffers follow.
     ring_bytes: usize,
     buf_len: usize,
@@ -50,8 +52,6 @@ pub(super) struct Datagrams {
     /// What every multishot `recvmsg` points at: only its name and control lengths are
     /// read. Boxed, never changed while the ring lives.
     msghdr: Box<libc::msghdr>,
-    /// Operations may still point into the mapping: never unmap it.
-    leaked: bool,
 }
 
 impl Datagrams {
@@ -63,41 +63,25 @@ impl Datagrams {
         let header = RECVMSG_OUT + NAME_LEN + control;
         let buf_len = (PAYLOAD + header).next_multiple_of(page);
         let len = ring_bytes + entries * buf_len;
-        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; no
-        // existing memory is affected. The result is checked before use.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let map = Mapping::new(len)?;
         // SAFETY: msghdr is plain old data; all-zero is a valid value.
         let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msghdr.msg_namelen = NAME_LEN as libc::socklen_t;
         msghdr.msg_controllen = control as _;
         let mut d = Datagrams {
-            base: base.cast(),
-            len,
+            map,
             ring_bytes,
             buf_len,
             tail: 0,
             in_ring: vec![false; entries],
             msghdr,
-            leaked: false,
         };
         // SAFETY: the ring memory is page-aligned, `BUFFERS` entries long, zeroed (an
         // empty ring) and lives until `Drop`, after the io_uring it is registered with is
         // closed (the `Ring` field order) or never unmapped if operations may remain.
         unsafe {
             ring.submitter()
-                .register_buf_ring_with_flags(d.base as u64, BUFFERS, GROUP, 0)
+                .register_buf_ring_with_flags(d.map.base() as u64, BUFFERS, GROUP, 0)
         }?;
         for bid in 0..BUFFERS {
             d.recycle(bid);
@@ -129,7 +113,7 @@ impl Datagrams {
         // handed it over until `recycle`), so the kernel does not write it while the
         // slice, borrowed from `&self`, lives (`recycle` needs `&mut self`).
         let buf = unsafe {
-            std::slice::from_raw_parts(self.base.add(self.ring_bytes + i * self.buf_len), len)
+            std::slice::from_raw_parts(self.map.base().add(self.ring_bytes + i * self.buf_len), len)
         };
         parse(buf, NAME_LEN, crate::udp_net::CONTROL_LEN)
     }
@@ -144,12 +128,12 @@ impl Datagrams {
         self.in_ring[i] = true;
         let mask = usize::from(BUFFERS) - 1;
         let slot = usize::from(self.tail) & mask;
-        let addr = self.base as u64 + (self.ring_bytes + i * self.buf_len) as u64;
+        let addr = self.map.base() as u64 + (self.ring_bytes + i * self.buf_len) as u64;
         // SAFETY: entry `slot` lies in the ring area (`slot < BUFFERS`); the kernel reads
         // entries only up to the published tail, and this one is past it until the store
         // below. Entry 0's `resv` field is the tail, which only the store below writes.
         unsafe {
-            let e = &mut *self.base.cast::<BufRingEntry>().add(slot);
+            let e = &mut *self.map.base().cast::<BufRingEntry>().add(slot);
             e.set_addr(addr);
             e.set_len(self.buf_len as u32);
             e.set_bid(bid);
@@ -159,14 +143,15 @@ impl Datagrams {
         // aligned for an atomic u16); the kernel reads it concurrently, hence the atomic
         // release store that publishes the entry written above.
         unsafe {
-            let tail = BufRingEntry::tail(self.base.cast::<BufRingEntry>()) as *const AtomicU16;
+            let tail =
+                BufRingEntry::tail(self.map.base().cast::<BufRingEntry>()) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
         }
     }
 
     /// Operations may still point into the mapping: keep it mapped forever.
     pub(super) fn leak(&mut self) {
-        self.leaked = true;
+        self.map.leak();
     }
 }
 
@@ -188,16 +173,4 @@ fn parse(buf: &[u8], name_len: usize, control_len: usize) -> Option<Datagram<'_>
         payload: buf.get(payload_at..payload_end)?,
         truncated: flags & libc::MSG_TRUNC as usize != 0 || payload_at + payloadlen > buf.len(),
     })
-}
-
-impl Drop for Datagrams {
-    fn drop(&mut self) {
-        if !self.leaked {
-            // SAFETY: `base`/`len` are the mapping made in `new`, unmapped only here, after
-            // the ring that used it was drained and closed (or this was leaked).
-            unsafe {
-                libc::munmap(self.base.cast(), self.len);
-            }
-        }
-    }
 }

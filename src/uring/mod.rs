@@ -27,6 +27,7 @@
 
 mod arena;
 mod datagrams;
+mod mapping;
 mod ring;
 
 pub use datagrams::Datagram;

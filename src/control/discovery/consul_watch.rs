@@ -30,7 +30,8 @@ use crate::config::{ConsulSource, ConsulToken};
 
 use super::consul::{candidates, next_index};
 use super::records::Candidate;
-use super::{DISCOVERED, FAILURES, RESOLUTIONS};
+use super::resolve::failed_to;
+use super::{DISCOVERED, RESOLUTIONS};
 
 /// `wait` of each blocking query; Consul adds up to wait/16 of jitter.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -182,7 +183,7 @@ pub async fn run(
             Err(e) => {
                 conn = None;
                 index = 0;
-                failed(&mut streak, &label, &e, last.as_ref());
+                failed_to("following", &mut streak, &label, &e, last.as_ref());
                 next_start = Instant::now() + backoff;
                 backoff = (backoff * 2).min(max_backoff.max(FIRST_BACKOFF));
                 continue;
@@ -197,7 +198,13 @@ pub async fn run(
         if found.is_empty() {
             // Consul says no instance passes (or none is usable): keep the last set, as
             // for a DNS answer without records; the balancer's own checks still apply.
-            failed(&mut streak, &label, "no passing instance", last.as_ref());
+            failed_to(
+                "following",
+                &mut streak,
+                &label,
+                "no passing instance",
+                last.as_ref(),
+            );
             continue;
         }
         RESOLUTIONS.fetch_add(1, Ordering::Relaxed);
@@ -218,20 +225,5 @@ pub async fn run(
             }
             last = Some(found);
         }
-    }
-}
-
-/// Counts a failure; warns on the first of a run, then only at debug.
-fn failed(streak: &mut u64, label: &str, why: &str, last: Option<&Vec<Candidate>>) {
-    FAILURES.fetch_add(1, Ordering::Relaxed);
-    *streak += 1;
-    let kept = match last {
-        Some(l) => format!("keeping the last {} discovered backend(s)", l.len()),
-        None => "no backends discovered yet".to_string(),
-    };
-    if *streak == 1 {
-        tracing::warn!("discovery: following {label} failed: {why}; {kept}");
-    } else {
-        tracing::debug!("discovery: following {label} failed again ({streak}): {why}");
     }
 }

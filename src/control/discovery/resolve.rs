@@ -209,7 +209,7 @@ pub async fn run(source: Source, interval: Duration, tx: UnboundedSender<Vec<Can
             match build_resolver(&source, interval) {
                 Ok(r) => resolver = Some(r),
                 Err(e) => {
-                    failed(&mut streak, &label, &e, last.as_ref());
+                    failed_to("resolving", &mut streak, &label, &e, last.as_ref());
                     tokio::time::sleep(interval).await;
                     continue;
                 }
@@ -227,7 +227,8 @@ pub async fn run(source: Source, interval: Duration, tx: UnboundedSender<Vec<Can
                 }
                 logged = now;
                 if answer.partial {
-                    failed(
+                    failed_to(
+                        "resolving",
                         &mut streak,
                         &label,
                         "some target lookups failed",
@@ -253,14 +254,21 @@ pub async fn run(source: Source, interval: Duration, tx: UnboundedSender<Vec<Can
                     last = Some(answer.candidates);
                 }
             }
-            Err(e) => failed(&mut streak, &label, &e, last.as_ref()),
+            Err(e) => failed_to("resolving", &mut streak, &label, &e, last.as_ref()),
         }
         tokio::time::sleep(wait).await;
     }
 }
 
-/// Counts a failure; warns on the first of a run, then only at debug.
-fn failed(streak: &mut u64, label: &str, why: &str, last: Option<&Vec<Candidate>>) {
+/// Counts a failure to follow `label` (`doing`: what failed, e.g. "resolving"); warns on the
+/// first of a run, then only at debug.
+pub(super) fn failed_to(
+    doing: &str,
+    streak: &mut u64,
+    label: &str,
+    why: &str,
+    last: Option<&Vec<Candidate>>,
+) {
     FAILURES.fetch_add(1, Ordering::Relaxed);
     *streak += 1;
     let kept = match last {
@@ -268,9 +276,9 @@ fn failed(streak: &mut u64, label: &str, why: &str, last: Option<&Vec<Candidate>
         None => "no backends discovered yet".to_string(),
     };
     if *streak == 1 {
-        tracing::warn!("discovery: resolving {label} failed: {why}; {kept}");
+        tracing::warn!("discovery: {doing} {label} failed: {why}; {kept}");
     } else {
-        tracing::debug!("discovery: resolving {label} failed again ({streak}): {why}");
+        tracing::debug!("discovery: {doing} {label} failed again ({streak}): {why}");
     }
 }
 

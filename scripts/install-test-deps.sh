@@ -27,6 +27,9 @@
 #             system service is not started (see policy-rc.d below).
 #   systemd-analyze (systemd) tests/systemd.rs checks contrib/uringlb.service with
 #             `systemd-analyze verify`; no systemd needs to run for that.
+#   runc      tests/containers.rs runs the balancer in an OCI container (own namespaces, no
+#             capabilities, user nobody) under contrib/seccomp-io-uring.json, as Docker
+#             would with `--security-opt seccomp=...`. No daemon needed.
 #
 # Extra package names given as arguments are installed as well (when not installed).
 set -euo pipefail
@@ -43,6 +46,7 @@ DEPS=(
   "chromium:chromium"
   "promtool:prometheus"
   "systemd-analyze:systemd"
+  "runc:runc"
 )
 # tests/metrics.rs also checks the /metrics text with the official Python parser.
 PY_DEPS=(python3-prometheus-client)

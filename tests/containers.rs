@@ -8,6 +8,7 @@ mod util;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use util::*;
 
@@ -155,4 +156,224 @@ fn seccomp_profile_allows_io_uring_and_refuses_by_default() {
     ] {
         assert!(!allowed.iter().any(|a| a == call), "{call} allowed");
     }
+}
+
+/// An OCI bundle that runs the real binary the way a container runtime does: its own pid,
+/// mount, IPC and UTS namespaces, a read-only root made of the host's system directories,
+/// no capabilities, no new privileges, user `nobody`, and the contrib/ seccomp profile
+/// (Docker's format turned into the OCI one: `archMap` becomes `architectures`). The
+/// network namespace is the host's, so the test reaches it on loopback.
+struct Container {
+    dir: std::path::PathBuf,
+    name: String,
+    /// `runc run`, in the foreground: it exits with the container's process.
+    child: Option<std::process::Child>,
+}
+
+impl Container {
+    /// Starts `args` in the container under `seccomp` (a profile in Docker's format).
+    fn run(seccomp: &serde_json::Value, args: &[String]) -> Container {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "uringlb-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let bin_dir = Path::new(BIN)
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let mut mounts = vec![
+            serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+            serde_json::json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}),
+            serde_json::json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                               "options": ["nosuid", "mode=755"]}),
+        ];
+        for d in ["/usr", "/lib", "/lib64", "/bin", "/etc", bin_dir.as_str()] {
+            if Path::new(d).exists() {
+                mounts.push(
+                    serde_json::json!({"destination": d, "type": "bind", "source": d,
+                                               "options": ["rbind", "ro"]}),
+                );
+            }
+        }
+        let mut architectures = Vec::new();
+        for a in seccomp["archMap"].as_array().expect("archMap: []") {
+            architectures.push(a["architecture"].clone());
+            architectures.extend(
+                a["subArchitectures"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
+        let mut process_args = vec![BIN.to_string()];
+        process_args.extend(args.iter().cloned());
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 65534, "gid": 65534},
+                "args": process_args,
+                "env": ["PATH=/usr/bin:/bin"],
+                "cwd": "/",
+                "noNewPrivileges": true,
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+                "capabilities": {"bounding": [], "effective": [], "permitted": [],
+                                 "inheritable": [], "ambient": []},
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": "uringlb",
+            "mounts": mounts,
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
+                               {"type": "uts"}],
+                "seccomp": {
+                    "defaultAction": seccomp["defaultAction"],
+                    "defaultErrnoRet": seccomp["defaultErrnoRet"],
+                    "architectures": architectures,
+                    "syscalls": seccomp["syscalls"],
+                },
+            },
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let runc = which("runc");
+        let child = Command::new(runc)
+            .arg("--root")
+            .arg(dir.join("state"))
+            .args(["run", "--bundle"])
+            .arg(&dir)
+            .arg(&name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start runc");
+        Container {
+            dir,
+            name,
+            child: Some(child),
+        }
+    }
+
+    /// Waits for the container's process to exit; its status and output.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let child = self.child.take().expect("running");
+        let out = child.wait_with_output().expect("wait for runc");
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status, text)
+    }
+
+    /// Sends SIGTERM to the container's process, as `docker stop` does.
+    fn stop(&self) {
+        let out = self.runc(&["kill", &self.name, "TERM"]);
+        assert!(out.status.success(), "runc kill: {out:?}");
+    }
+
+    fn runc(&self, args: &[&str]) -> std::process::Output {
+        Command::new(which("runc"))
+            .arg("--root")
+            .arg(self.dir.join("state"))
+            .args(args)
+            .output()
+            .expect("run runc")
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.runc(&["delete", "--force", &self.name]);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_profile_runs_the_balancer_in_an_oci_container() {
+    let echo = uringlb_bench::EchoServer::start("127.0.0.1:0").unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let args: Vec<String> = [
+        "--listen",
+        &listen.to_string(),
+        "--backend",
+        &echo.addr().to_string(),
+        "--admin",
+        &admin.to_string(),
+        "--health",
+        "tcp",
+        "--forward",
+        "auto",
+        "--workers",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let c = Container::run(&profile(), &args);
+    wait_until(
+        "the admin API answers from the container",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(admin).is_ok(),
+    );
+    // Copy and splice (auto switches to splice after a few full reads) both ways.
+    echo_exchange(listen, 7, 8 << 20);
+    let metrics = http(admin, "GET", "/metrics", &[], None);
+    assert_eq!(metrics.status, 200, "{:?}", metrics.body);
+    assert!(
+        metrics.body.contains("uringlb_connections_total"),
+        "{}",
+        metrics.body
+    );
+    c.stop();
+    let (status, out) = c.wait();
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("stopped"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+/// The same container without the three io_uring calls, which is what Docker's default
+/// profile amounts to: one line naming the cause and status 2. This also proves the runtime
+/// really applied the profile of the test above.
+#[test]
+fn without_its_io_uring_calls_the_profile_stops_the_balancer_with_one_line() {
+    let mut p = profile();
+    for rule in p["syscalls"].as_array_mut().unwrap() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| !n.as_str().unwrap().starts_with("io_uring_"));
+        }
+    }
+    assert!(!allowed(&p).iter().any(|a| a.starts_with("io_uring")));
+    let args = [
+        "--listen",
+        &free_addr().to_string(),
+        "--backend",
+        "127.0.0.1:9",
+        "--health",
+        "none",
+    ]
+    .map(String::from);
+    let (status, out) = Container::run(&p, &args).wait();
+    assert_eq!(status.code(), Some(2), "{status}: {out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(errors[0].contains("io_uring is not available"), "{out}");
+}
+
+/// The path of `cmd`, or a loud failure: scripts/install-test-deps.sh installs it.
+fn which(cmd: &str) -> String {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = format!("{dir}/{cmd}");
+        if Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{cmd} is not installed: run scripts/install-test-deps.sh");
 }

@@ -268,19 +268,23 @@ fn a_long_transfer_on_the_old_process_finishes_after_the_hand_over() {
     let dir = SockDir::new();
     let sock = dir.sock();
     let addr = free_addr();
-    let mut old = Lb::start_on(addr, &lb_args(&backend, "2", &sock));
+    // Both on the same admin address: the new process takes the admin listener too.
+    let admin_addr = free_addr();
+    let admin = admin_addr.to_string();
+    let mut args = lb_args(&backend, "2", &sock);
+    args.extend(["--admin", admin.as_str()]);
+    let mut old = Lb::start_on(addr, &args);
+    wait_admin(admin_addr);
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let long = LongEcho::on(s, String::new(), 7, 64 * 1024, Duration::from_millis(10));
     wait_until("the transfer to start", Duration::from_secs(10), || {
         long.sent() > 256 * 1024
     });
-    let admin_addr = free_addr();
-    let admin = admin_addr.to_string();
-    let mut args = lb_args(&backend, "2", &sock);
-    args.extend(["--admin", admin.as_str()]);
     let mut new = upgrade_to(addr, &args);
-    old.wait_log(&["upgrade: handed"], 1, Duration::from_secs(10));
+    // Two TCP listeners and the admin one.
+    new.wait_log(&["upgrade: taken 3 listeners"], 1, Duration::from_secs(10));
+    old.wait_log(&["upgrade: handed 3 listeners"], 1, Duration::from_secs(10));
     // Both of the old process's workers stopped accepting: every new connection is the
     // new one's.
     old.wait_log(&["stopping", "worker="], 2, Duration::from_secs(10));
@@ -288,12 +292,6 @@ fn a_long_transfer_on_the_old_process_finishes_after_the_hand_over() {
     for seed in 0..20 {
         echo_exchange(addr, seed, 10_000);
     }
-    let new_admin = Admin::new(admin_addr);
-    wait_admin(admin_addr);
-    assert!(
-        new_admin.metrics().sum("uringlb_accepted_total") >= 20.0,
-        "the new process served the new connections"
-    );
     wait_until("the transfer to go on", Duration::from_secs(20), || {
         long.sent() > before + 1024 * 1024
     });
@@ -304,6 +302,12 @@ fn a_long_transfer_on_the_old_process_finishes_after_the_hand_over() {
     wait_old_exits(&mut old);
     new.check_alive();
     echo_exchange(addr, 99, 10_000);
+    // Only the new process is left to answer on the admin address.
+    let new_admin = Admin::new(admin_addr);
+    assert!(
+        new_admin.metrics().sum("uringlb_accepted_total") >= 21.0,
+        "the new process served the new connections, and its admin endpoint answers"
+    );
 }
 
 #[test]

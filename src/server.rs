@@ -47,6 +47,8 @@ pub enum StartError {
     TooManyBackends(usize),
     #[error("{0}")]
     AccessLog(std::io::Error),
+    #[error("{0}")]
+    Upgrade(std::io::Error),
 }
 
 /// Forwarding buffer per direction per connection.
@@ -79,6 +81,33 @@ pub struct Bound {
     pub service: String,
     pub id: ServiceId,
     pub protocol: ServiceProtocol,
+}
+
+/// A listening socket another process bound (handed over on an upgrade), for the listen
+/// address it was configured as (`wanted`) or is bound to (`addr`).
+#[derive(Debug)]
+pub struct Inherited {
+    pub wanted: SocketAddr,
+    pub addr: SocketAddr,
+    pub protocol: ServiceProtocol,
+    /// The service it was the listener of (several may share an address).
+    pub service: String,
+    pub fd: OwnedFd,
+}
+
+impl Inherited {
+    fn matches(&self, addr: SocketAddr, protocol: ServiceProtocol) -> bool {
+        self.protocol == protocol && (self.wanted == addr || self.addr == addr)
+    }
+}
+
+/// The balancer's own copy of a worker's listening socket: what an upgrade hands over, and
+/// what a worker started in the place of a failed one accepts from (so the clients queued
+/// on it are not lost). Closed when the balancer stops or a reload drops its address.
+struct Held {
+    worker: usize,
+    bound: Bound,
+    fd: OwnedFd,
 }
 
 /// A running balancer.
@@ -119,6 +148,8 @@ struct PublishState {
     services: Vec<String>,
     /// Every listen address bound now.
     bound: Vec<Bound>,
+    /// A copy of every listening socket of every worker (empty once stopping).
+    held: Vec<Held>,
     /// Each service's `max_conns` count, by [`ServiceId`].
     budgets: Vec<Arc<ServiceBudget>>,
     /// Service and backend names by id, for the access log.
@@ -140,6 +171,7 @@ impl PublishState {
             last: None,
             services: Vec::new(),
             bound: Vec::new(),
+            held: Vec::new(),
             budgets: Vec::new(),
             names: Arc::default(),
         }
@@ -200,6 +232,15 @@ impl PublishState {
 impl Server {
     /// Binds, spawns and returns once every worker runs, or fails with nothing running.
     pub fn start(config: &Config) -> Result<Server, StartError> {
+        Server::start_with(config, Vec::new())
+    }
+
+    /// [`Server::start`], taking the `inherited` sockets for the listen addresses they
+    /// match instead of binding new ones (an upgrade). Every inherited socket of an address
+    /// is accepted from: with more of them than workers a worker takes several, with fewer
+    /// the other workers bind their own `SO_REUSEPORT` sockets. Those matching no listen
+    /// address are closed.
+    pub fn start_with(config: &Config, inherited: Vec<Inherited>) -> Result<Server, StartError> {
         raise_nofile_limit();
         let Plan {
             cpus,
@@ -219,9 +260,22 @@ impl Server {
                     .map(move |a| (*a, s.name.clone(), id, protocol))
             })
             .collect();
-        let (listeners, bound) = bind_all(&wanted, n_workers)?;
+        let mut inherited = inherited;
+        let Bind {
+            listeners,
+            bound,
+            held,
+        } = bind_all(&wanted, n_workers, &mut inherited)?;
+        for s in inherited {
+            tracing::info!(
+                "closing the inherited {} listener on {}: no longer configured",
+                s.protocol.name(),
+                s.addr
+            );
+        }
         // Again, now that the listen addresses are known (port 0 resolved).
         state.bound = bound;
+        state.held = held;
         let routing = republish_all(&mut state, config)?;
         let mut shared = Shared::new(n_workers, max_conns, state.counters.clone());
         let access_log = crate::access_log::writer::AccessLog::start(
@@ -351,7 +405,11 @@ impl Server {
                 new.push((w.0, w.1.clone(), id, w.2));
             }
         }
-        let (listeners, bound) = bind_all(&new, self.workers.len())?;
+        let Bind {
+            listeners,
+            bound,
+            held,
+        } = bind_all(&new, self.workers.len(), &mut Vec::new())?;
         for (w, l) in self.workers.iter().zip(listeners) {
             if !l.is_empty() && w.commands.send(Command::Listen(l)).is_ok() {
                 net::eventfd_signal(&w.wake);
@@ -360,6 +418,10 @@ impl Server {
         state
             .bound
             .retain(|b| wanted.iter().any(|w| is_bound(b, w)));
+        state
+            .held
+            .retain(|h| wanted.iter().any(|w| is_bound(&h.bound, w)));
+        state.held.extend(held);
         for b in &bound {
             tracing::info!("service {}: listening on {}", b.service, b.addr);
         }
@@ -412,11 +474,48 @@ impl Server {
 
     /// Asks every worker to stop accepting and to finish within `grace`.
     pub fn stop(&self, grace: Duration) {
+        self.stop_as(|| Command::Stop { grace });
+    }
+
+    /// [`Server::stop`] once another process took the listeners over: the workers stop
+    /// reading the UDP listeners at once too (the new process reads them), and only send
+    /// the replies of their open flows through them.
+    pub fn hand_over(&self, grace: Duration) {
+        self.stop_as(|| Command::HandOver { grace });
+    }
+
+    fn stop_as(&self, command: impl Fn() -> Command) {
+        // The balancer's copies go first: a listener closed by its worker then stops
+        // taking clients (another process on the address takes them).
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .held
+            .clear();
         for w in &self.workers {
-            if w.commands.send(Command::Stop { grace }).is_ok() {
+            if w.commands.send(command()).is_ok() {
                 net::eventfd_signal(&w.wake);
             }
         }
+    }
+
+    /// A copy of every listening socket (one per worker per address, as bound now) with
+    /// its address: what an upgrade hands over. Empty once stopping.
+    pub fn listener_copies(&self) -> std::io::Result<Vec<Inherited>> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .held
+            .iter()
+            .map(|h| {
+                Ok(Inherited {
+                    wanted: h.bound.wanted,
+                    addr: h.bound.addr,
+                    protocol: h.bound.protocol,
+                    service: h.bound.service.clone(),
+                    fd: h.fd.try_clone()?,
+                })
+            })
+            .collect()
     }
 
     /// Client connections open now.
@@ -451,12 +550,11 @@ impl Server {
                 worker = index,
                 "worker loop ended: {why}; starting a new one"
             );
-            let wanted: Vec<(SocketAddr, String, ServiceId, ServiceProtocol)> = self
-                .bound()
-                .into_iter()
-                .map(|b| (b.addr, b.service, b.id, b.protocol))
-                .collect();
-            let (mut listeners, _) = bind_all(&wanted, 1)?;
+            // The failed worker's sockets stay open (the balancer holds a copy): the new
+            // one accepts the clients queued on them.
+            let listeners = self
+                .worker_sockets(index)
+                .map_err(|source| StartError::Worker { index, source })?;
             let routing = self
                 .state
                 .lock()
@@ -467,7 +565,7 @@ impl Server {
             let handle = spawn_worker(
                 index,
                 cpu,
-                listeners.pop().unwrap_or_default(),
+                listeners,
                 routing,
                 self.shared.clone(),
                 &self.worker_config,
@@ -509,6 +607,17 @@ impl Server {
 }
 
 impl Server {
+    /// Copies of the listening sockets worker `index` was given.
+    fn worker_sockets(&self, index: usize) -> std::io::Result<Vec<ListenerFd>> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .held
+            .iter()
+            .filter(|h| h.worker == index)
+            .map(|h| Ok((h.fd.try_clone()?, h.bound.addr, h.bound.id)))
+            .collect()
+    }
+
     /// The id of service `name`, if it has one.
     pub fn service_id(&self, name: &str) -> Option<ServiceId> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -788,19 +897,43 @@ fn spawn_worker(
     }
 }
 
-/// One SO_REUSEPORT listener per worker per address, with the address it is bound to and
-/// its service. With port 0 the first socket's kernel-chosen port is reused for the others.
-#[allow(clippy::type_complexity)]
+/// What [`bind_all`] made: each worker's listeners, the addresses bound, and the
+/// balancer's copies of the sockets.
+struct Bind {
+    listeners: Vec<Vec<ListenerFd>>,
+    bound: Vec<Bound>,
+    held: Vec<Held>,
+}
+
+/// The listeners of every address in `wanted` for `workers` workers: the sockets of
+/// `inherited` that match the address (removed from it), spread over the workers, and one
+/// new SO_REUSEPORT socket for each worker left without one. With port 0 the first
+/// socket's kernel-chosen port is reused for the others.
 fn bind_all(
     wanted: &[(SocketAddr, String, ServiceId, ServiceProtocol)],
     workers: usize,
-) -> Result<(Vec<Vec<ListenerFd>>, Vec<Bound>), StartError> {
+    inherited: &mut Vec<Inherited>,
+) -> Result<Bind, StartError> {
     let mut per_worker: Vec<Vec<ListenerFd>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(wanted.len());
+    let mut held = Vec::new();
     for (addr, service, id, protocol) in wanted {
         let addr = *addr;
-        let mut actual = addr;
-        for sockets in per_worker.iter_mut() {
+        // The same service's sockets if it had some there, else any for the address.
+        let same_service = inherited
+            .iter()
+            .any(|s| s.matches(addr, *protocol) && s.service == *service);
+        let (taken, rest): (Vec<Inherited>, Vec<Inherited>) = std::mem::take(inherited)
+            .into_iter()
+            .partition(|s| s.matches(addr, *protocol) && (!same_service || s.service == *service));
+        *inherited = rest;
+        let mut actual = taken.first().map_or(addr, |s| s.addr);
+        let mut sockets: Vec<(usize, OwnedFd)> = Vec::new();
+        let n_taken = taken.len();
+        for (j, s) in taken.into_iter().enumerate() {
+            sockets.push((j % workers, s.fd));
+        }
+        for worker in n_taken..workers {
             let sock = match protocol {
                 ServiceProtocol::Tcp => listen_socket(actual),
                 ServiceProtocol::Udp => crate::udp_net::listen_socket(actual),
@@ -811,17 +944,33 @@ fn bind_all(
                     actual = a;
                 }
             }
-            sockets.push((OwnedFd::from(sock), actual, *id));
+            sockets.push((worker, OwnedFd::from(sock)));
         }
-        bound.push(Bound {
+        let b = Bound {
             wanted: addr,
             addr: actual,
             service: service.clone(),
             id: *id,
             protocol: *protocol,
-        });
+        };
+        for (worker, fd) in sockets {
+            let copy = fd
+                .try_clone()
+                .map_err(|source| StartError::Listen { addr, source })?;
+            held.push(Held {
+                worker,
+                bound: b.clone(),
+                fd: copy,
+            });
+            per_worker[worker].push((fd, actual, *id));
+        }
+        bound.push(b);
     }
-    Ok((per_worker, bound))
+    Ok(Bind {
+        listeners: per_worker,
+        bound,
+        held,
+    })
 }
 
 fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {

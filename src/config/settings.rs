@@ -249,6 +249,15 @@ settings! {
         example "logfmt",
     }
 
+    /// Unix socket a running balancer hands its listeners over on: a new process
+    /// started with the same path takes them and the old one drains (a binary upgrade
+    /// that refuses no client) [default: off]
+    process upgrade_socket: std::path::PathBuf {
+        maybe, parse = parse_upgrade_socket,
+        arg(long, value_name = "PATH"),
+        example "/tmp/uringlb-upgrade.sock",
+    }
+
     /// Maglev lookup table size, a prime [default: 65537]
     service maglev_table_size: u64 {
         one = 65537, parse = parse_maglev_table_size,

@@ -334,3 +334,38 @@ mod tests {
         }
     }
 }
+
+/// Longest `--upgrade-socket` path: a Unix socket path holds at most 107 bytes, and the
+/// socket is first bound under a longer temporary name next to it (then renamed).
+pub const MAX_UPGRADE_SOCKET_LEN: usize = 80;
+
+/// `--upgrade-socket PATH`: a non-empty path short enough for a Unix socket.
+pub fn parse_upgrade_socket(s: &str) -> Result<std::path::PathBuf, String> {
+    if s.is_empty() {
+        return Err("expected a path for the upgrade socket".to_string());
+    }
+    if s.len() > MAX_UPGRADE_SOCKET_LEN {
+        return Err(format!(
+            "'{s}' is too long for a Unix socket path (at most {MAX_UPGRADE_SOCKET_LEN} bytes)"
+        ));
+    }
+    if s.contains('\0') {
+        return Err("a path cannot contain a NUL byte".to_string());
+    }
+    Ok(std::path::PathBuf::from(s))
+}
+
+#[cfg(test)]
+mod upgrade_socket_tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_socket_paths() {
+        assert_eq!(
+            parse_upgrade_socket("/run/uringlb.sock"),
+            Ok(std::path::PathBuf::from("/run/uringlb.sock"))
+        );
+        assert!(parse_upgrade_socket("").is_err());
+        assert!(parse_upgrade_socket(&format!("/{}", "x".repeat(100))).is_err());
+    }
+}

@@ -95,6 +95,18 @@ pub enum Command {
     Metrics { reply: oneshot::Sender<String> },
     /// True while the balancer accepts connections (false once stopping).
     Health { reply: oneshot::Sender<bool> },
+    /// Copies of every listening socket, for an upgrade's hand-over (an error once
+    /// stopping: nothing to hand over).
+    Listeners {
+        reply: oneshot::Sender<Result<Vec<crate::server::Inherited>, String>>,
+    },
+    /// Process `pid` serves on the `listeners` handed over: stop accepting and drain, as
+    /// a graceful stop does. Answered once the workers were told.
+    HandOver {
+        pid: u32,
+        listeners: usize,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// One service as `GET /services` shows it.
@@ -197,9 +209,20 @@ pub async fn run(
                 Sig::Usr1 => server.reopen_access_log(),
             },
             Some(cmd) = commands.recv() => {
-                let stop_now = handle(cmd, &mut services, &server, &mut held, &mut counts, &mut reloads, stopping);
-                if let Some(grace) = stop_now {
-                    stop(&server, grace, &mut stopping, "stop requested");
+                match cmd {
+                    Command::HandOver { pid, listeners, reply } => {
+                        tracing::info!(open = server.open_connections(), grace = ?config.grace,
+                            "upgrade: handed {listeners} listeners to pid {pid}; stopping gracefully");
+                        server.hand_over(config.grace);
+                        stopping = true;
+                        let _ = reply.send(());
+                    }
+                    cmd => {
+                        let stop_now = handle(cmd, &mut services, &server, &mut held, &mut counts, &mut reloads, stopping);
+                        if let Some(grace) = stop_now {
+                            stop(&server, grace, &mut stopping, "stop requested");
+                        }
+                    }
                 }
             }
             Some(r) = results.recv() => {
@@ -433,6 +456,18 @@ fn handle(
         Command::Health { reply } => {
             let _ = reply.send(!stopping);
         }
+        Command::Listeners { reply } => {
+            let copies = if stopping {
+                Err("it is stopping".to_string())
+            } else {
+                server.listener_copies().map_err(|e| e.to_string())
+            };
+            let _ = reply.send(copies);
+        }
+        Command::HandOver { reply, .. } => {
+            // Handled by the loop itself (it stops).
+            let _ = reply.send(());
+        }
     }
     None
 }
@@ -581,7 +616,7 @@ impl Reloader<'_> {
         self.counts.on_reload(true);
         if !restart_needed.is_empty() {
             tracing::warn!(
-                "{why}: {} changed in the configuration; only a restart applies that (see the README: zero-downtime restart)",
+                "{why}: {} changed in the configuration; only a restart applies that (see the README: Upgrades)",
                 restart_needed.join(", ")
             );
         }

@@ -14,6 +14,7 @@
 //! - [`reload`]: SIGHUP and `POST /reload`;
 //! - [`notify`]: systemd's readiness notifications (`NOTIFY_SOCKET`);
 //! - [`settle`]: answers to table changes held until every worker runs them;
+//! - [`upgrade`]: the listener hand-over of a binary upgrade (`--upgrade-socket`);
 //! - [`controller`]: the same loop on a thread of its own, behind a handle (tests).
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod reload;
 pub mod service;
 pub mod settle;
 pub mod slow_start;
+pub mod upgrade;
 
 pub use backends::{AdminState, BackendStatus, Table, TableError};
 pub use controller::{ControlError, Controller};
@@ -47,22 +49,83 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async {
         let signals = event_loop::Signals::install()?;
+        // With an upgrade socket: everything a start checks is checked before a running
+        // balancer is asked for anything, so a bad configuration leaves it untouched.
+        let (upgrade_socket, taken) = match &config.upgrade_socket {
+            Some(path) => {
+                crate::server::check(config).map_err(StartFailed)?;
+                let listening = upgrade::Listening::bind(path).map_err(upgrade_failed)?;
+                let taken = upgrade::take_over(path).map_err(upgrade_failed)?;
+                (Some(listening), taken)
+            }
+            None => (None, None),
+        };
+        let (mut taken, listeners, old_admin) = match taken {
+            Some(mut t) => {
+                let listeners = std::mem::take(&mut t.listeners);
+                let admin = t.admin.take();
+                (Some(t), listeners, admin)
+            }
+            None => (None, Vec::new(), None),
+        };
+        // The old process's admin socket if it was for the same address, else a new one.
         let admin = match config.admin {
-            Some(addr) => Some(admin::bind(addr).map_err(|e| admin_bind_failed(addr, e))?),
+            Some(addr) => {
+                let adopted = old_admin
+                    .filter(|(wanted, _)| *wanted == addr)
+                    .map(|(_, fd)| admin::adopt(fd));
+                Some(match adopted {
+                    Some(l) => (l.map_err(|e| admin_bind_failed(addr, e))?, true),
+                    None => (
+                        admin::bind(addr).map_err(|e| admin_bind_failed(addr, e))?,
+                        false,
+                    ),
+                })
+            }
             None => None,
         };
-        let server = Server::start(config).map_err(StartFailed)?;
+        let server = Server::start_with(config, listeners).map_err(StartFailed)?;
         let (commands, rx) = mpsc::unbounded_channel();
-        if let Some(listener) = admin {
-            admin::spawn(listener, config.admin_token.clone(), commands);
+        let mut admin_taken = false;
+        let mut admin_hand_over = None;
+        if let Some((listener, adopted)) = admin {
+            admin_taken = adopted;
+            let fd = listener.try_clone_fd();
+            let task = admin::spawn(listener, config.admin_token.clone(), commands.clone());
+            if let (Ok(fd), Some(wanted)) = (fd, config.admin) {
+                admin_hand_over = Some(upgrade::AdminHandOver { wanted, fd, task });
+            }
         }
+        // Serving (every worker runs): the old process may stop accepting.
+        if let Some(t) = taken.take() {
+            t.ready(admin_taken);
+        }
+        let published = match upgrade_socket {
+            Some(l) => match l.publish(commands.clone(), admin_hand_over) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // Serving already: an upgrade will not find this process, nothing else.
+                    tracing::error!("{e}; binary upgrades by hand-over are off");
+                    None
+                }
+            },
+            None => None,
+        };
         let notify = notify::Notifier::from_env();
         event_loop::run(server, config.clone(), rx, Some(signals), notify).await;
+        if let Some(p) = published {
+            p.remove();
+        }
         Ok(())
     });
     // A reload's DNS lookup still running on the blocking pool must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+/// The upgrade socket cannot be bound or reached: a start-up error (exit 2).
+fn upgrade_failed(e: std::io::Error) -> StartFailed {
+    StartFailed(StartError::Upgrade(e))
 }
 
 /// A busy or bad `--admin` address is a start-up error like a busy `--listen` (exit 2).

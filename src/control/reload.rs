@@ -166,6 +166,10 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         running.access_log_format != new.access_log_format,
         "--access-log-format",
     );
+    check(
+        running.upgrade_socket != new.upgrade_socket,
+        "--upgrade-socket",
+    );
     out
 }
 
@@ -183,6 +187,7 @@ pub fn in_effect(running: &Config, new: Config) -> Config {
         log_level: running.log_level.clone(),
         access_log: running.access_log.clone(),
         access_log_format: running.access_log_format,
+        upgrade_socket: running.upgrade_socket.clone(),
         ..new
     }
 }

@@ -21,12 +21,15 @@
 //! reaped. On drop it cancels what is still in flight and waits for it; if the kernel does
 //! not answer in time the memory is leaked rather than freed under it.
 //!
+//! [`fd`] takes ownership of descriptors received from another process (an upgrade).
+//!
 //! Descriptors given to operations are plain numbers: a wrong one makes an operation fail,
 //! it cannot corrupt memory. Their owners (`OwnedFd`s in the worker) keep them open while
 //! operations use them, and [`Ring::close`] takes ownership of what it closes.
 
 mod arena;
 mod datagrams;
+pub mod fd;
 mod mapping;
 mod ring;
 

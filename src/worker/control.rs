@@ -47,6 +47,10 @@ impl Worker {
                     self.arm_accepts();
                 }
                 Command::Stop { grace } => self.begin_stop(grace),
+                Command::HandOver { grace } => {
+                    self.begin_stop(grace);
+                    self.udp_stop_reading();
+                }
             }
         }
         if result != -libc::ECANCELED {

@@ -77,6 +77,9 @@ pub enum Command {
     /// Stop accepting; let open connections finish for at most `grace`, then exit. A
     /// second one shortens the grace.
     Stop { grace: Duration },
+    /// [`Command::Stop`] once another process took the listeners over: also stop reading
+    /// the UDP listeners (their copies in the new process are read there).
+    HandOver { grace: Duration },
 }
 
 /// Settings a worker needs from the configuration.
@@ -604,7 +607,10 @@ impl Worker {
         let Some(deadline) = self.stopping else {
             return false;
         };
-        if self.open == 0 && self.parked.is_empty() && self.udp.idle() {
+        // An accept whose cancel has not completed may still hand over a client the kernel
+        // took before the cancel: it is served like the others, never dropped unserved.
+        let accepting = (0..self.listeners.len()).any(|i| self.ring.accepting(i));
+        if self.open == 0 && self.parked.is_empty() && self.udp.idle() && !accepting {
             return true;
         }
         if self.now_ns >= deadline && !self.hard_stop {

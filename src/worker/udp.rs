@@ -44,6 +44,9 @@ pub(super) struct UdpListener {
     armed: bool,
     /// Takes no new flows; closes once `flows` is 0.
     draining: bool,
+    /// Another process reads it now (an upgrade): no more receives, only the replies of
+    /// the open flows leave through it.
+    handed_over: bool,
     /// Flows whose replies leave through it.
     flows: usize,
 }
@@ -113,6 +116,7 @@ impl Worker {
             service,
             armed: false,
             draining: false,
+            handed_over: false,
             flows: 0,
         });
         self.arm_udp();
@@ -126,7 +130,7 @@ impl Worker {
                 continue;
             };
             // A listener a reload just added waits for the routing that has its service.
-            if l.armed || (!l.draining && !self.services.is_live(l.service)) {
+            if l.armed || l.handed_over || (!l.draining && !self.services.is_live(l.service)) {
                 continue;
             }
             let ud = Token::new(i, 0, OpKind::UdpListen).encode();
@@ -160,6 +164,18 @@ impl Worker {
         for i in 0..self.udp.listeners.len() {
             self.udp.listeners[i].draining = true;
             self.close_udp_listener_if_done(i);
+        }
+    }
+
+    /// The listeners were handed over to another process: stop receiving on them (a
+    /// receive in flight is cancelled), so every datagram goes to the new process.
+    pub(super) fn udp_stop_reading(&mut self) {
+        let ignore = Token::new(0, 0, OpKind::Ignore).encode();
+        for l in &mut self.udp.listeners {
+            l.handed_over = true;
+            if let (true, Some(fd)) = (l.armed, l.fd.as_ref()) {
+                self.ring.cancel_fd(fd.as_raw_fd(), ignore);
+            }
         }
     }
 

@@ -68,9 +68,31 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<Listener> {
     })
 }
 
+/// Serves on a listening socket taken from another process (an upgrade).
+pub fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<Listener> {
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    let addr = l.local_addr()?;
+    Ok(Listener {
+        inner: tokio::net::TcpListener::from_std(l)?,
+        addr,
+    })
+}
+
+impl Listener {
+    /// A copy of the socket (for an upgrade's hand-over).
+    pub fn try_clone_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&self.inner).try_clone_to_owned()
+    }
+}
+
 /// Serves the API on `listener` from a task on the current runtime. The task ends with
-/// the runtime.
-pub fn spawn(listener: Listener, token: Option<AdminToken>, commands: UnboundedSender<Command>) {
+/// the runtime, or when aborted by the returned handle (the listener then closes).
+pub fn spawn(
+    listener: Listener,
+    token: Option<AdminToken>,
+    commands: UnboundedSender<Command>,
+) -> tokio::task::AbortHandle {
     let Listener {
         inner: listener,
         addr,
@@ -89,8 +111,9 @@ pub fn spawn(listener: Listener, token: Option<AdminToken>, commands: UnboundedS
         commands,
         token: token.map(Arc::new),
     };
-    tokio::spawn(serve::run(listener, api::router(ctx)));
+    let task = tokio::spawn(serve::run(listener, api::router(ctx)));
     tracing::info!("admin endpoint on http://{addr}");
+    task.abort_handle()
 }
 
 /// What every handler gets.

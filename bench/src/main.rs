@@ -69,7 +69,7 @@ enum Cmd {
         #[arg(long, default_value = "/big.bin")]
         download_path: String,
     },
-    /// Aggregates the runs `bench/compare.sh` recorded: medians, ratios to HAProxy, a table
+    /// Aggregates the runs `bench/compare.sh` recorded: medians, ratios to HAProxy (NGINX for UDP), a table
     /// on stdout and a results JSON.
     CompareReport {
         /// The runs file: one JSON object per line.
@@ -81,8 +81,10 @@ enum Cmd {
         /// Also write the results JSON here (e.g. bench/results/latest.json).
         #[arg(long)]
         latest: Option<PathBuf>,
-        /// Baseline for the ratios; for the download the best `NAME*` variant is used.
-        #[arg(long, default_value = "haproxy")]
+        /// Baseline for the ratios, or several in order of preference (a workload without
+        /// the first, like UDP without HAProxy, takes the next); for the download the best
+        /// `NAME*` variant is used.
+        #[arg(long, default_value = "haproxy,nginx")]
         baseline: String,
         /// Facts to record with the results, KEY=VALUE (repeatable).
         #[arg(long, value_parser = parse_meta)]

@@ -48,7 +48,7 @@ fn recording_echo(drop_every: u64) -> (SocketAddr, Arc<Mutex<Vec<SocketAddr>>>) 
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             n_got += 1;
             s.lock().unwrap().push(from);
-            if drop_every == 0 || n_got % drop_every != 0 {
+            if drop_every == 0 || !n_got.is_multiple_of(drop_every) {
                 let _ = sock.send_to(&buf[..n], from);
             }
         }

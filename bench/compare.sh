@@ -16,8 +16,9 @@
 # UDP (bench/lib/udp.sh): uringlb --protocol udp and NGINX stream `listen ... udp` in front
 # of three UDP echo backends (HAProxy has no UDP): steady flows at the maximum rate, at a
 # fixed rate, and a new flow per request (DNS-like); ratios to NGINX.
-# Prints a table of medians and ratios to HAProxy; writes bench/results/compare-TIME.json,
-# latest.json, runs-TIME.jsonl, compare-TIME.log and the plot latency.svg.
+# Prints a table of medians and ratios to HAProxy (to NGINX for UDP); writes
+# bench/results/compare-TIME.json, latest.json, runs-TIME.jsonl, compare-TIME.log and the
+# plots latency.svg, latency-rate.svg (TCP) and latency-udp-rate.svg (UDP).
 #
 # Environment (all optional):
 #   RESULTS_DIR   where results go (default bench/results)

@@ -13,12 +13,19 @@
 # 32 connections, Connection: close), the 1 GiB download /big.bin (curl), and keep-alive
 # requests at a fixed offered rate (uringlb-bench http --rate, 64 connections): the same
 # load for every system, so that latencies compare.
-# Prints a table of medians and ratios to HAProxy; writes bench/results/compare-TIME.json,
-# latest.json, runs-TIME.jsonl, compare-TIME.log and the plot latency.svg.
+# UDP (bench/lib/udp.sh): uringlb --protocol udp and NGINX stream `listen ... udp` in front
+# of three UDP echo backends (HAProxy has no UDP): steady flows at the maximum rate, at a
+# fixed rate, and a new flow per request (DNS-like); ratios to NGINX.
+# Prints a table of medians and ratios to HAProxy (to NGINX for UDP); writes
+# bench/results/compare-TIME.json, latest.json, runs-TIME.jsonl, compare-TIME.log and the
+# plots latency.svg, latency-rate.svg (TCP) and latency-udp-rate.svg (UDP).
 #
 # Environment (all optional):
 #   RESULTS_DIR   where results go (default bench/results)
 #   WWW_DIR       where the 1 GiB big.bin is made and served from (default /tmp/uringlb-bench-www)
+#   WORKLOADS     which parts to run: "tcp" (the TCP systems and workloads above), "udp"
+#                 (bench/lib/udp.sh, which lists its own settings: UDP_RATE, UDP_FLOWS,
+#                 UDP_SYSTEMS), or both (the default, "tcp udp")
 #   SYSTEMS       subset to run, e.g. "uringlb-auto haproxy" (default: all six)
 #   DOWNLOADS     downloads per download run (default 2; 1 with --quick)
 #   RATE          offered requests per second of the fixed-rate workload (default 20000)
@@ -29,7 +36,8 @@
 #   NO_BUILD=1    skip `cargo build --release`
 #
 # Ports: backends 9001-9003, balancers 8280-8282 and 8290-8292, or the first block 100,
-# 200, ... higher that is free (when another run or the lab holds them).
+# 200, ... higher that is free (when another run or the lab holds them); UDP: see
+# bench/lib/udp.sh.
 #
 # Needs root only to install missing Debian packages (haproxy, nginx, libnginx-mod-stream,
 # wrk, curl) with apt-get. Every process it starts is stopped when it exits.
@@ -73,6 +81,10 @@ for v in "$rounds" "$secs" "$downloads" "$pause" "$rate"; do
 	[[ $v =~ ^[0-9]+$ ]] || die "expected a whole number, got '$v'"
 done
 ((rounds >= 1 && secs >= 1 && downloads >= 1)) || die "ROUNDS, SECONDS and DOWNLOADS must be at least 1"
+read -r -a parts <<<"${WORKLOADS:-tcp udp}"
+((${#parts[@]})) || die "WORKLOADS is empty (known: tcp udp)"
+for w in "${parts[@]}"; do [[ $w == tcp || $w == udp ]] || die "unknown WORKLOADS part '$w' (known: tcp udp)"; done
+want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
 
 results=${RESULTS_DIR:-$here/results}
 www=${WWW_DIR:-/tmp/uringlb-bench-www}
@@ -93,13 +105,16 @@ if [[ -n ${SYSTEMS:-} ]]; then
 else
 	systems=("${all_systems[@]}")
 fi
+if ! want tcp; then systems=(); fi
 
 # --- what it needs ------------------------------------------------------------------------
 missing=()
-command -v haproxy >/dev/null || missing+=(haproxy)
+if want tcp; then
+	command -v haproxy >/dev/null || missing+=(haproxy)
+	command -v wrk >/dev/null || missing+=(wrk)
+fi
 command -v nginx >/dev/null || missing+=(nginx)
 [[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
-command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
 	[[ $(id -u) == 0 ]] || die "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run as root"
@@ -119,7 +134,7 @@ bench=$target_dir/release/uringlb-bench
 [[ -x $uringlb && -x $bench ]] || die "no $uringlb or $bench: build first"
 
 mkdir -p "$www" "$results"
-if [[ $(stat -c %s "$www/big.bin" 2>/dev/null || echo 0) != "$big_size" ]]; then
+if want tcp && [[ $(stat -c %s "$www/big.bin" 2>/dev/null || echo 0) != "$big_size" ]]; then
 	echo "making $www/big.bin (1 GiB) ..."
 	head -c "$big_size" /dev/urandom >"$www/big.bin.tmp"
 	mv "$www/big.bin.tmp" "$www/big.bin"
@@ -200,9 +215,11 @@ backend_ports=($((9001 + offset)) $((9002 + offset)) $((9003 + offset)))
 for s in "${systems[@]}"; do port[$s]=$((port0[$s] + offset)); done
 if ((offset)); then echo "ports 9001-9003/8280-8292 are taken: using backends ${backend_ports[*]}, offset $offset"; fi
 
-render "$here/lab/backend-nginx.conf" 0 >"$work/backend-nginx.conf"
-start backends nginx -e "$work/backend-nginx.err" -c "$work/backend-nginx.conf"
-for p in "${backend_ports[@]}"; do wait_http backends "$p"; done
+if want tcp; then
+	render "$here/lab/backend-nginx.conf" 0 >"$work/backend-nginx.conf"
+	start backends nginx -e "$work/backend-nginx.err" -c "$work/backend-nginx.conf"
+	for p in "${backend_ports[@]}"; do wait_http backends "$p"; done
+fi
 
 declare -A lbpids
 pin_arg=(--no-pin)
@@ -237,6 +254,9 @@ for name in backends nginx; do
 	extra+=("${kid_arr[@]}")
 	if [[ $name == nginx ]]; then lbpids[nginx]=$kids; fi
 done
+# shellcheck source-path=SCRIPTDIR source=lib/udp.sh
+source "$here/lib/udp.sh"
+if want udp; then udp_start; fi
 
 # --- measuring ----------------------------------------------------------------------------
 hz=$(getconf CLK_TCK)
@@ -354,7 +374,7 @@ download_run() {
 		printf "%-9s %-15s %9.2f GB/s   %.3f CPU s/GiB\n", "download", sys, b / t / 1e9, c / hz / (b / 1073741824) }'
 }
 
-echo "systems: ${systems[*]}; $rounds round(s), wrk ${secs}s, $downloads download(s) of 1 GiB per run, fixed rate $rate req/s; nothing pinned"
+want tcp && echo "systems: ${systems[*]}; $rounds round(s), wrk ${secs}s, $downloads download(s) of 1 GiB per run, fixed rate $rate req/s; nothing pinned"
 # Warm-up, not measured: the first 1 GiB download after the backends start is several times
 # slower whichever system carries it (page cache, nginx), and each system's first requests
 # allocate its buffers.
@@ -363,6 +383,7 @@ for s in "${systems[@]}"; do
 	curl -s -o /dev/null --max-time 300 "http://127.0.0.1:${port[$s]}/big.bin" || true
 	wrk -t1 -c16 -d1s "http://127.0.0.1:${port[$s]}/" >/dev/null 2>&1 || true
 done
+if want udp; then udp_warmup; fi
 n=${#systems[@]}
 for ((r = 1; r <= rounds; r++)); do
 	echo "--- round $r/$rounds"
@@ -375,6 +396,7 @@ for ((r = 1; r <= rounds; r++)); do
 		rate_run "$r" "$s"
 		sleep "$pause"
 	done
+	if want udp; then udp_round "$r"; fi
 done
 
 # --- report -------------------------------------------------------------------------------
@@ -400,16 +422,26 @@ meta=(
 	--meta "pinning=none: load generator, balancers and backends share all CPUs, as in the lab"
 	--meta "latency_rate=uringlb-bench http --rate (open loop, 64 connections paced evenly; a request held back by a late response counts from its scheduled time, one sent late by the generator's own timer from its send)"
 	--meta "latency=wrk -t1 --latency; p50/p99/p99.9 and the plot from wrk's histogram via bench/lab/stats.lua (done callback), max = latency.max; wrk times from request write to response end, so close-mode latency excludes the connect"
+	--meta "workloads=${parts[*]}"
 	--meta "cpu=user+sys ticks of the balancer's pids from /proc/PID/stat (thread group, exited threads included; the sum over /proc/PID/task/*/stat is kept as cpu_ticks_tasks), delta over the run (nginx: its worker)"
 )
+if want udp; then meta+=("${udp_meta[@]}"); fi
 echo
 "$bench" compare-report --runs "$runs" --output "$results/compare-$ts.json" \
 	--latest "$results/latest.json" "${meta[@]}"
-"$bench" plot --input "$results/latest.json" --output "$results/latency-$ts.svg" \
-	--workload keepalive --title "keep-alive, $keepalive_conns conns, closed loop: latency (medians of $rounds)"
-cp "$results/latency-$ts.svg" "$results/latency.svg"
-"$bench" plot --input "$results/latest.json" --output "$results/latency-rate-$ts.svg" \
-	--workload rate --title "keep-alive at $rate req/s, $keepalive_conns conns: latency (medians of $rounds)"
-cp "$results/latency-rate-$ts.svg" "$results/latency-rate.svg"
+plots=()
+if want tcp; then
+	"$bench" plot --input "$results/latest.json" --output "$results/latency-$ts.svg" \
+		--workload keepalive --title "keep-alive, $keepalive_conns conns, closed loop: latency (medians of $rounds)"
+	cp "$results/latency-$ts.svg" "$results/latency.svg"
+	"$bench" plot --input "$results/latest.json" --output "$results/latency-rate-$ts.svg" \
+		--workload rate --title "keep-alive at $rate req/s, $keepalive_conns conns: latency (medians of $rounds)"
+	cp "$results/latency-rate-$ts.svg" "$results/latency-rate.svg"
+	plots+=("$results/latency.svg" "$results/latency-rate.svg")
+fi
+if want udp; then
+	udp_plot "$ts"
+	plots+=("$results/latency-udp-rate.svg")
+fi
 echo
-echo "results: $results/compare-$ts.json (also latest.json), plots: $results/latency.svg, $results/latency-rate.svg, load output: $log"
+echo "results: $results/compare-$ts.json (also latest.json), plots: ${plots[*]}, load output: $log"

@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+mod udp;
+
 use crate::load::fmt_us;
 use crate::load::PercentilePoint;
 
@@ -270,7 +272,9 @@ fn is_candidate(system: &str, prefix: &str) -> bool {
 
 /// Medians per (workload, system) and ratios to the baseline: the system named
 /// `baseline` for request workloads, and the best (highest GB/s) of the `baseline*`
-/// variants for the download.
+/// variants for the download. `baseline` may be a comma-separated list in order of
+/// preference (`haproxy,nginx`): a workload without the first (HAProxy has no UDP) takes
+/// the next.
 pub fn summarize(runs: Vec<Run>, meta: BTreeMap<String, String>, baseline: &str) -> Results {
     let mut systems: Vec<String> = Vec::new();
     let mut workloads: Vec<String> = Vec::new();
@@ -282,12 +286,14 @@ pub fn summarize(runs: Vec<Run>, meta: BTreeMap<String, String>, baseline: &str)
             workloads.push(r.workload.clone());
         }
     }
+    let order: Vec<&str> = WORKLOAD_ORDER
+        .iter()
+        .chain(&udp::WORKLOADS)
+        .copied()
+        .collect();
     workloads.sort_by_key(|w| {
         (
-            WORKLOAD_ORDER
-                .iter()
-                .position(|x| x == w)
-                .unwrap_or(WORKLOAD_ORDER.len()),
+            order.iter().position(|x| x == w).unwrap_or(order.len()),
             w.clone(),
         )
     });
@@ -328,10 +334,20 @@ pub fn summarize(runs: Vec<Run>, meta: BTreeMap<String, String>, baseline: &str)
 
     let mut baselines = BTreeMap::new();
     for w in &workloads {
-        let candidates: Vec<&Row> = rows
-            .iter()
-            .filter(|r| &r.workload == w && is_candidate(&r.system, baseline))
-            .collect();
+        let Some((baseline, candidates)) = baseline
+            .split(',')
+            .map(str::trim)
+            .map(|b| {
+                let c: Vec<&Row> = rows
+                    .iter()
+                    .filter(|r| &r.workload == w && is_candidate(&r.system, b))
+                    .collect();
+                (b, c)
+            })
+            .find(|(_, c)| !c.is_empty())
+        else {
+            continue;
+        };
         let chosen = if w == "download" {
             candidates
                 .iter()
@@ -410,7 +426,11 @@ fn median_distribution(runs: &[&Run]) -> Vec<PercentilePoint> {
         .collect()
 }
 
-fn title(workload: &str, connections: Option<u64>, offered: Option<&String>) -> String {
+fn title(workload: &str, connections: Option<u64>, meta: &BTreeMap<String, String>) -> String {
+    if let Some(t) = udp::title(workload, connections, meta) {
+        return t;
+    }
+    let offered = meta.get("offered_rate");
     let conns = connections.map_or(String::new(), |c| format!(", {c} connections"));
     match workload {
         "rate" => format!(
@@ -454,11 +474,7 @@ impl Results {
             let _ = writeln!(
                 out,
                 "\n{}: medians of {rounds} round(s); x = ratio to {base}",
-                title(
-                    w,
-                    rows.iter().find_map(|r| r.connections),
-                    self.meta.get("offered_rate")
-                )
+                title(w, rows.iter().find_map(|r| r.connections), &self.meta)
             );
             if w == "download" {
                 let _ = writeln!(

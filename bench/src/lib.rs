@@ -4,7 +4,7 @@
 //! balancer's integration tests and this crate's binary use one path for everything). This
 //! crate adds what only benchmarking needs: [`compare`] (aggregates `bench/compare.sh`
 //! runs), [`plot`] (SVG latency plots), [`soak`] (the fault soak of the real balancer
-//! binary) and [`idle_memory`].
+//! binary), [`idle_memory`] and [`udp`] (UDP load and echo).
 //!
 //! Everything runs on its own threads with its own tokio runtime, so callers need no
 //! runtime of their own and may call in from inside one.
@@ -13,6 +13,7 @@ pub mod compare;
 pub mod idle_memory;
 pub mod plot;
 pub mod soak;
+pub mod udp;
 
 pub use uringlb_testbed::{backends, load, pattern, units};
 pub use uringlb_testbed::{parse_bytes, parse_duration};

@@ -1,7 +1,7 @@
 //! `uringlb-bench`: load generator and standalone test backends for uringlb.
 //!
 //! Servers print `listening on ADDR` once bound (so a test passing port 0 can read the real
-//! port) and run until killed. Load commands (`http`, `echo`, `bulk`, `download`) print a
+//! port) and run until killed. Load commands (`http`, `echo`, `bulk`, `download`, `udp`) print a
 //! table, or JSON with `--json`. `compare-report` and `plot` serve `bench/compare.sh`.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use uringlb_bench::{
-    compare, idle_memory, load, parse_bytes, parse_duration, plot, soak, soak::SoakConfig,
+    compare, idle_memory, load, parse_bytes, parse_duration, plot, soak, soak::SoakConfig, udp,
     EchoServer, HttpServer, LoadConfig, LoadKind, NameServer, Report, SinkServer, SourceServer,
 };
 
@@ -69,7 +69,7 @@ enum Cmd {
         #[arg(long, default_value = "/big.bin")]
         download_path: String,
     },
-    /// Aggregates the runs `bench/compare.sh` recorded: medians, ratios to HAProxy, a table
+    /// Aggregates the runs `bench/compare.sh` recorded: medians, ratios to HAProxy (NGINX for UDP), a table
     /// on stdout and a results JSON.
     CompareReport {
         /// The runs file: one JSON object per line.
@@ -81,8 +81,10 @@ enum Cmd {
         /// Also write the results JSON here (e.g. bench/results/latest.json).
         #[arg(long)]
         latest: Option<PathBuf>,
-        /// Baseline for the ratios; for the download the best `NAME*` variant is used.
-        #[arg(long, default_value = "haproxy")]
+        /// Baseline for the ratios, or several in order of preference (a workload without
+        /// the first, like UDP without HAProxy, takes the next); for the download the best
+        /// `NAME*` variant is used.
+        #[arg(long, default_value = "haproxy,nginx")]
         baseline: String,
         /// Facts to record with the results, KEY=VALUE (repeatable).
         #[arg(long, value_parser = parse_meta)]
@@ -166,6 +168,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// UDP request/response load, DNS-like: each flow (a client socket, one source port)
+    /// has one small request in flight; unanswered requests count as lost.
+    Udp(UdpArgs),
+    /// UDP echo: answers each datagram with the same bytes.
+    #[command(alias = "udp-echo")]
+    ServeUdpEcho {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Writes N pattern bytes per connection, then closes its write side.
     ServeSource {
         #[command(flatten)]
@@ -217,6 +228,49 @@ struct SoakArgs {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct UdpArgs {
+    /// Address to load, e.g. 127.0.0.1:5353.
+    #[arg(long, short)]
+    target: String,
+    /// Client sockets (source ports: flows in the balancer), one request in flight each.
+    #[arg(long, short, default_value_t = 64)]
+    flows: usize,
+    /// How long to run: 500ms, 2s, 1m.
+    #[arg(long, short, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests sent.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Open loop: this many requests per second in all, paced per flow, latency
+    /// corrected for coordinated omission as in `http --rate`. Default: closed loop.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Send every request from a new socket (a new source port, so a new flow), as
+    /// resolvers with random source ports do.
+    #[arg(long)]
+    new_flow_per_request: bool,
+    /// Requests are DNS queries (type A) for this name, 36 bytes for the default.
+    #[arg(long, default_value = udp::DEFAULT_NAME, conflicts_with = "size")]
+    name: String,
+    /// Instead of a DNS query, requests of this many bytes (2 to 65507; the first two are
+    /// the request's id).
+    #[arg(long, value_parser = parse_bytes)]
+    size: Option<u64>,
+    /// A request not answered within this is counted as lost.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Load generator worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Print one `WRKJSON {...}` line (for compare.sh) instead of the table.
+    #[arg(long, conflicts_with = "json")]
+    wrk_json: bool,
 }
 
 #[derive(Args)]
@@ -448,6 +502,11 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Udp(args) => udp_load(args),
+        Cmd::ServeUdpEcho { listen } => {
+            let server = udp::UdpEchoServer::start(listen.listen.as_str())?;
+            serve(server.addr())
+        }
         Cmd::ServeSource { listen, bytes } => {
             let server = SourceServer::start(listen.listen.as_str(), bytes)?;
             serve(server.addr())
@@ -503,6 +562,34 @@ fn soak(args: SoakArgs) -> anyhow::Result<i32> {
         print!("{}", report.table());
     }
     Ok(if report.passed { 0 } else { 1 })
+}
+
+fn udp_load(args: UdpArgs) -> anyhow::Result<i32> {
+    let payload = match args.size {
+        Some(n) => udp::Payload::Fixed(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => udp::Payload::Dns(args.name),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_ctrl_c(stop.clone());
+    let cfg = udp::UdpLoadConfig {
+        requests: args.requests,
+        rate: args.rate,
+        timeout: args.timeout,
+        new_flow_per_request: args.new_flow_per_request,
+        payload,
+        threads: args.threads,
+        stop: Some(stop),
+        ..udp::UdpLoadConfig::new(resolve(&args.target)?, args.flows, args.duration)
+    };
+    let report = udp::run(&cfg)?;
+    if args.wrk_json {
+        println!("{}", report.wrk_json());
+    } else if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.answered == 0 { 1 } else { 0 })
 }
 
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use progress::{Progress, ProgressFn};
 pub use report::{fmt_us, LatencySummary, PercentilePoint, Report, Summary, PERCENTILES};
+pub use schedule::{latency_origin, Schedule};
 
 /// Which protocol a run spoke; kept in the [`Report`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

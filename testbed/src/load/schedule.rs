@@ -1,4 +1,4 @@
-//! Open-loop pacing (`http --rate`): when each connection sends, and from when a request's
+//! Open-loop pacing (`http --rate`, and the bench crate's `udp --rate`): when each connection sends, and from when a request's
 //! latency counts.
 //!
 //! Connection `i` of `c` sends its `k`-th request at `i/R + k*c/R` seconds after the start
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// One connection's schedule, as offsets from the start of the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Schedule {
+pub struct Schedule {
     offset: Duration,
     interval: Duration,
     next: u64,
@@ -24,7 +24,7 @@ pub(crate) struct Schedule {
 
 impl Schedule {
     /// Connection `index` of `connections` sharing `rate` requests per second.
-    pub(crate) fn new(rate: f64, connections: usize, index: usize) -> Schedule {
+    pub fn new(rate: f64, connections: usize, index: usize) -> Schedule {
         let per_conn = rate / connections.max(1) as f64;
         Schedule {
             offset: Duration::from_secs_f64(index as f64 / rate),
@@ -34,7 +34,7 @@ impl Schedule {
     }
 
     /// When the next request is due; advances to the one after.
-    pub(crate) fn next_due(&mut self) -> Duration {
+    pub fn next_due(&mut self) -> Duration {
         let due = self.offset + self.interval.mul_f64(self.next as f64);
         self.next += 1;
         due
@@ -44,11 +44,7 @@ impl Schedule {
 /// Where a request's latency starts: its scheduled time if the connection was still busy
 /// with the previous request then (`previous_done` after `scheduled`), else when it was
 /// sent.
-pub(crate) fn latency_origin(
-    scheduled: Duration,
-    sent: Duration,
-    previous_done: Duration,
-) -> Duration {
+pub fn latency_origin(scheduled: Duration, sent: Duration, previous_done: Duration) -> Duration {
     if previous_done > scheduled {
         scheduled.min(sent)
     } else {

@@ -94,7 +94,7 @@ for w in "${wl_names[@]}"; do
 	[[ " ${known_workloads[*]} " == *" $w "* ]] || die "unknown workload '$w' in WORKLOADS (known: ${known_workloads[*]})"
 	want[$w]=1
 done
-# shellcheck source=bench/lib/tls.sh
+# shellcheck source-path=SCRIPTDIR source=lib/tls.sh
 source "$here/lib/tls.sh"
 
 results=${RESULTS_DIR:-$here/results}

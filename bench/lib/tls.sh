@@ -1,4 +1,7 @@
 # shellcheck shell=bash
+# Run alone, shellcheck sees neither compare.sh's variables (here, work, secs, ...) nor that
+# port, pid_of and lbpids are associative arrays (`shellcheck -x bench/compare.sh` does):
+# shellcheck disable=SC2154,SC2004
 # The TLS workload of compare.sh (WORKLOADS=tls): a new TLS connection per request, full
 # handshake plus one small HTTP request (wrk, https://localhost:PORT/, Connection: close),
 # through balancers that route by the ClientHello's server name (SNI) without decrypting:

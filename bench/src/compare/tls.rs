@@ -78,7 +78,10 @@ pub fn summarize(rows: &[Row]) -> Option<TlsSummary> {
 pub fn table(rows: &[&Row], summary: Option<&TlsSummary>, width: usize) -> String {
     let mut out = String::new();
     let nginx = summary.and_then(|s| s.nginx_baseline.as_deref());
-    let _ = writeln!(out, "n = ratio to {}", nginx.unwrap_or("-"));
+    let _ = match nginx {
+        Some(n) => writeln!(out, "n = ratio to {n}"),
+        None => writeln!(out, "n = ratio to NGINX: none ran"),
+    };
     let _ = writeln!(
         out,
         "{:<width$} {:>7} {:>8} {:>8} {:>8} {:>8} {:>11} {:>6} {:>4}  {:>8} {:>6} {:>6}  {:>8} {:>6} {:>6}",

@@ -87,8 +87,10 @@ done
 known_workloads=(tcp tls)
 declare -A want=()
 read -r -a wl_names <<<"${WORKLOADS:-${known_workloads[*]}}"
-# shellcheck disable=SC2206 # split "tcp,tls" on commas too
+set -f # split "tcp,tls" on commas too, expanding no pattern
+# shellcheck disable=SC2206
 wl_names=(${wl_names[@]//,/ })
+set +f
 ((${#wl_names[@]})) || die "WORKLOADS is empty (known: ${known_workloads[*]})"
 for w in "${wl_names[@]}"; do
 	[[ " ${known_workloads[*]} " == *" $w "* ]] || die "unknown workload '$w' in WORKLOADS (known: ${known_workloads[*]})"

@@ -55,6 +55,10 @@ fn bad_workloads_and_systems_are_refused_naming_what_is_known() {
         "unknown workload 'tsl' in WORKLOADS (known: tcp tls)",
     );
     refused(
+        &[("WORKLOADS", "tcp,*")],
+        "unknown workload '*' in WORKLOADS (known: tcp tls)",
+    );
+    refused(
         &[("WORKLOADS", " , ")],
         "WORKLOADS is empty (known: tcp tls)",
     );

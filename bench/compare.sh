@@ -7,26 +7,33 @@
 #   SECONDS  length of each wrk run (default 6)
 #   --quick  smoke run: 1 round of 3 s, one download per system
 #
-# Systems: uringlb --forward copy, splice and auto (three processes), HAProxy mode tcp with
-# and without `option splice-auto` (two processes), NGINX stream (one worker).
-# Workloads: keep-alive requests (wrk, 64 connections), a new connection per request (wrk,
-# 32 connections, Connection: close), the 1 GiB download /big.bin (curl), and keep-alive
-# requests at a fixed offered rate (uringlb-bench http --rate, 64 connections): the same
-# load for every system, so that latencies compare.
-# UDP (bench/lib/udp.sh): uringlb --protocol udp and NGINX stream `listen ... udp` in front
-# of three UDP echo backends (HAProxy has no UDP): steady flows at the maximum rate, at a
-# fixed rate, and a new flow per request (DNS-like); ratios to NGINX.
+# Workload sets (WORKLOADS, default all of them: "tcp,tls,udp"):
+#   tcp  systems: uringlb --forward copy, splice and auto (three processes), HAProxy mode tcp
+#        with and without `option splice-auto` (two processes), NGINX stream (one worker).
+#        Workloads: keep-alive requests (wrk, 64 connections), a new connection per request
+#        (wrk, 32 connections, Connection: close), the 1 GiB download /big.bin (curl), and
+#        keep-alive requests at a fixed offered rate (uringlb-bench http --rate, 64
+#        connections): the same load for every system, so that latencies compare.
+#   tls  a new TLS connection per request (full handshake, wrk https, 32 connections,
+#        Connection: close) through uringlb routing by SNI (uringlb-sni), uringlb as plain
+#        TCP (uringlb-tcp), HAProxy req.ssl_sni (haproxy-sni) and NGINX ssl_preread
+#        (nginx-sni), in front of three nginx HTTPS backends; see bench/lib/tls.sh.
+#   udp  uringlb --protocol udp and NGINX stream `listen ... udp` in front of three UDP echo
+#        backends (HAProxy has no UDP): steady flows at the maximum rate, at a fixed rate,
+#        and a new flow per request (DNS-like); ratios to NGINX; see bench/lib/udp.sh.
 # Prints a table of medians and ratios to HAProxy (to NGINX for UDP); writes
 # bench/results/compare-TIME.json, latest.json, runs-TIME.jsonl, compare-TIME.log and the
-# plots latency.svg, latency-rate.svg (TCP) and latency-udp-rate.svg (UDP).
+# plots latency.svg, latency-rate.svg (tcp) and latency-udp-rate.svg (udp).
 #
 # Environment (all optional):
 #   RESULTS_DIR   where results go (default bench/results)
 #   WWW_DIR       where the 1 GiB big.bin is made and served from (default /tmp/uringlb-bench-www)
-#   WORKLOADS     which parts to run: "tcp" (the TCP systems and workloads above), "udp"
-#                 (bench/lib/udp.sh, which lists its own settings: UDP_RATE, UDP_FLOWS,
-#                 UDP_SYSTEMS), or both (the default, "tcp udp")
-#   SYSTEMS       subset to run, e.g. "uringlb-auto haproxy" (default: all six)
+#   WORKLOADS     workload sets to run, comma or space separated: tcp, tls, udp (default
+#                 all three); bench/lib/udp.sh lists its own settings (UDP_RATE, UDP_FLOWS,
+#                 UDP_SYSTEMS)
+#   SYSTEMS       subset to run, e.g. "uringlb-auto haproxy haproxy-sni" (default: all);
+#                 a selected workload set with none of its systems named is skipped
+#   TLS_CONNS     wrk connections of the tls workload (default 32)
 #   DOWNLOADS     downloads per download run (default 2; 1 with --quick)
 #   RATE          offered requests per second of the fixed-rate workload (default 20000)
 #   PAUSE         seconds of rest between systems (default 2; 1 with --quick)
@@ -35,12 +42,12 @@
 #   UR_ARGS       extra uringlb arguments
 #   NO_BUILD=1    skip `cargo build --release`
 #
-# Ports: backends 9001-9003, balancers 8280-8282 and 8290-8292, or the first block 100,
-# 200, ... higher that is free (when another run or the lab holds them); UDP: see
-# bench/lib/udp.sh.
+# Ports: backends 9001-9003, balancers 8280-8282 and 8290-8292; tls: backends 9021-9023,
+# balancers 8270-8273, uringlb admin 9270-9271; or the first block 100, 200, ... higher
+# that is free (when another run or the lab holds them); udp: see bench/lib/udp.sh.
 #
 # Needs root only to install missing Debian packages (haproxy, nginx, libnginx-mod-stream,
-# wrk, curl) with apt-get. Every process it starts is stopped when it exits.
+# wrk, curl, openssl) with apt-get. Every process it starts is stopped when it exits.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -81,10 +88,24 @@ for v in "$rounds" "$secs" "$downloads" "$pause" "$rate"; do
 	[[ $v =~ ^[0-9]+$ ]] || die "expected a whole number, got '$v'"
 done
 ((rounds >= 1 && secs >= 1 && downloads >= 1)) || die "ROUNDS, SECONDS and DOWNLOADS must be at least 1"
-read -r -a parts <<<"${WORKLOADS:-tcp udp}"
-((${#parts[@]})) || die "WORKLOADS is empty (known: tcp udp)"
-for w in "${parts[@]}"; do [[ $w == tcp || $w == udp ]] || die "unknown WORKLOADS part '$w' (known: tcp udp)"; done
-want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
+
+# Workload sets: tcp (the original four workloads), tls (bench/lib/tls.sh) and udp
+# (bench/lib/udp.sh).
+known_workloads=(tcp tls udp)
+declare -A wanted=()
+read -r -a wl_names <<<"${WORKLOADS:-${known_workloads[*]}}"
+set -f # split "tcp,tls" on commas too, expanding no pattern
+# shellcheck disable=SC2206
+wl_names=(${wl_names[@]//,/ })
+set +f
+((${#wl_names[@]})) || die "WORKLOADS is empty (known: ${known_workloads[*]})"
+for w in "${wl_names[@]}"; do
+	[[ " ${known_workloads[*]} " == *" $w "* ]] || die "unknown workload '$w' in WORKLOADS (known: ${known_workloads[*]})"
+	wanted[$w]=1
+done
+want() { [[ -n ${wanted[$1]:-} ]]; }
+# shellcheck source-path=SCRIPTDIR source=lib/tls.sh
+source "$here/lib/tls.sh"
 
 results=${RESULTS_DIR:-$here/results}
 www=${WWW_DIR:-/tmp/uringlb-bench-www}
@@ -99,23 +120,33 @@ declare -A port0=(
 	[uringlb-copy]=8290 [uringlb-splice]=8291 [uringlb-auto]=8292
 )
 declare -A port
+systems=()
 if [[ -n ${SYSTEMS:-} ]]; then
-	read -r -a systems <<<"$SYSTEMS"
-	for s in "${systems[@]}"; do [[ -n ${port0[$s]:-} ]] || die "unknown system '$s' (known: ${all_systems[*]})"; done
+	read -r -a named <<<"$SYSTEMS"
+	for s in "${named[@]}"; do
+		if [[ -n ${port0[$s]:-} ]]; then
+			systems+=("$s")
+		elif [[ -z ${tls_port0[$s]:-} ]]; then
+			die "unknown system '$s' (known: ${all_systems[*]} ${tls_all_systems[*]})"
+		fi
+	done
+	tls_pick_systems "${named[@]}"
 else
 	systems=("${all_systems[@]}")
+	tls_pick_systems
 fi
 if ! want tcp; then systems=(); fi
+if ! want tls; then tls_systems=(); fi
+((${#systems[@]} + ${#tls_systems[@]})) || want udp || die "no system of the selected workloads (WORKLOADS=${wl_names[*]}) in SYSTEMS"
 
 # --- what it needs ------------------------------------------------------------------------
 missing=()
-if want tcp; then
-	command -v haproxy >/dev/null || missing+=(haproxy)
-	command -v wrk >/dev/null || missing+=(wrk)
-fi
+command -v haproxy >/dev/null || missing+=(haproxy)
 command -v nginx >/dev/null || missing+=(nginx)
 [[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
+command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
+if ((${#tls_systems[@]})); then command -v openssl >/dev/null || missing+=(openssl); fi
 if ((${#missing[@]})); then
 	[[ $(id -u) == 0 ]] || die "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run as root"
 	echo "installing ${missing[*]} ..."
@@ -134,7 +165,7 @@ bench=$target_dir/release/uringlb-bench
 [[ -x $uringlb && -x $bench ]] || die "no $uringlb or $bench: build first"
 
 mkdir -p "$www" "$results"
-if want tcp && [[ $(stat -c %s "$www/big.bin" 2>/dev/null || echo 0) != "$big_size" ]]; then
+if ((${#systems[@]})) && [[ $(stat -c %s "$www/big.bin" 2>/dev/null || echo 0) != "$big_size" ]]; then
 	echo "making $www/big.bin (1 GiB) ..."
 	head -c "$big_size" /dev/urandom >"$www/big.bin.tmp"
 	mv "$www/big.bin.tmp" "$www/big.bin"
@@ -203,8 +234,11 @@ port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
 offset=
 for off in 0 100 200 300 400 500 600 700 800 900; do
 	free=1
-	for p in $((9001 + off)) $((9002 + off)) $((9003 + off)); do port_free "$p" || free=0; done
+	if ((${#systems[@]})); then
+		for p in $((9001 + off)) $((9002 + off)) $((9003 + off)); do port_free "$p" || free=0; done
+	fi
 	for s in "${systems[@]}"; do port_free $((port0[$s] + off)) || free=0; done
+	if ((${#tls_systems[@]})); then tls_ports_free "$off" || free=0; fi
 	if ((free)); then
 		offset=$off
 		break
@@ -213,9 +247,10 @@ done
 [[ -n $offset ]] || die "no free block of ports (9001-9003/8280-8292 and 9 more, 100 apart)"
 backend_ports=($((9001 + offset)) $((9002 + offset)) $((9003 + offset)))
 for s in "${systems[@]}"; do port[$s]=$((port0[$s] + offset)); done
+tls_set_ports "$offset"
 if ((offset)); then echo "ports 9001-9003/8280-8292 are taken: using backends ${backend_ports[*]}, offset $offset"; fi
 
-if want tcp; then
+if ((${#systems[@]})); then
 	render "$here/lab/backend-nginx.conf" 0 >"$work/backend-nginx.conf"
 	start backends nginx -e "$work/backend-nginx.err" -c "$work/backend-nginx.conf"
 	for p in "${backend_ports[@]}"; do wait_http backends "$p"; done
@@ -254,6 +289,10 @@ for name in backends nginx; do
 	extra+=("${kid_arr[@]}")
 	if [[ $name == nginx ]]; then lbpids[nginx]=$kids; fi
 done
+if ((${#tls_systems[@]})); then
+	tls_start
+	tls_check
+fi
 # shellcheck source-path=SCRIPTDIR source=lib/udp.sh
 source "$here/lib/udp.sh"
 if want udp; then udp_start; fi
@@ -374,7 +413,12 @@ download_run() {
 		printf "%-9s %-15s %9.2f GB/s   %.3f CPU s/GiB\n", "download", sys, b / t / 1e9, c / hz / (b / 1073741824) }'
 }
 
-want tcp && echo "systems: ${systems[*]}; $rounds round(s), wrk ${secs}s, $downloads download(s) of 1 GiB per run, fixed rate $rate req/s; nothing pinned"
+if ((${#systems[@]})); then
+	echo "systems: ${systems[*]}; $rounds round(s), wrk ${secs}s, $downloads download(s) of 1 GiB per run, fixed rate $rate req/s; nothing pinned"
+fi
+if ((${#tls_systems[@]})); then
+	echo "tls systems: ${tls_systems[*]}; $rounds round(s), wrk ${secs}s, $tls_conns connections, a new TLS connection per request; nothing pinned"
+fi
 # Warm-up, not measured: the first 1 GiB download after the backends start is several times
 # slower whichever system carries it (page cache, nginx), and each system's first requests
 # allocate its buffers.
@@ -383,6 +427,7 @@ for s in "${systems[@]}"; do
 	curl -s -o /dev/null --max-time 300 "http://127.0.0.1:${port[$s]}/big.bin" || true
 	wrk -t1 -c16 -d1s "http://127.0.0.1:${port[$s]}/" >/dev/null 2>&1 || true
 done
+tls_warmup
 if want udp; then udp_warmup; fi
 n=${#systems[@]}
 for ((r = 1; r <= rounds; r++)); do
@@ -396,6 +441,7 @@ for ((r = 1; r <= rounds; r++)); do
 		rate_run "$r" "$s"
 		sleep "$pause"
 	done
+	if ((${#tls_systems[@]})); then tls_round "$r"; fi
 	if want udp; then udp_round "$r"; fi
 done
 
@@ -409,6 +455,7 @@ meta=(
 	--meta "host=$(uname -n)"
 	--meta "kernel=$(uname -r)"
 	--meta "cpus=$(nproc)"
+	--meta "workloads=${wl_names[*]}"
 	--meta "backends=${backend_ports[*]}"
 	--meta "rounds=$rounds"
 	--meta "seconds=$secs"
@@ -422,7 +469,9 @@ meta=(
 	--meta "pinning=none: load generator, balancers and backends share all CPUs, as in the lab"
 	--meta "latency_rate=uringlb-bench http --rate (open loop, 64 connections paced evenly; a request held back by a late response counts from its scheduled time, one sent late by the generator's own timer from its send)"
 	--meta "latency=wrk -t1 --latency; p50/p99/p99.9 and the plot from wrk's histogram via bench/lab/stats.lua (done callback), max = latency.max; wrk times from request write to response end, so close-mode latency excludes the connect"
-	--meta "workloads=${parts[*]}"
+	--meta "openssl=$(first_line openssl version)"
+	--meta "tls=a new TLS connection per request: wrk -t1 -c$tls_conns -H 'Connection: close' https://localhost:PORT/ (SNI localhost); backends nginx (one worker, ports ${tls_backend_ports[*]}) with an ECDSA P-256 certificate, ssl_session_cache off and ssl_session_tickets off (every handshake full), TLS 1.3; uringlb-sni: 4 services on one address routed by sni (lab/uringlb-sni.toml), uringlb-tcp: the same backends without sni, haproxy-sni: req.ssl_sni (lab/haproxy-sni.cfg), nginx-sni: ssl_preread (lab/nginx-sni.conf)"
+	--meta "workloads=${wl_names[*]}"
 	--meta "cpu=user+sys ticks of the balancer's pids from /proc/PID/stat (thread group, exited threads included; the sum over /proc/PID/task/*/stat is kept as cpu_ticks_tasks), delta over the run (nginx: its worker)"
 )
 if want udp; then meta+=("${udp_meta[@]}"); fi
@@ -430,7 +479,7 @@ echo
 "$bench" compare-report --runs "$runs" --output "$results/compare-$ts.json" \
 	--latest "$results/latest.json" "${meta[@]}"
 plots=()
-if want tcp; then
+if ((${#systems[@]})); then
 	"$bench" plot --input "$results/latest.json" --output "$results/latency-$ts.svg" \
 		--workload keepalive --title "keep-alive, $keepalive_conns conns, closed loop: latency (medians of $rounds)"
 	cp "$results/latency-$ts.svg" "$results/latency.svg"
@@ -444,4 +493,8 @@ if want udp; then
 	plots+=("$results/latency-udp-rate.svg")
 fi
 echo
-echo "results: $results/compare-$ts.json (also latest.json), plots: ${plots[*]}, load output: $log"
+if ((${#plots[@]})); then
+	echo "results: $results/compare-$ts.json (also latest.json), plots: ${plots[*]}, load output: $log"
+else
+	echo "results: $results/compare-$ts.json (also latest.json), load output: $log"
+fi

@@ -18,6 +18,8 @@ mod udp;
 use crate::load::fmt_us;
 use crate::load::PercentilePoint;
 
+pub mod tls;
+
 /// Identifies the results file format.
 pub const SCHEMA: &str = "uringlb-bench/compare/v1";
 
@@ -26,7 +28,8 @@ pub const SCHEMA: &str = "uringlb-bench/compare/v1";
 pub struct Run {
     pub round: u32,
     pub system: String,
-    /// `keepalive`, `close`, `download` or `rate` (keep-alive at a fixed offered rate).
+    /// `keepalive`, `close`, `download`, `rate` (keep-alive at a fixed offered rate) or
+    /// `tls` (a new TLS connection per request, see [`tls`]).
     pub workload: String,
     /// The requests per second offered (`rate` workload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +42,10 @@ pub struct Run {
     /// Client connections (request workloads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u64>,
+    /// Connections the balancer counted as accepted during the run (uringlb in the `tls`
+    /// workload): at least the requests when each request had its own connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<u64>,
     /// CPU clock ticks (user+sys) the balancer's processes spent during the run, from
     /// `/proc/PID/stat` (the whole thread group, exited threads included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,6 +234,9 @@ pub struct Results {
     /// The baseline system per workload.
     pub baselines: BTreeMap<String, String>,
     pub rows: Vec<Row>,
+    /// The `tls` workload's ratios to NGINX and the cost of SNI routing, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::TlsSummary>,
     pub runs: Vec<Run>,
 }
 
@@ -259,7 +269,7 @@ pub fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     })
 }
 
-const WORKLOAD_ORDER: [&str; 4] = ["keepalive", "close", "download", "rate"];
+const WORKLOAD_ORDER: [&str; 5] = ["keepalive", "close", "download", "rate", tls::WORKLOAD];
 
 /// Whether a system counts as a baseline candidate for `prefix` (e.g. `haproxy` matches
 /// `haproxy` and `haproxy-splice`).
@@ -374,19 +384,7 @@ pub fn summarize(runs: Vec<Run>, meta: BTreeMap<String, String>, baseline: &str)
         .collect();
     for row in &mut rows {
         if let Some(b) = base_rows.get(&row.workload) {
-            let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
-                (Some(x), Some(y)) if y > 0.0 => Some(x / y),
-                _ => None,
-            };
-            row.vs_baseline = Some(Ratios {
-                baseline: b.system.clone(),
-                rps: ratio(row.rps, b.rps),
-                p99: ratio(row.p99_us, b.p99_us),
-                p999: ratio(row.p999_us, b.p999_us),
-                cpu_us_per_req: ratio(row.cpu_us_per_req, b.cpu_us_per_req),
-                gbps: ratio(row.gbps, b.gbps),
-                cpu_s_per_gib: ratio(row.cpu_s_per_gib, b.cpu_s_per_gib),
-            });
+            row.vs_baseline = Some(ratios(row, b));
         }
     }
 
@@ -396,8 +394,26 @@ pub fn summarize(runs: Vec<Run>, meta: BTreeMap<String, String>, baseline: &str)
         systems,
         workloads,
         baselines,
+        tls: tls::summarize(&rows),
         rows,
         runs,
+    }
+}
+
+/// `row`'s medians divided by `base`'s.
+fn ratios(row: &Row, base: &Row) -> Ratios {
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+        _ => None,
+    };
+    Ratios {
+        baseline: base.system.clone(),
+        rps: ratio(row.rps, base.rps),
+        p99: ratio(row.p99_us, base.p99_us),
+        p999: ratio(row.p999_us, base.p999_us),
+        cpu_us_per_req: ratio(row.cpu_us_per_req, base.cpu_us_per_req),
+        gbps: ratio(row.gbps, base.gbps),
+        cpu_s_per_gib: ratio(row.cpu_s_per_gib, base.cpu_s_per_gib),
     }
 }
 
@@ -440,6 +456,9 @@ fn title(workload: &str, connections: Option<u64>, meta: &BTreeMap<String, Strin
         "keepalive" => format!("keep-alive requests{conns} (wrk)"),
         "close" => format!("new connection per request{conns} (wrk, Connection: close)"),
         "download" => "download of /big.bin, 1 GiB (curl)".to_string(),
+        tls::WORKLOAD => format!(
+            "new TLS connection per request, full handshake{conns} (wrk https://localhost, Connection: close)"
+        ),
         other => format!("{other}{conns}"),
     }
 }
@@ -476,7 +495,9 @@ impl Results {
                 "\n{}: medians of {rounds} round(s); x = ratio to {base}",
                 title(w, rows.iter().find_map(|r| r.connections), &self.meta)
             );
-            if w == "download" {
+            if w == tls::WORKLOAD {
+                out.push_str(&tls::table(&rows, self.tls.as_ref(), width));
+            } else if w == "download" {
                 let _ = writeln!(
                     out,
                     "{:<width$} {:>7} {:>10} {:>4}  {:>7} {:>7}",

@@ -694,3 +694,95 @@ fn a_backend_gone_before_the_client_said_anything_is_replaced() {
         "nothing to send again"
     );
 }
+
+/// A client of an address routed by TLS server name, accepted at `now` with `sni_timeout`
+/// of `timeout`, the worker asking for its ClientHello (as `Worker::read_hello` does).
+fn hello_phase(now: u64, timeout: u64) -> (Conn, Vec<Action>) {
+    let mut c = Conn::new();
+    c.open(fd(), None, COPY, now);
+    c.handshake_deadline(now + timeout);
+    c.expect_hello(0);
+    let mut out = Vec::new();
+    c.read_more_header(&mut out);
+    (c, out)
+}
+
+#[test]
+fn a_hello_has_one_deadline_from_accept_that_trickling_bytes_do_not_move() {
+    let (mut c, out) = hello_phase(100, 5_000);
+    assert_eq!(out, vec![Action::RecvHeader { offset: 0 }]);
+    assert_eq!(c.reading(), Reading::Hello);
+    // The hello deadline stands in for the idle timeout, shorter or longer.
+    assert_eq!(c.poll_timeout(1_000_000), Some(5_100));
+    assert_eq!(c.poll_timeout(10), Some(5_100));
+    // A byte at a time, just before the deadline each time: it does not move.
+    let mut out = Vec::new();
+    for (i, now) in [1_000u64, 3_000, 5_099].into_iter().enumerate() {
+        c.completed();
+        assert_eq!(c.header_bytes(1, &mut out), Some(i + 1));
+        c.read_more_header(&mut out);
+        assert_eq!(c.on_timeout(now, 10, &mut out), Timeout::Later(5_100));
+    }
+    assert_eq!(
+        out,
+        [1, 2, 3]
+            .map(|offset| Action::RecvHeader { offset })
+            .to_vec()
+    );
+    out.clear();
+    // At the deadline, a read still in flight: a hello timeout, cut with a reset.
+    assert_eq!(c.on_timeout(5_100, 1_000_000, &mut out), Timeout::Hello);
+    assert_eq!(out, vec![Action::CancelAll([None, None])]);
+    assert_eq!(c.phase(), Phase::Closing);
+    assert!(c.reset());
+}
+
+#[test]
+fn a_whole_hello_ends_its_deadline_and_the_idle_timeout_rules_again() {
+    let (mut c, _) = hello_phase(0, 5_000);
+    let mut out = Vec::new();
+    c.completed();
+    assert_eq!(c.header_bytes(517, &mut out), Some(517));
+    c.header_done(517); // routed: the hello's bytes go first to the backend
+    assert_eq!(c.phase(), Phase::Connecting);
+    assert_eq!(
+        c.poll_timeout(100),
+        None,
+        "connecting: the connect timeout covers it"
+    );
+    assert_eq!(c.on_timeout(6_000, 100, &mut out), Timeout::Later(6_100));
+    assert!(
+        out.is_empty(),
+        "no longer anything to cut at the old deadline"
+    );
+    connect(&mut c, 1);
+    c.connected(6_000, 0, &mut out);
+    assert_eq!(c.phase(), Phase::Forwarding);
+    assert_eq!(c.poll_timeout(100), Some(6_100));
+    assert_eq!(c.on_timeout(6_099, 100, &mut out), Timeout::Later(6_100));
+    assert_eq!(c.on_timeout(6_100, 100, &mut out), Timeout::Idle);
+}
+
+#[test]
+fn a_proxy_header_then_a_hello_share_one_deadline() {
+    // A trusted upstream: its PROXY header first, then the hello, within one sni_timeout.
+    let mut c = Conn::new();
+    c.open(fd(), None, COPY, 0);
+    let mut out = Vec::new();
+    c.open_handshake(&mut out);
+    c.handshake_deadline(5_000);
+    assert_eq!(c.reading(), Reading::ProxyHeader);
+    assert_eq!(c.on_timeout(4_999, 10, &mut out), Timeout::Later(5_000));
+    c.completed();
+    assert_eq!(c.header_bytes(40, &mut out), Some(40));
+    // The header took 16 bytes; 24 bytes of hello came with it.
+    c.expect_hello(24);
+    c.read_more_header(&mut out);
+    assert_eq!(out.last(), Some(&Action::RecvHeader { offset: 24 }));
+    assert_eq!(c.on_timeout(5_000, 10, &mut out), Timeout::Hello);
+    // The same timeout while the header is still being read is a bad header.
+    let (mut c, _) = handshake(&[7]);
+    c.handshake_deadline(5_000);
+    c.read_more_header(&mut out);
+    assert_eq!(c.on_timeout(5_000, 1_000_000, &mut out), Timeout::Header);
+}

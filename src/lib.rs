@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod access_log;
+pub mod activation;
 pub mod backend;
 pub mod backend_ids;
 pub mod balance;

@@ -49,6 +49,8 @@ pub enum StartError {
     AccessLog(std::io::Error),
     #[error("{0}")]
     Upgrade(std::io::Error),
+    #[error("{0}")]
+    Activation(String),
 }
 
 /// Forwarding buffer per direction per connection.
@@ -232,7 +234,7 @@ impl PublishState {
 impl Server {
     /// Binds, spawns and returns once every worker runs, or fails with nothing running.
     pub fn start(config: &Config) -> Result<Server, StartError> {
-        Server::start_with(config, Vec::new())
+        Server::start_with(config, Vec::new(), Vec::new())
     }
 
     /// [`Server::start`], taking the `inherited` sockets for the listen addresses they
@@ -240,7 +242,14 @@ impl Server {
     /// is accepted from: with more of them than workers a worker takes several, with fewer
     /// the other workers bind their own `SO_REUSEPORT` sockets. Those matching no listen
     /// address are closed.
-    pub fn start_with(config: &Config, inherited: Vec<Inherited>) -> Result<Server, StartError> {
+    ///
+    /// `activated` are the sockets of systemd's socket activation: every worker accepts
+    /// from each one (see [`crate::activation`]).
+    pub fn start_with(
+        config: &Config,
+        inherited: Vec<Inherited>,
+        activated: Vec<OwnedFd>,
+    ) -> Result<Server, StartError> {
         raise_nofile_limit();
         let Plan {
             cpus,
@@ -261,6 +270,10 @@ impl Server {
             })
             .collect();
         let mut inherited = inherited;
+        inherited.extend(
+            crate::activation::match_listeners(activated, &wanted, n_workers)
+                .map_err(StartError::Activation)?,
+        );
         let Bind {
             listeners,
             bound,

@@ -297,6 +297,9 @@ fn unit_passes_systemd_analyze_verify() {
     std::fs::create_dir_all(&dir).unwrap();
     let copy = dir.join("uringlb.service");
     std::fs::write(&copy, text.replace("/usr/local/bin/uringlb", BIN)).unwrap();
+    let socket_unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/uringlb.socket");
+    let socket_copy = dir.join("uringlb.socket");
+    std::fs::copy(&socket_unit, &socket_copy).expect("contrib/uringlb.socket");
     let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -306,17 +309,149 @@ fn unit_passes_systemd_analyze_verify() {
     let out = Command::new(analyze)
         .args(["verify", "--man=no"])
         .arg(&copy)
+        .arg(&socket_copy)
         .output()
         .expect("run systemd-analyze");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
     let about_unit: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.contains("uringlb.service"))
+        .filter(|l| l.contains("uringlb.service") || l.contains("uringlb.socket"))
         .collect();
     assert!(
         out.status.success() && about_unit.is_empty(),
         "systemd-analyze verify: {}\n{stderr}",
         out.status
     );
+}
+
+/// `systemd-socket-activate`, systemd's own tool for socket activation: it listens, and on
+/// the first connection starts the balancer with the socket as descriptor 3 (`LISTEN_FDS=1`,
+/// `LISTEN_PID`), as a `.socket` unit would.
+fn socket_activate(listen: std::net::SocketAddr, args: &[&str]) -> std::process::Child {
+    let tool = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("systemd-socket-activate (package systemd): run scripts/install-test-deps.sh");
+    Command::new(tool)
+        .args(["-l", &listen.to_string(), BIN])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start systemd-socket-activate")
+}
+
+/// Waits until `addr` accepts (the activator listens), with the connection that does it.
+fn first_connection(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    wait_for("the activator listens", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(addr).ok()
+    })
+}
+
+#[test]
+fn socket_activation_serves_on_the_passed_socket_from_the_first_connection() {
+    let e0 = uringlb_bench::EchoServer::start("127.0.0.1:0").unwrap();
+    let listen = free_addr();
+    let backend = e0.addr().to_string();
+    let mut child = socket_activate(
+        listen,
+        &[
+            "--listen",
+            &listen.to_string(),
+            "--backend",
+            &backend,
+            "--health",
+            "none",
+            "--workers",
+            "2",
+        ],
+    );
+    // The connection that starts the balancer waits in the socket's queue and is served.
+    let mut first = first_connection(listen);
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    first.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    first
+        .read_exact(&mut got)
+        .expect("the first client is served");
+    assert_eq!(&got, b"ping");
+    for _ in 0..20 {
+        echo_once(listen);
+    }
+    // The socket is the activator's: the balancer bound nothing of its own there (one
+    // listening socket on the port, not one per worker).
+    let ss = Command::new("ss")
+        .args(["-Htln", &format!("sport = :{}", listen.port())])
+        .output()
+        .expect("ss (iproute2)");
+    let listening = String::from_utf8_lossy(&ss.stdout).lines().count();
+    assert_eq!(listening, 1, "{}", String::from_utf8_lossy(&ss.stdout));
+    drop(first);
+    send_signal(&mut child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_passed_socket_no_listen_address_wants_exits_2_with_one_line() {
+    let activated = free_addr();
+    let configured = free_addr();
+    let mut child = socket_activate(
+        activated,
+        &[
+            "--listen",
+            &configured.to_string(),
+            "--backend",
+            "127.0.0.1:9",
+            "--health",
+            "none",
+        ],
+    );
+    let _first = first_connection(activated);
+    let out = child_output_within(&mut child, Duration::from_secs(20));
+    let (status, err) = out;
+    assert_eq!(status.code(), Some(2), "{status}: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("socket activation") && errors[0].contains("matches no listen address"),
+        "{err}"
+    );
+    assert!(
+        std::net::TcpStream::connect(configured).is_err(),
+        "nothing bound"
+    );
+}
+
+/// Sends `sig` to the child by pid (through the `kill` command).
+fn send_signal(child: &mut std::process::Child, sig: i32) {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// The child's exit status and standard error, waiting at most `limit`.
+fn child_output_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    let status = wait_for("the balancer exits", limit, || {
+        child.try_wait().ok().flatten()
+    });
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, err)
 }

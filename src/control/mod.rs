@@ -44,6 +44,9 @@ use crate::server::{Server, StartError};
 /// Signal handlers are installed before the workers start, so a SIGTERM that arrives during
 /// start-up is a graceful stop too, never the default kill.
 pub fn run(config: &Config) -> anyhow::Result<()> {
+    // First, before any other thread reads the environment this removes variables from.
+    let activated = crate::uring::fd::systemd_listen_fds()
+        .map_err(|e| StartFailed(StartError::Activation(format!("socket activation: {e}"))))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -84,7 +87,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let server = Server::start_with(config, listeners).map_err(StartFailed)?;
+        let server = Server::start_with(config, listeners, activated).map_err(StartFailed)?;
         let (commands, rx) = mpsc::unbounded_channel();
         let mut admin_taken = false;
         let mut admin_hand_over = None;

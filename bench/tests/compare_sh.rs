@@ -52,15 +52,15 @@ fn refused(env: &[(&str, &str)], message: &str) {
 fn bad_workloads_and_systems_are_refused_naming_what_is_known() {
     refused(
         &[("WORKLOADS", "tcp,tsl")],
-        "unknown workload 'tsl' in WORKLOADS (known: tcp tls)",
+        "unknown workload 'tsl' in WORKLOADS (known: tcp tls udp)",
     );
     refused(
         &[("WORKLOADS", "tcp,*")],
-        "unknown workload '*' in WORKLOADS (known: tcp tls)",
+        "unknown workload '*' in WORKLOADS (known: tcp tls udp)",
     );
     refused(
         &[("WORKLOADS", " , ")],
-        "WORKLOADS is empty (known: tcp tls)",
+        "WORKLOADS is empty (known: tcp tls udp)",
     );
     refused(
         &[("SYSTEMS", "haproxy nginx-tls")],
@@ -80,7 +80,15 @@ fn bad_workloads_and_systems_are_refused_naming_what_is_known() {
 #[test]
 fn good_workloads_pass_their_check() {
     // Valid lists get as far as the next check (SYSTEMS, before any package or build).
-    for w in ["tcp", "tls", "tcp,tls", "tls tcp", " tls , tcp "] {
+    for w in [
+        "tcp",
+        "tls",
+        "udp",
+        "tcp,tls",
+        "tls tcp",
+        " tls , tcp ",
+        "tcp,tls,udp",
+    ] {
         refused(
             &[("WORKLOADS", w), ("SYSTEMS", "bogus")],
             "unknown system 'bogus' (known: uringlb-copy uringlb-splice uringlb-auto haproxy \
@@ -91,7 +99,7 @@ fn good_workloads_pass_their_check() {
 
 #[test]
 fn scripts_parse() {
-    for name in ["compare.sh", "lib/tls.sh", "ab.sh", "soak.sh"] {
+    for name in ["compare.sh", "lib/tls.sh", "lib/udp.sh", "ab.sh", "soak.sh"] {
         let out = Command::new("bash")
             .arg("-n")
             .arg(script(name))

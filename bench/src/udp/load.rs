@@ -1,6 +1,5 @@
 //! Drives the flows of a UDP run and collects what they measure.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::payload::{reply_id, set_id};
 use super::{UdpLoadConfig, UdpReport};
-use crate::load::{latency_origin, Schedule};
+use crate::load::{Gate, Schedule};
 
 /// Highest latency the histogram resolves (60 s, in microseconds); larger values saturate.
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -93,29 +91,13 @@ async fn flow(shared: Arc<Shared>, index: usize, mut request: Vec<u8>) {
     let mut id = (index as u16).wrapping_mul(0x9e37);
     let mut buf = vec![0u8; 65_536];
     let mut failed = false;
-    while shared.take_ticket() {
-        if failed
-            && shared
-                .until_done(tokio::time::sleep(FAILURE_PAUSE))
-                .await
-                .is_none()
-        {
+    while shared.gate.take_ticket() {
+        let pause = failed.then_some(FAILURE_PAUSE);
+        let turn = shared
+            .gate
+            .next_turn(shared.start, schedule.as_mut(), pause, previous_done);
+        let Some(t0) = turn.await else {
             break;
-        }
-        let t0 = match schedule.as_mut() {
-            None => Instant::now(),
-            Some(s) => {
-                let due = s.next_due();
-                let at = shared.start + due;
-                if shared
-                    .until_done(tokio::time::sleep_until(at.into()))
-                    .await
-                    .is_none()
-                {
-                    break;
-                }
-                shared.start + latency_origin(due, shared.start.elapsed(), previous_done)
-            }
         };
         let s = match sock.take() {
             Some(s) => s,
@@ -139,7 +121,7 @@ async fn flow(shared: Arc<Shared>, index: usize, mut request: Vec<u8>) {
         }
         shared.sent.fetch_add(1, Ordering::Relaxed);
         let wait = tokio::time::timeout(cfg.timeout, receive(&s, id, &mut buf, &shared));
-        let answer = match shared.until_done(wait).await {
+        let answer = match shared.gate.until_done(wait).await {
             None => break,
             Some(Err(_)) => Answer::Lost,
             Some(Ok(Err(_))) => Answer::Refused,
@@ -204,7 +186,7 @@ async fn watchdog(shared: Arc<Shared>, deadline: Instant) {
             .is_some_and(|f| f.load(Ordering::Relaxed));
         let now = Instant::now();
         if stop_requested || now >= deadline {
-            shared.done.send_replace(true);
+            shared.gate.finish();
             return;
         }
         let next = (now + Duration::from_millis(50)).min(deadline);
@@ -219,8 +201,8 @@ struct Shared {
     start: Instant,
     request_bytes: usize,
     /// Becomes true when the run is over; requests in flight then are left unfinished.
-    done: watch::Sender<bool>,
-    issued: AtomicU64,
+    /// Ends the run; in-flight requests are abandoned, not counted.
+    gate: Gate,
     sent: AtomicU64,
     answered: AtomicU64,
     lost: AtomicU64,
@@ -234,11 +216,10 @@ struct Shared {
 impl Shared {
     fn new(cfg: UdpLoadConfig, start: Instant, request_bytes: usize) -> Self {
         Self {
+            gate: Gate::new(cfg.requests),
             cfg,
             start,
             request_bytes,
-            done: watch::Sender::new(false),
-            issued: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -249,27 +230,6 @@ impl Shared {
             histogram: Mutex::new(
                 Histogram::new_with_max(MAX_LATENCY_US, 3).expect("valid histogram bounds"),
             ),
-        }
-    }
-
-    /// Claims the right to one more attempt; false once the run is over.
-    fn take_ticket(&self) -> bool {
-        if *self.done.borrow() {
-            return false;
-        }
-        match self.cfg.requests {
-            None => true,
-            Some(max) => self.issued.fetch_add(1, Ordering::Relaxed) < max,
-        }
-    }
-
-    /// Runs `f` unless the run ends first (then `None`).
-    async fn until_done<F: Future>(&self, f: F) -> Option<F::Output> {
-        let mut rx = self.done.subscribe();
-        tokio::select! {
-            biased;
-            _ = rx.wait_for(|done| *done) => None,
-            v = f => Some(v),
         }
     }
 

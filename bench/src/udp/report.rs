@@ -85,12 +85,7 @@ pub struct UdpLatency {
 impl UdpReport {
     /// Answered requests per second of wall time.
     pub fn rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.answered as f64 / secs
-        } else {
-            0.0
-        }
+        crate::load::per_second(self.answered as f64, self.elapsed)
     }
 
     /// Sent requests still in flight when the run ended.

@@ -13,6 +13,7 @@
 
 mod bulk;
 mod echo;
+mod gate;
 mod http;
 mod progress;
 mod report;
@@ -24,8 +25,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use gate::Gate;
 pub use progress::{Progress, ProgressFn};
-pub use report::{fmt_us, LatencySummary, PercentilePoint, Report, Summary, PERCENTILES};
+pub use report::{
+    fmt_us, per_second, LatencySummary, PercentilePoint, Report, Summary, PERCENTILES,
+};
 pub use schedule::{latency_origin, Schedule};
 
 /// Which protocol a run spoke; kept in the [`Report`].

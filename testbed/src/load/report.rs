@@ -114,12 +114,7 @@ pub struct PercentilePoint {
 impl Report {
     /// Completed requests per second of wall time.
     pub fn rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.requests as f64 / secs
-        } else {
-            0.0
-        }
+        per_second(self.requests as f64, self.elapsed)
     }
 
     /// With `--rate`: the achieved rate is more than 5% below the offered one.
@@ -140,12 +135,7 @@ impl Report {
 
     /// `bytes` per second of wall time, divided by `unit` (1e9 for GB/s).
     fn per_sec(&self, bytes: u64, unit: f64) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            bytes as f64 / secs / unit
-        } else {
-            0.0
-        }
+        per_second(bytes as f64, self.elapsed) / unit
     }
 
     /// Latency at `percentile` (0-100), e.g. `latency(99.9)`.
@@ -351,6 +341,16 @@ impl Report {
     /// Prints [`Report::table`] to stdout.
     pub fn print_table(&self) {
         print!("{}", self.table());
+    }
+}
+
+/// `n` over `elapsed`, 0 when no time passed.
+pub fn per_second(n: f64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        n / secs
+    } else {
+        0.0
     }
 }
 

@@ -1,7 +1,6 @@
 //! Drives the connections of a run and collects what they measure.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::bulk::BulkProto;
 use super::echo::EchoProto;
 use super::http::HttpProto;
-use super::schedule::{latency_origin, Schedule};
-use super::{LoadConfig, LoadKind, Progress, ProgressFn, Report};
+use super::schedule::Schedule;
+use super::{Gate, LoadConfig, LoadKind, Progress, ProgressFn, Report};
 
 /// Highest latency the histogram resolves (60 s, in microseconds); larger values saturate.
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -156,29 +154,15 @@ async fn drive(shared: Arc<Shared>, mut proto: Proto, index: usize) {
         .rate
         .map(|r| Schedule::new(r, shared.cfg.connections, index));
     let mut previous_done = Duration::ZERO;
-    while shared.take_ticket() {
-        if failures >= 2 {
-            // Back off while the target keeps failing, instead of spinning on refusals.
-            let pause = Duration::from_millis(10 << (failures - 2).min(6)).min(MAX_BACKOFF);
-            if shared.until_done(tokio::time::sleep(pause)).await.is_none() {
-                break;
-            }
-        }
-        let t0 = match schedule.as_mut() {
-            None => Instant::now(),
-            Some(s) => {
-                let due = s.next_due();
-                let at = shared.start + due;
-                if shared
-                    .until_done(tokio::time::sleep_until(at.into()))
-                    .await
-                    .is_none()
-                {
-                    break;
-                }
-                let sent = shared.start.elapsed();
-                shared.start + latency_origin(due, sent, previous_done)
-            }
+    while shared.gate.take_ticket() {
+        // Back off while the target keeps failing, instead of spinning on refusals.
+        let pause = (failures >= 2)
+            .then(|| Duration::from_millis(10 << (failures - 2).min(6)).min(MAX_BACKOFF));
+        let turn = shared
+            .gate
+            .next_turn(shared.start, schedule.as_mut(), pause, previous_done);
+        let Some(t0) = turn.await else {
+            break;
         };
         let attempt = async {
             let mut s = match stream.take() {
@@ -191,7 +175,7 @@ async fn drive(shared: Arc<Shared>, mut proto: Proto, index: usize) {
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))??;
             Ok::<_, io::Error>((s, outcome))
         };
-        let result = shared.until_done(attempt).await;
+        let result = shared.gate.until_done(attempt).await;
         previous_done = shared.start.elapsed();
         match result {
             None => break,
@@ -236,7 +220,7 @@ async fn watchdog(shared: Arc<Shared>) {
             .is_some_and(|f| f.load(Ordering::Relaxed));
         let now = Instant::now();
         if stop_requested || now >= shared.deadline {
-            shared.done.send_replace(true);
+            shared.gate.finish();
             return;
         }
         let next = (now + Duration::from_millis(50)).min(shared.deadline);
@@ -281,9 +265,8 @@ struct Shared {
     cfg: LoadConfig,
     start: Instant,
     deadline: Instant,
-    /// Becomes true when the run is over; in-flight requests are abandoned, not counted.
-    done: watch::Sender<bool>,
-    issued: AtomicU64,
+    /// Ends the run; in-flight requests are abandoned, not counted.
+    gate: Gate,
     requests: AtomicU64,
     errors: AtomicU64,
     mismatches: AtomicU64,
@@ -304,10 +287,9 @@ impl Shared {
         Self {
             target,
             deadline: start + cfg.duration,
+            gate: Gate::new(cfg.total_requests),
             cfg,
             start,
-            done: watch::Sender::new(false),
-            issued: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
@@ -323,27 +305,6 @@ impl Shared {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Claims the right to make one more attempt; false once the run is over.
-    fn take_ticket(&self) -> bool {
-        if *self.done.borrow() {
-            return false;
-        }
-        match self.cfg.total_requests {
-            None => true,
-            Some(max) => self.issued.fetch_add(1, Ordering::Relaxed) < max,
-        }
-    }
-
-    /// Runs `f` unless the run ends first (then `None`).
-    async fn until_done<F: Future>(&self, f: F) -> Option<F::Output> {
-        let mut rx = self.done.subscribe();
-        tokio::select! {
-            biased;
-            _ = rx.wait_for(|done| *done) => None,
-            v = f => Some(v),
-        }
     }
 
     fn record(&self, latency: Duration, backend: Option<&str>, outcome: &Outcome) {

@@ -568,3 +568,71 @@ fn a_denied_client_gets_no_answer() {
     let labels = [("service", "default"), ("reason", "denied")];
     wait_metric(&admin, "uringlb_udp_drops_total", &labels, |v| v == 1.0);
 }
+
+/// Sends `payload` to `to` and waits at most `timeout` for it to come back (echoes of
+/// earlier tries are skipped).
+fn echoed(client: &UdpSocket, to: SocketAddr, payload: &[u8], timeout: Duration) -> bool {
+    client.set_read_timeout(Some(timeout)).unwrap();
+    if client.send_to(payload, to).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    while let Ok(n) = client.recv(&mut buf) {
+        if &buf[..n] == payload {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_replaced_worker_carries_on_the_udp_counts() {
+    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
+    let b = echo.addr.to_string();
+    let admin_addr = free_addr();
+    let a = admin_addr.to_string();
+    let args = [
+        "--protocol",
+        "udp",
+        "--backend",
+        &b,
+        "--workers",
+        "1",
+        "--health",
+        "none",
+        "--admin",
+        &a,
+    ];
+    let lb = Lb::start_with_env(&args, &[("URINGLB_TEST_FAIL_WORKER", "0:30")]);
+    wait_admin(admin_addr);
+    let admin = Admin::new(admin_addr);
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let mut exchange = |timeout| {
+        sent += 1;
+        let ok = echoed(&client, lb.addr, &sent.to_be_bytes(), timeout);
+        answered += u64::from(ok);
+        ok
+    };
+    wait_until("the worker replaced", Duration::from_secs(30), || {
+        exchange(Duration::from_millis(200));
+        admin.metrics().value("uringlb_worker_restarts_total", &[]) >= 1.0
+    });
+    for _ in 0..20 {
+        assert!(exchange(ANSWER), "the new worker forwards");
+    }
+    assert!(lb.log_text().contains("worker failed"), "{}", lb.log_text());
+    // Every answer the client got was counted once each way, before and after the
+    // replacement: the counters went on, they did not start again from 0.
+    for dir in ["client_to_backend", "backend_to_client"] {
+        let labels = [("service", "default"), ("direction", dir)];
+        let v = wait_metric(&admin, "uringlb_udp_datagrams_total", &labels, |v| {
+            v >= answered as f64
+        });
+        assert!(
+            v <= sent as f64,
+            "{dir}: {v} datagrams counted, {sent} sent"
+        );
+    }
+    println!("{sent} sent, {answered} answered across the replacement");
+}

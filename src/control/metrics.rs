@@ -443,7 +443,7 @@ fn register_udp(reg: &mut Registry, shared: &Shared) {
     let mut per_service: Vec<UdpCounts> = Vec::new();
     for worker in shared.udp.iter() {
         let Ok(counts) = worker.lock() else { continue };
-        for c in counts.iter() {
+        for c in counts.iter().filter(|c| !c.service.is_empty()) {
             let total = match per_service.iter_mut().find(|t| t.service == c.service) {
                 Some(t) => t,
                 None => {

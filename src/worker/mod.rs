@@ -192,6 +192,7 @@ impl Worker {
         let ring = Ring::new(SQ_ENTRIES, setup.slots, setup.config.buf_size)?;
         let epoch = setup.shared.epoch;
         let services = services::Services::new(&setup.routing, setup.index, &setup.shared.counters);
+        let udp = udp::Udp::carried_on(&setup.shared.udp[setup.index]);
         let cfg = &setup.config;
         // The kernel rounds pipe sizes; a full splice is judged against the real size.
         let pipe_size = match cfg.forward {
@@ -239,7 +240,7 @@ impl Worker {
             next_reclaim_ns: 0,
             next_warn_ns: 0,
             fail_after: cfg.fail_after,
-            udp: udp::Udp::default(),
+            udp,
         };
         worker.take_listeners(setup.listeners);
         Ok(worker)

@@ -83,6 +83,20 @@ pub(super) struct Udp {
 }
 
 impl Udp {
+    /// The UDP side of a worker taking the place of one that failed: its counts go on
+    /// from what the failed one published last (its flows are gone), so counters never
+    /// go back.
+    pub(super) fn carried_on(published: &std::sync::Mutex<Vec<UdpCounts>>) -> Udp {
+        let mut counts = published.lock().map(|c| c.clone()).unwrap_or_default();
+        for c in &mut counts {
+            c.flows_active = 0;
+        }
+        Udp {
+            counts,
+            ..Udp::default()
+        }
+    }
+
     /// No flow open: nothing of UDP holds a stop back.
     pub(super) fn idle(&self) -> bool {
         self.flows.is_empty()
@@ -499,20 +513,19 @@ impl Worker {
                 c.service = name;
             }
         }
-        let out: Vec<UdpCounts> = self
-            .udp
-            .counts
-            .iter()
-            .filter(|c| !c.service.is_empty())
-            .cloned()
-            .collect();
+        self.store_udp_counts();
+    }
+
+    /// Publishes the counts by service id (a service this worker never saw has no name
+    /// yet; the metrics skip it), so a worker taking this one's place can go on from them.
+    fn store_udp_counts(&self) {
         if let Ok(mut shared) = self.shared.udp[self.index].lock() {
-            *shared = out;
+            shared.clone_from(&self.udp.counts);
         }
     }
 
     /// The ring failed: give back the backends' counts of every flow (the sockets close
-    /// when the worker is dropped).
+    /// when the worker is dropped) and publish the datagram counts one last time.
     pub(super) fn udp_abandon(&mut self) {
         for class in 0..self.udp.flows.classes() {
             for id in self.udp.flows.ids(class) {
@@ -525,10 +538,7 @@ impl Worker {
         for c in &mut self.udp.counts {
             c.flows_active = 0;
         }
-        if let Ok(mut shared) = self.shared.udp[self.index].lock() {
-            for c in shared.iter_mut() {
-                c.flows_active = 0;
-            }
-        }
+        // Counted since the last tick: kept for the worker that takes this one's place.
+        self.store_udp_counts();
     }
 }

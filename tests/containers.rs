@@ -318,10 +318,14 @@ fn the_profile_runs_the_balancer_in_an_oci_container() {
     .map(|s| s.to_string())
     .collect();
     let c = Container::run(&profile(), &args);
+    // The admin API can answer before the workers' listeners are bound: wait for both.
     wait_until(
-        "the admin API answers from the container",
+        "the admin API and the listener answer from the container",
         Duration::from_secs(30),
-        || std::net::TcpStream::connect(admin).is_ok(),
+        || {
+            std::net::TcpStream::connect(admin).is_ok()
+                && std::net::TcpStream::connect(listen).is_ok()
+        },
     );
     // Copy and splice (auto switches to splice after a few full reads) both ways.
     echo_exchange(listen, 7, 8 << 20);

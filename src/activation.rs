@@ -11,8 +11,8 @@ use crate::backend::ServiceId;
 use crate::config::Protocol as ServiceProtocol;
 use crate::server::Inherited;
 
-/// Turns the passed sockets into one inherited listener per worker for every (service,
-/// address) they serve. A socket that matches no listen address, that is not listening, or
+/// Turns the passed sockets into one inherited listener per worker for every listen
+/// address they serve (services sharing an address share its sockets). A socket that matches no listen address, that is not listening, or
 /// whose address cannot be read is an error: a unit that passes it expects it served.
 pub fn match_listeners(
     fds: Vec<OwnedFd>,
@@ -48,7 +48,12 @@ pub fn match_listeners(
             ));
         }
         let _ = sock.set_nonblocking(true);
+        let mut done: Vec<SocketAddr> = Vec::new();
         for (w, service, _, _) in serves {
+            if done.contains(w) {
+                continue;
+            }
+            done.push(*w);
             for _ in 0..workers {
                 let copy = fd
                     .try_clone()
@@ -77,7 +82,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_socket_serves_its_address_once_per_worker_and_service() {
+    fn a_socket_serves_its_address_once_per_worker() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let wanted = vec![
@@ -86,8 +91,9 @@ mod tests {
             (addr, "u".to_string(), ServiceId(2), ServiceProtocol::Udp),
         ];
         let got = match_listeners(vec![OwnedFd::from(l)], &wanted, 3).unwrap();
-        assert_eq!(got.len(), 6);
-        assert_eq!(got.iter().filter(|s| s.service == "a").count(), 3);
+        // Services "a" and "b" share the address, and so its sockets.
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|s| s.service == "a"));
         assert!(got
             .iter()
             .all(|s| s.protocol == ServiceProtocol::Tcp && s.addr == addr));

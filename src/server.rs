@@ -60,7 +60,8 @@ const FD_RESERVE: usize = 128;
 /// Splice pipe size (`--splice-pipes` sets how many per worker).
 pub const PIPE_SIZE: usize = 256 * 1024;
 
-/// A listening socket handed to a worker: the address it is bound to and its service.
+/// A listening socket handed to a worker: the address it is bound to and a service that
+/// listens there (the worker labels it again with each routing: see [`bind_all`]).
 pub type ListenerFd = (OwnedFd, SocketAddr, ServiceId);
 
 /// One service's backends and policy, as [`Server::publish`] takes them.
@@ -108,8 +109,16 @@ impl Inherited {
 /// on it are not lost). Closed when the balancer stops or a reload drops its address.
 struct Held {
     worker: usize,
+    /// The address, as bound for the first service that listened there.
     bound: Bound,
     fd: OwnedFd,
+}
+
+impl Held {
+    /// Whether a listen address configured as `wanted` (with `protocol`) is this socket's.
+    fn serves(&self, wanted: SocketAddr, protocol: ServiceProtocol) -> bool {
+        self.bound.wanted == wanted && self.bound.protocol == protocol
+    }
 }
 
 /// A running balancer.
@@ -399,9 +408,11 @@ impl Server {
     }
 
     /// Makes the bound listen addresses `wanted` (address as configured, service): binds
-    /// every one not bound yet (one socket per worker, handed to each worker now) and
-    /// forgets the others (each worker closes them when the next routing no longer lists
-    /// them). All or nothing: if one cannot be bound, none is, and nothing changes.
+    /// every address not bound yet (one socket per worker, handed to each worker now),
+    /// gives a service joining a bound address that address's sockets, and forgets the
+    /// addresses no service lists any more (each worker closes their sockets when the next
+    /// routing no longer lists them). All or nothing: if one cannot be bound, none is, and
+    /// nothing changes.
     pub fn update_listeners(
         &self,
         wanted: &[(SocketAddr, String, ServiceProtocol)],
@@ -412,17 +423,31 @@ impl Server {
                 b.wanted == *addr && b.service == *service && b.protocol == *protocol
             };
         let mut new: Vec<(SocketAddr, String, ServiceId, ServiceProtocol)> = Vec::new();
+        let mut joined: Vec<Bound> = Vec::new();
         for w in wanted {
-            if !state.bound.iter().any(|b| is_bound(b, w)) {
-                let id = state.service_id(&w.1);
-                new.push((w.0, w.1.clone(), id, w.2));
+            if state.bound.iter().any(|b| is_bound(b, w)) {
+                continue;
+            }
+            let id = state.service_id(&w.1);
+            // A service joining an address another one (or one being removed) listens on
+            // takes its sockets: none is closed or added, so no queued client is lost.
+            match state.held.iter().find(|h| h.serves(w.0, w.2)) {
+                Some(h) => joined.push(Bound {
+                    wanted: w.0,
+                    addr: h.bound.addr,
+                    service: w.1.clone(),
+                    id,
+                    protocol: w.2,
+                }),
+                None => new.push((w.0, w.1.clone(), id, w.2)),
             }
         }
         let Bind {
             listeners,
-            bound,
+            mut bound,
             held,
         } = bind_all(&new, self.workers.len(), &mut Vec::new())?;
+        bound.extend(joined);
         for (w, l) in self.workers.iter().zip(listeners) {
             if !l.is_empty() && w.commands.send(Command::Listen(l)).is_ok() {
                 net::eventfd_signal(&w.wake);
@@ -433,7 +458,7 @@ impl Server {
             .retain(|b| wanted.iter().any(|w| is_bound(b, w)));
         state
             .held
-            .retain(|h| wanted.iter().any(|w| is_bound(&h.bound, w)));
+            .retain(|h| wanted.iter().any(|w| h.serves(w.0, w.2)));
         state.held.extend(held);
         for b in &bound {
             tracing::info!("service {}: listening on {}", b.service, b.addr);
@@ -922,23 +947,38 @@ struct Bind {
 /// `inherited` that match the address (removed from it), spread over the workers, and one
 /// new SO_REUSEPORT socket for each worker left without one. With port 0 the first
 /// socket's kernel-chosen port is reused for the others.
+///
+/// The sockets are the address's, not a service's: services sharing an address (by TLS
+/// server name) share them, each worker labels them with a service listening there, and a
+/// reload that removes one of the services closes none. (Sockets of their own would put
+/// each service's in the address's SO_REUSEPORT group, and the kernel queues any client
+/// on any of them: closing one service's would reset the clients of the others waiting
+/// in its queues.)
 fn bind_all(
     wanted: &[(SocketAddr, String, ServiceId, ServiceProtocol)],
     workers: usize,
     inherited: &mut Vec<Inherited>,
 ) -> Result<Bind, StartError> {
     let mut per_worker: Vec<Vec<ListenerFd>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::with_capacity(wanted.len());
+    let mut bound: Vec<Bound> = Vec::with_capacity(wanted.len());
     let mut held = Vec::new();
     for (addr, service, id, protocol) in wanted {
         let addr = *addr;
-        // The same service's sockets if it had some there, else any for the address.
-        let same_service = inherited
+        let earlier = bound
             .iter()
-            .any(|s| s.matches(addr, *protocol) && s.service == *service);
+            .find(|b| b.wanted == addr && b.protocol == *protocol);
+        if let Some(b) = earlier {
+            let b = Bound {
+                service: service.clone(),
+                id: *id,
+                ..b.clone()
+            };
+            bound.push(b);
+            continue;
+        }
         let (taken, rest): (Vec<Inherited>, Vec<Inherited>) = std::mem::take(inherited)
             .into_iter()
-            .partition(|s| s.matches(addr, *protocol) && (!same_service || s.service == *service));
+            .partition(|s| s.matches(addr, *protocol));
         *inherited = rest;
         let mut actual = taken.first().map_or(addr, |s| s.addr);
         let mut sockets: Vec<(usize, OwnedFd)> = Vec::new();

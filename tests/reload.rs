@@ -297,3 +297,41 @@ fn reload_without_a_config_file_is_an_error() {
     assert_eq!(reloads(&admin, "ok"), 0.0);
     assert_eq!(greet_once(lb.addr).as_deref(), Ok("n0"));
 }
+
+/// A reload that renames a service, or gives its address to another service, keeps the
+/// address's listening sockets: no client waiting in their queues is reset. (Before, the
+/// sockets were the service's: the renamed service bound new ones and the old closed.)
+#[test]
+fn renaming_a_service_keeps_its_listening_sockets() {
+    let n0 = NameServer::start("127.0.0.1:0", "n0").unwrap();
+    let addr = free_addr();
+    let config = |name: &str| {
+        format!(
+            "workers = 2\n[[service]]\nname = \"{name}\"\nlisten = \"{addr}\"\nhealth = \"none\"\n\
+             backend = [{{ addr = \"{}\", name = \"n0\" }}]\n",
+            n0.addr()
+        )
+    };
+    let path = config_path("rename");
+    write_atomic(&path, &config("a"));
+    let (_lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    let load = ConnLoop::start(addr, 4, Duration::ZERO);
+    load.wait_more(100);
+    let cycles = 20;
+    for i in 0..cycles {
+        write_atomic(&path, &config(if i % 2 == 0 { "b" } else { "a" }));
+        let r = admin.req("POST", "/reload", None);
+        assert_eq!(r.status, 200, "{r:?}");
+        admin.wait_settled();
+        load.wait_more(100);
+    }
+    let attempts = load.finish();
+    let by_backend = per_backend(&attempts);
+    println!("{cycles} renames under load: {by_backend:?}");
+    assert_eq!(
+        by_backend.keys().collect::<Vec<_>>(),
+        ["n0"],
+        "every client served by n0: {by_backend:?}"
+    );
+    let _ = std::fs::remove_file(&path);
+}

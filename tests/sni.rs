@@ -520,6 +520,84 @@ fn a_reload_moves_a_name_new_connections_follow_open_ones_stay() {
     assert!(held.wait().expect("wait").success());
 }
 
+/// The ClientHello every attempt of [`hello_echo_once`] sends.
+static KEEP_HELLO: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// One client of a service whose backend echoes: a new connection, the ClientHello for
+/// `keep.example`, and the same bytes back to EOF. Any refusal, reset or difference fails.
+fn hello_echo_once(addr: SocketAddr) -> Result<String, String> {
+    let hello = KEEP_HELLO.get().expect("hello captured");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut s, hello).map_err(|e| format!("write: {e}"))?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut got)
+        .map_err(|e| format!("read after {} bytes: {e}", got.len()))?;
+    if &got != hello {
+        return Err(format!(
+            "echo differs ({} of {} bytes)",
+            got.len(),
+            hello.len()
+        ));
+    }
+    Ok("keep".to_string())
+}
+
+/// Services sharing an address share its listening sockets: a reload that removes one of
+/// them (or adds it back) closes none that the others' clients may be queued on. Before,
+/// each service had sockets of its own in the address's SO_REUSEPORT group, and the kernel
+/// queued any client on any of them: removing a service reset the clients of the others
+/// waiting in its queues.
+#[test]
+fn reloads_that_remove_a_service_of_a_shared_address_lose_no_client() {
+    let dir = TestDir::new("shared");
+    KEEP_HELLO.get_or_init(|| client_hello_bytes("keep.example"));
+    let echo = uringlb_bench::EchoServer::start("127.0.0.1:0").expect("echo server");
+    let addr = free_addr();
+    let config = |with_gone: bool| {
+        let mut text = format!(
+            "workers = 2\nhealth = \"none\"\n{}",
+            service("keep", addr, r#"["keep.example"]"#, "", echo.addr())
+        );
+        if with_gone {
+            text += &service("gone", addr, r#"["gone.example"]"#, "", echo.addr());
+        }
+        text
+    };
+    let path = write_config(&dir, &config(true));
+    let (_lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    let load = ConnLoop::start_with(addr, 4, Duration::ZERO, hello_echo_once);
+    load.wait_more(100);
+    let cycles = 20;
+    for i in 0..cycles {
+        write_atomic(&path, &config(i % 2 == 1));
+        let r = admin.req("POST", "/reload", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        admin.wait_settled();
+        load.wait_more(100);
+    }
+    let attempts = load.finish();
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.result.is_err()).collect();
+    println!(
+        "{cycles} reloads under load: {} clients served, {} failed",
+        attempts.len() - failed.len(),
+        failed.len()
+    );
+    for f in failed.iter().take(5) {
+        println!("failed: {:?}", f.result);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} clients failed",
+        failed.len(),
+        attempts.len()
+    );
+}
+
 #[test]
 fn check_refuses_what_sni_cannot_route() {
     let dir = TestDir::new("check");

@@ -7,7 +7,6 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::accept::Listener;
 use super::conn::{Phase, Timeout};
 use super::stats::Refused;
 use super::token::{OpKind, Token};
@@ -22,17 +21,7 @@ impl Worker {
                 Command::Routing(r) => {
                     tracing::debug!(worker = self.index, version = r.version, "new routing");
                     self.services.adopt(&r, self.index, &self.shared.counters);
-                    let services = &self.services;
-                    let keep = |l: &Listener| {
-                        services.is_live(l.service)
-                            && services.get(l.service).is_some_and(|s| {
-                                // A reload that made the service UDP closes its TCP
-                                // listeners.
-                                s.accepting && s.udp.is_none() && s.listen.contains(&l.addr)
-                            })
-                    };
-                    let close: Vec<bool> = self.listeners.iter().map(|l| !keep(l)).collect();
-                    self.close_listeners(|i| close[i]);
+                    self.label_listeners();
                     self.arm_accepts();
                     self.udp_routing_changed();
                     self.stats()
@@ -74,6 +63,23 @@ impl Worker {
         self.close_listeners(|_| true);
         self.udp_begin_stop();
         tracing::info!(worker = self.index, open = self.open, "stopping");
+    }
+
+    /// Labels each TCP listener with the service that listens on its address in the
+    /// routing now, and closes those of addresses no service listens on any more (a reload
+    /// that made the service UDP closes its TCP listeners too).
+    pub(super) fn label_listeners(&mut self) {
+        let mut close = Vec::with_capacity(self.listeners.len());
+        for l in &mut self.listeners {
+            match self.services.listening_at(l.addr, false) {
+                Some(id) => {
+                    l.service = id;
+                    close.push(false);
+                }
+                None => close.push(true),
+            }
+        }
+        self.close_listeners(|i| close[i]);
     }
 
     /// Closes the listeners `which` selects (by index), so the kernel stops queueing

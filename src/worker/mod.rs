@@ -243,6 +243,10 @@ impl Worker {
             udp,
         };
         worker.take_listeners(setup.listeners);
+        // A worker taking a failed one's place gets the sockets with the labels they were
+        // bound with; the routing may have moved their addresses to other services since.
+        worker.label_listeners();
+        worker.udp_routing_changed();
         Ok(worker)
     }
 

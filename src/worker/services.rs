@@ -84,6 +84,21 @@ impl Services {
         self.sni.table(addr)
     }
 
+    /// The service a listener on `addr` (UDP or TCP) takes clients for now: the first (by
+    /// id) of the accepting services listening there. Services sharing an address (by TLS
+    /// server name) share its sockets; the name picks a connection's service later, and
+    /// this one only counts the address's rejections.
+    pub(super) fn listening_at(&self, addr: std::net::SocketAddr, udp: bool) -> Option<ServiceId> {
+        (0..self.snapshots.len())
+            .map(|i| ServiceId(i as u32))
+            .find(|&id| {
+                self.is_live(id)
+                    && self.get(id).is_some_and(|s| {
+                        s.accepting && s.udp.is_some() == udp && s.listen.contains(&addr)
+                    })
+            })
+    }
+
     /// Drops the retired services no connection refers to any more.
     pub(super) fn prune(&mut self, in_use: impl Fn(ServiceId) -> bool) {
         let (snapshots, balancers) = (&mut self.snapshots, &mut self.balancers);

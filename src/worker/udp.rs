@@ -154,19 +154,22 @@ impl Worker {
         }
     }
 
-    /// A new routing: listeners of services or addresses no longer routed take no new
-    /// flows and close once their flows are done.
+    /// A new routing: each listener takes new flows for the service listening on its
+    /// address now; those of addresses no service listens on any more take no new flows
+    /// and close once their flows are done.
     pub(super) fn udp_routing_changed(&mut self) {
         for i in 0..self.udp.listeners.len() {
-            let l = &self.udp.listeners[i];
-            let keep = self.services.is_live(l.service)
-                && self
-                    .services
-                    .get(l.service)
-                    .is_some_and(|s| s.accepting && s.udp.is_some() && s.listen.contains(&l.addr));
-            if !keep && l.fd.is_some() {
-                self.udp.listeners[i].draining = true;
-                self.close_udp_listener_if_done(i);
+            let l = &mut self.udp.listeners[i];
+            if l.fd.is_none() || l.draining {
+                continue;
+            }
+            // New flows go to the service listening on the address now.
+            match self.services.listening_at(l.addr, true) {
+                Some(id) => l.service = id,
+                None => {
+                    l.draining = true;
+                    self.close_udp_listener_if_done(i);
+                }
             }
         }
         self.arm_udp();

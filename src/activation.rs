@@ -12,8 +12,9 @@ use crate::config::Protocol as ServiceProtocol;
 use crate::server::Inherited;
 
 /// Turns the passed sockets into one inherited listener per worker for every listen
-/// address they serve (services sharing an address share its sockets). A socket that matches no listen address, that is not listening, or
-/// whose address cannot be read is an error: a unit that passes it expects it served.
+/// address they serve (services sharing an address share its sockets). A socket that
+/// matches no listen address, that is not listening, or whose address cannot be read is
+/// an error: a unit that passes it expects it served.
 pub fn match_listeners(
     fds: Vec<OwnedFd>,
     wanted: &[(SocketAddr, String, ServiceId, ServiceProtocol)],

@@ -581,15 +581,7 @@ fn reloads_that_remove_a_service_of_a_shared_address_lose_no_client() {
         load.wait_more(100);
     }
     let attempts = load.finish();
-    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.result.is_err()).collect();
-    println!(
-        "{cycles} reloads under load: {} clients served, {} failed",
-        attempts.len() - failed.len(),
-        failed.len()
-    );
-    for f in failed.iter().take(5) {
-        println!("failed: {:?}", f.result);
-    }
+    let failed = report_failures(&format!("{cycles} reloads under load"), &attempts);
     assert!(
         failed.is_empty(),
         "{} of {} clients failed",

@@ -153,10 +153,6 @@ fn wait_old_exits(old: &mut Lb) {
     );
 }
 
-fn failures(attempts: &[Attempt]) -> Vec<&Attempt> {
-    attempts.iter().filter(|a| a.result.is_err()).collect()
-}
-
 #[test]
 fn five_upgrades_under_load_lose_no_connection() {
     let _no_migration = NoMigration::ensure();
@@ -184,16 +180,8 @@ fn five_upgrades_under_load_lose_no_connection() {
         load.wait_more(100);
     }
     let attempts = load.finish();
-    let failed = failures(&attempts);
-    println!(
-        "upgrade under load: {} upgrades, {} connections served, {} failed",
-        workers.len() - 1,
-        attempts.len() - failed.len(),
-        failed.len()
-    );
-    for f in failed.iter().take(5) {
-        println!("upgrade under load: failed: {:?}", f.result);
-    }
+    let what = format!("upgrade under load, {} upgrades", workers.len() - 1);
+    let failed = report_failures(&what, &attempts);
     assert!(failed.is_empty(), "no connection may fail across upgrades");
     assert!(attempts.len() > 1000, "the load ran: {}", attempts.len());
     assert!(echo_once(addr).is_ok(), "the last generation serves");
@@ -245,15 +233,8 @@ fn the_naive_restart_loses_connections_the_hand_over_keeps() {
         restarts += 1;
     }
     let attempts = load.finish();
-    let failed = failures(&attempts);
-    println!(
-        "naive restart under load: {restarts} restarts, {} connections served, {} failed",
-        attempts.len() - failed.len(),
-        failed.len()
-    );
-    for f in failed.iter().take(5) {
-        println!("naive restart under load: failed: {:?}", f.result);
-    }
+    let what = format!("naive restart under load, {restarts} restarts");
+    let failed = report_failures(&what, &attempts);
     assert!(
         !failed.is_empty(),
         "the naive restart was expected to lose connections (tcp_migrate_req is 0)"

@@ -101,6 +101,21 @@ impl ConnLoop {
     }
 }
 
+/// The failed attempts, after printing `what`, how many were served and failed, and the
+/// first five failures (the figures a test's output reports).
+pub fn report_failures<'a>(what: &str, attempts: &'a [Attempt]) -> Vec<&'a Attempt> {
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.result.is_err()).collect();
+    println!(
+        "{what}: {} connections served, {} failed",
+        attempts.len() - failed.len(),
+        failed.len()
+    );
+    for f in failed.iter().take(5) {
+        println!("{what}: failed: {:?}", f.result);
+    }
+    failed
+}
+
 /// Attempts per backend name (`FAILED` for failures).
 pub fn per_backend<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();

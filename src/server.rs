@@ -376,6 +376,17 @@ impl Server {
         self.bound().into_iter().map(|b| b.addr).collect()
     }
 
+    /// The bound listen addresses of `protocol`: a backend of a service of that protocol
+    /// at one of them would loop back to the balancer (a TCP backend at a UDP listen
+    /// address would not).
+    pub fn local_addrs_for(&self, protocol: ServiceProtocol) -> Vec<SocketAddr> {
+        self.bound()
+            .into_iter()
+            .filter(|b| b.protocol == protocol)
+            .map(|b| b.addr)
+            .collect()
+    }
+
     /// The bound listen addresses with their services.
     pub fn bound(&self) -> Vec<Bound> {
         self.state

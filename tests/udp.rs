@@ -436,6 +436,56 @@ fn a_tcp_and_a_udp_service_share_a_listen_address() {
     );
 }
 
+/// A listen address loops back only for backends of its own protocol: a UDP backend at a
+/// TCP service's listen address (and the other way round) is another socket, accepted by
+/// the file and by the admin API; the same address and protocol is still refused. A UDP
+/// backend takes no PROXY header from the admin API, as from the file.
+#[test]
+fn own_listen_addresses_loop_only_within_their_protocol() {
+    let (web, dns) = (free_addr(), free_addr());
+    let text = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"{web}\"\nbackend = [{{ addr = \"{dns}\" }}]\n\n\
+         [[service]]\nname = \"dns\"\nprotocol = \"udp\"\nlisten = \"{dns}\"\n\
+         backend = [{{ addr = \"{web}\" }}]\n"
+    );
+    let path = config_file("own-listen", &text);
+    let (st, out, err) = run_bin(&["--check", "-c", path.to_str().unwrap()]);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    let (_lb, admin) = start_services_with_admin(web, &["-c", path.to_str().unwrap()]);
+    let add = |service: &str, body: String| {
+        admin.req(
+            "POST",
+            &format!("/services/{service}/backends"),
+            Some(&body),
+        )
+    };
+    let r = add("dns", format!(r#"{{"addr": "{web}", "name": "again"}}"#));
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = add("web", format!(r#"{{"addr": "{dns}", "name": "again"}}"#));
+    assert_eq!(r.status, 201, "{r:?}");
+    for (service, addr) in [("dns", dns), ("web", web)] {
+        let r = add(service, format!(r#"{{"addr": "{addr}", "name": "self"}}"#));
+        assert_eq!(r.status, 400, "{service}: {r:?}");
+        assert!(r.body.contains("own listen address"), "{service}: {r:?}");
+    }
+    let r = add(
+        "dns",
+        r#"{"addr": "127.0.0.1:53", "proxy_protocol": "v2"}"#.to_string(),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("cannot send PROXY headers"), "{r:?}");
+    let names = |service: &str| -> Vec<String> {
+        let r = admin.get(&format!("/services/{service}/backends"));
+        let all = r.json();
+        let list = all.as_array().expect("an array");
+        list.iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("dns"), vec![web.to_string(), "again".to_string()]);
+    assert_eq!(names("web"), vec![dns.to_string(), "again".to_string()]);
+}
+
 #[test]
 fn settings_a_udp_service_cannot_honour_are_refused() {
     let check =

@@ -68,7 +68,7 @@ pub use file::{load_file, parse_toml};
 pub use services::{ServiceConfig, DEFAULT_SERVICE};
 pub use settings::{Config, Flags, PartialConfig, PartialServiceSettings, ServiceSettings};
 pub use udp::*;
-pub use validate::check_not_self;
+pub use validate::{check_backend_protocol, check_not_self};
 pub use values::*;
 
 /// The full pipeline: the file (if any), then `overrides` (the command-line flags) over

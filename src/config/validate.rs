@@ -11,6 +11,7 @@ use super::services::ServiceConfig;
 use super::udp::{Protocol, MAX_MAX_FLOWS, MAX_UDP_RESPONSES};
 use super::values::*;
 use super::{Algorithm, Config, ConfigError, HealthCheck, ServiceSettings};
+use crate::backend::BackendSpec;
 
 impl Config {
     /// Checks the rules that hold whatever the source of a value; cross-field rules too.
@@ -51,9 +52,13 @@ impl Config {
         if backends > crate::backend::MAX_BACKENDS {
             return Err(ConfigError::TooManyBackends(backends));
         }
-        let all_listen: Vec<SocketAddr> = listen.iter().map(|(a, _, _)| *a).collect();
         for s in &services {
-            s.settings.validate(&all_listen).map_err(|e| {
+            let own_listen: Vec<SocketAddr> = listen
+                .iter()
+                .filter(|(_, _, p)| *p == s.settings.protocol)
+                .map(|(a, _, _)| *a)
+                .collect();
+            s.settings.validate(&own_listen).map_err(|e| {
                 if self.has_service_tables() {
                     ConfigError::InService {
                         service: s.name.clone(),
@@ -134,9 +139,10 @@ fn invalid(key: &'static str, message: String) -> ConfigError {
 }
 
 impl ServiceSettings {
-    /// The rules of one service; `all_listen` are the listen addresses of every service
-    /// (a backend at any of them would loop).
-    pub fn validate(&self, all_listen: &[SocketAddr]) -> Result<(), ConfigError> {
+    /// The rules of one service; `own_listen` are the listen addresses of every service of
+    /// its protocol (a backend at any of them would loop; a TCP backend at a UDP listen
+    /// address would not).
+    pub fn validate(&self, own_listen: &[SocketAddr]) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::NoListen);
         }
@@ -172,7 +178,7 @@ impl ServiceSettings {
             if !names.insert(b.name.as_str()) {
                 return Err(ConfigError::DuplicateBackendName(b.name.clone()));
             }
-            check_not_self(b.addr, all_listen).map_err(bad)?;
+            check_not_self(b.addr, own_listen).map_err(bad)?;
         }
         check_range(u64::from(self.retries), 0, u64::from(MAX_RETRIES))
             .map_err(|m| invalid("--retries", m))?;
@@ -237,13 +243,15 @@ impl ServiceSettings {
             .map_err(|m| invalid("--udp-responses", m))?;
             // Settings of a byte stream that a datagram service cannot honour: refused
             // rather than silently ignored.
-            if self.proxy_protocol.is_some()
-                || self.backends.iter().any(|b| b.proxy_protocol.is_some())
-            {
+            if self.proxy_protocol.is_some() {
                 return Err(invalid(
                     "--proxy-protocol",
-                    "a UDP service cannot send PROXY headers".to_string(),
+                    UDP_NO_PROXY_HEADERS.to_string(),
                 ));
+            }
+            for b in &self.backends {
+                check_backend_protocol(self.protocol, b)
+                    .map_err(|m| invalid("--proxy-protocol", m))?;
             }
             if !self.accept_proxy.is_empty() {
                 return Err(invalid(
@@ -274,6 +282,17 @@ impl ServiceSettings {
                 .map_err(|m| invalid("--maglev-table-size", m))?;
         }
         Ok(())
+    }
+}
+
+const UDP_NO_PROXY_HEADERS: &str = "a UDP service cannot send PROXY headers";
+
+/// What a backend of a service of `protocol` may not ask for, whether the file or the
+/// admin API adds it: PROXY headers belong to a byte stream, not to datagrams.
+pub fn check_backend_protocol(protocol: Protocol, b: &BackendSpec) -> Result<(), String> {
+    match (protocol, b.proxy_protocol) {
+        (Protocol::Udp, Some(_)) => Err(UDP_NO_PROXY_HEADERS.to_string()),
+        _ => Ok(()),
     }
 }
 

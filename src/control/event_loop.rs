@@ -182,11 +182,13 @@ pub async fn run(
         checks: checks_tx,
         found: found_tx,
     };
-    let listen = server.local_addrs();
     let mut services: Vec<Service> = config
         .services()
         .iter()
-        .map(|s| Service::start(s, config.grace, &server, &channels, listen.clone()))
+        .map(|s| {
+            let own = server.local_addrs_for(s.settings.protocol);
+            Service::start(s, config.grace, &server, &channels, own)
+        })
         .collect();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -363,7 +365,11 @@ fn handle(
             let (name, addr) = (spec.name.clone(), spec.addr);
             let r = service::pick(services, service.as_deref()).and_then(|s| {
                 let svc = s.name.clone();
-                crate::config::check_not_self(addr, &server.local_addrs())
+                let own = server.local_addrs_for(s.settings.protocol);
+                crate::config::check_not_self(addr, &own)
+                    .and_then(|()| {
+                        crate::config::check_backend_protocol(s.settings.protocol, &spec)
+                    })
                     .map_err(|e| TableError::Invalid(format!("backend '{name}': {e}")))?;
                 let targets_changed = s
                     .table
@@ -621,7 +627,6 @@ impl Reloader<'_> {
             );
         }
         let now = Instant::now();
-        let listen = self.server.local_addrs();
         let qualified = new.has_service_tables() || self.config.has_service_tables();
         let name_of = |svc: &str, b: &str| {
             if qualified {
@@ -664,7 +669,7 @@ impl Reloader<'_> {
                         s.discovery = Discovery::start(
                             &name,
                             &sc.settings,
-                            listen.clone(),
+                            server.local_addrs_for(sc.settings.protocol),
                             self.channels.found.clone(),
                         );
                     }
@@ -673,8 +678,8 @@ impl Reloader<'_> {
                     s.settings_changed = true;
                 }
                 None => {
-                    let mut s =
-                        Service::start(sc, new.grace, server, self.channels, listen.clone());
+                    let own = server.local_addrs_for(sc.settings.protocol);
+                    let mut s = Service::start(sc, new.grace, server, self.channels, own);
                     s.settings_changed = true;
                     added.extend(
                         sc.settings

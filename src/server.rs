@@ -735,8 +735,9 @@ fn republish_all(state: &mut PublishState, config: &Config) -> Result<Arc<Routin
 }
 
 /// Runs every check a start runs, short of binding the listeners and starting workers
-/// (`--check`).
+/// (`--check`); the access log's file is checked without being created.
 pub fn check(config: &Config) -> Result<(), StartError> {
+    crate::access_log::writer::check(&config.access_log).map_err(StartError::AccessLog)?;
     Plan::new(config).map(|_| ())
 }
 

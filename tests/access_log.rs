@@ -443,3 +443,28 @@ fn file_keys_set_it_and_bad_values_exit_2_naming_the_flag() {
         "{err}"
     );
 }
+
+/// `--check` refuses an access log the start would refuse, with the same line, and
+/// creates no file when it accepts one.
+#[test]
+fn check_refuses_an_access_log_the_start_would_and_creates_none() {
+    let check = |log: &str| run_bin(&["--check", "--backend", "127.0.0.1:9", "--access-log", log]);
+    let dir = std::env::temp_dir();
+    for bad in ["/nonexistent-dir/access.log", dir.to_str().unwrap()] {
+        let (st, out, err) = check(bad);
+        assert_eq!(st.code(), Some(2), "{bad}: {out}{err}");
+        assert!(
+            err.contains(&format!("cannot open the access log {bad}")) && err.lines().count() == 1,
+            "{bad}: {err}"
+        );
+    }
+    let missing = TempLog::new("check-creates-none");
+    let _ = std::fs::remove_file(&missing.0);
+    let (st, out, err) = check(&missing.arg());
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert!(!missing.0.exists(), "--check created {}", missing.arg());
+    std::fs::write(&missing.0, "kept\n").unwrap();
+    let (st, out, err) = check(&missing.arg());
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&missing.0).unwrap(), "kept\n");
+}

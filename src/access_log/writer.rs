@@ -30,6 +30,33 @@ fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+fn cannot_open(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        e.kind(),
+        format!("cannot open the access log {}: {e}", path.display()),
+    )
+}
+
+/// Whether [`AccessLog::start`] could open `target`, creating and changing nothing (for
+/// `--check`): an existing file must open for appending; a missing one needs a directory
+/// this process may create it in.
+pub fn check(target: &Target) -> std::io::Result<()> {
+    let Target::File(path) = target else {
+        return Ok(());
+    };
+    let opens = if path.exists() {
+        OpenOptions::new().append(true).open(path).map(drop)
+    } else {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let can = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+        nix::unistd::access(dir, can).map_err(std::io::Error::from)
+    };
+    opens.map_err(|e| cannot_open(path, e))
+}
+
 impl Dest {
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
@@ -84,12 +111,7 @@ impl AccessLog {
             Target::Stderr => Dest::Stderr,
             Target::File(path) => Dest::File {
                 path: path.clone(),
-                file: open(path).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot open the access log {}: {e}", path.display()),
-                    )
-                })?,
+                file: open(path).map_err(|e| cannot_open(path, e))?,
             },
         };
         let queues = Arc::new(Queues::new(workers, super::QUEUE_CAPACITY));

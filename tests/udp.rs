@@ -545,6 +545,107 @@ fn reload_sends_new_flows_to_the_new_backends_while_open_flows_finish() {
     assert_eq!(ask(&new, lb.addr, 3, ANSWER), Some(b.answer));
 }
 
+/// One access-log line per ended flow, each ending by a real cause: answered (`closed`),
+/// idle (`idle_timeout`), pushed out by a newer flow at `max_flows` (`evicted`), refused by
+/// the backend's ICMP error (`reset`), cut at the end of the grace period (`drained`);
+/// with the client, the listen address, the backend and the payload bytes each way.
+#[test]
+fn every_ended_flow_is_one_access_log_line_with_its_cause() {
+    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
+    let refusing = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let service = |name: &str, listen: SocketAddr, backend: SocketAddr, extra: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nprotocol = \"udp\"\nlisten = \"{listen}\"\n\
+             health = \"none\"\n{extra}\n[[service.backend]]\nname = \"b\"\naddr = \"{backend}\"\n\n"
+        )
+    };
+    let text = [
+        "grace = \"1s\"\n".to_string(),
+        service("answered", addrs[0], echo.addr, "udp_responses = 1"),
+        service("idle", addrs[1], echo.addr, "udp_idle_timeout = \"300ms\""),
+        service("full", addrs[2], echo.addr, "max_flows = 1"),
+        service("refused", addrs[3], refusing, ""),
+    ]
+    .concat();
+    let path = config_file("access-log", &text);
+    let log = TempLog::new("udp-flows");
+    let mut lb = Lb::start_services(
+        addrs[0],
+        &[
+            "-c",
+            path.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--access-log",
+            &log.arg(),
+        ],
+    );
+    let clients: Vec<UdpSocket> = (0..5)
+        .map(|_| client_on(Ipv4Addr::LOCALHOST.into()))
+        .collect();
+    let payload = b"twelve bytes";
+    let echoes = |c: &UdpSocket, to: SocketAddr| {
+        let (back, from) = echo_through(c, to, payload);
+        assert_eq!((back.as_slice(), from), (&payload[..], to));
+    };
+    echoes(&clients[0], addrs[0]);
+    echoes(&clients[1], addrs[1]);
+    echoes(&clients[1], addrs[1]);
+    echoes(&clients[2], addrs[2]);
+    echoes(&clients[3], addrs[2]); // the service's one flow is now this one
+    clients[4].send_to(payload, addrs[3]).unwrap();
+    let lines = wait_json_lines(&log.0, 4);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    lb.signal(libc::SIGTERM);
+    let st = lb
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after grace");
+    assert!(st.success(), "{st}\n{}", lb.log_text());
+    let lines = wait_json_lines(&log.0, 5);
+    let by_client: BTreeMap<String, LogLine> = lines
+        .into_iter()
+        .map(|l| (l.client.clone().expect("client"), l))
+        .collect();
+    let n = payload.len() as u64;
+    let want = [
+        (0, "answered", addrs[0], echo.addr, n, n, "closed"),
+        (1, "idle", addrs[1], echo.addr, 2 * n, 2 * n, "idle_timeout"),
+        (2, "full", addrs[2], echo.addr, n, n, "evicted"),
+        (3, "full", addrs[2], echo.addr, n, n, "drained"),
+        (4, "refused", addrs[3], refusing, n, 0, "reset"),
+    ];
+    for (i, service, listen, backend, bytes_in, bytes_out, result) in want {
+        let client = clients[i].local_addr().unwrap().to_string();
+        let l = by_client
+            .get(&client)
+            .unwrap_or_else(|| panic!("no line for client {i} ({client}): {by_client:?}"));
+        let got = (
+            l.service.as_str(),
+            l.listen.clone(),
+            l.backend.as_deref(),
+            l.backend_addr.clone(),
+            (l.bytes_in, l.bytes_out),
+            l.result.as_str(),
+        );
+        let expected = (
+            service,
+            listen.to_string(),
+            Some("b"),
+            Some(backend.to_string()),
+            (bytes_in, bytes_out),
+            result,
+        );
+        assert_eq!(got, expected, "client {i}: {l:?}");
+        assert_eq!((l.sni.as_deref(), l.connect_ms, l.retries), (None, None, 0));
+        check_ts(&l.ts);
+    }
+    assert_eq!(by_client.len(), 5, "{by_client:?}");
+}
+
 #[test]
 fn a_graceful_stop_serves_open_flows_and_takes_no_new_ones() {
     let dns = Dnsmasq::start(Ipv4Addr::new(10, 0, 2, 1), false);

@@ -80,6 +80,9 @@ pub enum End {
     Rejected,
     /// Cut at the drain deadline of its backend, or at the end of the grace period.
     Drained,
+    /// A UDP flow ended to make room for a new one: its service was at `max_flows`, and
+    /// it was the one idle longest.
+    Evicted,
 }
 
 impl End {
@@ -92,6 +95,7 @@ impl End {
             End::ConnectFailed => "connect_failed",
             End::Rejected => "rejected",
             End::Drained => "drained",
+            End::Evicted => "evicted",
         }
     }
 }

@@ -65,9 +65,9 @@ impl Worker {
 
     /// The connection in `slot` is finished: hand its record to the access log.
     pub(super) fn log_end(&mut self, slot: usize) {
-        let Some(queues) = &self.shared.access_log else {
+        if self.shared.access_log.is_none() {
             return;
-        };
+        }
         let s = &self.slots[slot];
         let conn = &s.conn;
         let end = s.log.end.unwrap_or(if conn.reset() {
@@ -88,16 +88,14 @@ impl Worker {
             end,
             sni: conn.sni,
         };
-        if !queues.push(self.index, record) {
-            WorkerStats::add(&self.stats().access_log_dropped, 1);
-        }
+        self.log_record(record);
     }
 
     /// A client refused before it had a slot (the allow/deny lists at accept).
     pub(super) fn log_refused(&mut self, listener: usize, client: Option<SocketAddr>) {
-        let Some(queues) = &self.shared.access_log else {
+        if self.shared.access_log.is_none() {
             return;
-        };
+        }
         let l = &self.listeners[listener];
         let record = Record {
             service: l.service,
@@ -111,6 +109,15 @@ impl Worker {
             retries: 0,
             end: End::Rejected,
             sni: None,
+        };
+        self.log_record(record);
+    }
+
+    /// Hands `record` to the access log, if there is one (a full queue drops it and
+    /// counts the drop).
+    pub(super) fn log_record(&mut self, record: Record) {
+        let Some(queues) = &self.shared.access_log else {
+            return;
         };
         if !queues.push(self.index, record) {
             WorkerStats::add(&self.stats().access_log_dropped, 1);

@@ -27,8 +27,10 @@ use super::candidates::Candidates;
 use super::stats::{UdpCounts, UdpDrop};
 use super::token::{OpKind, Token};
 use super::Worker;
+use crate::access_log::Record;
 use crate::backend::{BackendId, ServiceId};
 use crate::balance::{self, Request};
+use crate::direction::{Dir, PerDir};
 use crate::udp_flows::{worker_share, FlowKey, Flows};
 use crate::udp_net;
 use crate::uring::Completion;
@@ -56,11 +58,16 @@ pub(super) struct Flow {
     service: ServiceId,
     listener: usize,
     backend: BackendId,
+    backend_addr: SocketAddr,
     sock: OwnedFd,
     /// The address the client sent to, when the listener is a wildcard one.
     reply_from: Option<IpAddr>,
     sent: u64,
     replies: u32,
+    /// When it opened (for the access log).
+    opened_ns: u64,
+    /// Payload bytes forwarded, client -> backend and backend -> client.
+    bytes: PerDir<u64>,
 }
 
 /// Why a flow ended.
@@ -71,6 +78,21 @@ enum End {
     Evicted,
     Refused,
     Stopped,
+}
+
+impl End {
+    /// The access log's `result` for it: a backend's ICMP refusal is a datagram's reset,
+    /// the grace period's end drains as for a connection.
+    fn result(self) -> crate::access_log::End {
+        use crate::access_log::End as Log;
+        match self {
+            End::Idle => Log::IdleTimeout,
+            End::Responses => Log::Closed,
+            End::Evicted => Log::Evicted,
+            End::Refused => Log::Reset,
+            End::Stopped => Log::Drained,
+        }
+    }
 }
 
 /// The UDP side of a worker.
@@ -285,6 +307,7 @@ impl Worker {
             Ok(()) => {
                 if let Some(f) = self.udp.flows.get_mut(id, None) {
                     f.sent += 1;
+                    f.bytes[Dir::Up] += size as u64;
                 }
                 let c = self.udp.count(flow_service);
                 c.datagrams[0] += 1;
@@ -344,10 +367,13 @@ impl Worker {
             service,
             listener: i,
             backend,
+            backend_addr: addr,
             sock,
             reply_from,
             sent: 0,
             replies: 0,
+            opened_ns: self.now_ns,
+            bytes: PerDir::new(0, 0),
         };
         let id = self.udp.flows.insert(key, class, flow, self.now_ns);
         self.udp.listeners[i].flows += 1;
@@ -448,6 +474,9 @@ impl Worker {
             .map_or(0, |u| u.responses);
         let flow = self.udp.flows.get_mut(id, None).expect("key found");
         flow.replies = flow.replies.saturating_add(1);
+        if sent.is_ok() {
+            flow.bytes[Dir::Down] += size as u64;
+        }
         if limit > 0 && flow.replies >= limit {
             self.end_flow(id, End::Responses);
         }
@@ -461,9 +490,10 @@ impl Worker {
     /// Ends flow `id`: its receive is cancelled and its socket closed, its backend's count
     /// given back, and a flow that never got a reply counted against the backend.
     fn end_flow(&mut self, id: u32, why: End) {
-        let Some((_, flow)) = self.udp.flows.remove(id) else {
+        let Some((key, flow)) = self.udp.flows.remove(id) else {
             return;
         };
+        self.log_flow(&key, &flow, why);
         tracing::trace!(worker = self.index, flow = id, ?why, "UDP flow ends");
         let ignore = Token::new(0, 0, OpKind::Ignore).encode();
         self.ring.cancel_fd(flow.sock.as_raw_fd(), ignore);
@@ -481,6 +511,31 @@ impl Worker {
             l.flows -= 1;
         }
         self.close_udp_listener_if_done(flow.listener);
+    }
+
+    /// Hands the access log one record for the flow that ended: its client and the address
+    /// it sent to, its backend, how long it lasted and the payload bytes each way.
+    fn log_flow(&mut self, key: &FlowKey, flow: &Flow, why: End) {
+        if self.shared.access_log.is_none() {
+            return;
+        }
+        let Some(listen) = self.udp.listeners.get(flow.listener).map(|l| l.addr) else {
+            return;
+        };
+        let record = Record {
+            service: flow.service,
+            client: Some(key.client),
+            listen,
+            backend: Some((flow.backend, flow.backend_addr)),
+            start_ns: flow.opened_ns,
+            end_ns: self.now_ns,
+            connect_ns: None,
+            bytes: flow.bytes,
+            retries: 0,
+            end: why.result(),
+            sni: None,
+        };
+        self.log_record(record);
     }
 
     /// On the tick: ends the flows idle for their service's `udp_idle_timeout`, and

@@ -415,9 +415,42 @@ fn a_tcp_and_a_udp_service_share_a_listen_address() {
     );
     let path = config_file("shared", &text);
     let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    // The UDP service's series are there before its first datagram, the TCP one has none.
+    let udp_series = |admin: &Admin| -> Vec<(String, String, f64)> {
+        let m = admin.metrics();
+        let mut all = Vec::new();
+        for name in [
+            "uringlb_udp_flows_active",
+            "uringlb_udp_flows_total",
+            "uringlb_udp_datagrams_total",
+            "uringlb_udp_bytes_total",
+            "uringlb_udp_evictions_total",
+            "uringlb_udp_drops_total",
+        ] {
+            for (labels, v) in m.all(name) {
+                all.push((name.to_string(), labels["service"].clone(), v));
+            }
+        }
+        all
+    };
+    let before = udp_series(&admin);
+    assert_eq!(before.len(), 1 + 1 + 2 + 2 + 1 + 5, "{before:?}");
+    assert!(
+        before.iter().all(|(_, s, v)| s == "dns" && *v == 0.0),
+        "{before:?}"
+    );
     assert_eq!(greet_once(lb.addr).as_deref(), Ok("web"));
     let client = client_on(Ipv4Addr::LOCALHOST.into());
     assert_eq!(ask(&client, lb.addr, 9, ANSWER), Some(dns.answer));
+    wait_metric(
+        &admin,
+        "uringlb_udp_datagrams_total",
+        &[("service", "dns"), ("direction", "backend_to_client")],
+        |v| v == 1.0,
+    );
+    let after = udp_series(&admin);
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    assert!(after.iter().all(|(_, s, _)| s == "dns"), "{after:?}");
     let services = admin.get("/services").json();
     let protocols: Vec<(String, String)> = services
         .as_array()

@@ -452,11 +452,18 @@ fn handle(
                 .collect();
             counts.retain_backends(&live);
             let published = server.published_version();
-            let ids: Vec<(String, crate::backend::ServiceId)> = services
-                .iter()
-                .filter_map(|s| Some((s.name.to_string(), server.service_id(&s.name)?)))
-                .collect();
-            let text = metrics::encode(counts, &samples, &ids, server.shared(), published);
+            // Every service, and the UDP ones again for their own series.
+            let (mut ids, mut udp) = (Vec::new(), Vec::new());
+            for s in services.iter() {
+                let Some(id) = server.service_id(&s.name) else {
+                    continue;
+                };
+                if s.settings.protocol == crate::config::Protocol::Udp {
+                    udp.push((s.name.to_string(), id));
+                }
+                ids.push((s.name.to_string(), id));
+            }
+            let text = metrics::encode(counts, &samples, &ids, &udp, server.shared(), published);
             let _ = reply.send(text);
         }
         Command::Health { reply } => {

@@ -141,6 +141,7 @@ pub fn encode(
     counts: &Counts,
     backends: &[BackendSample],
     services: &[(String, ServiceId)],
+    udp_services: &[(String, ServiceId)],
     shared: &Shared,
     published: u64,
 ) -> String {
@@ -371,7 +372,7 @@ pub fn encode(
         discovery_failures,
     );
 
-    register_udp(&mut reg, shared);
+    register_udp(&mut reg, udp_services, shared);
 
     let mut out = String::new();
     // Writing to a String cannot fail; an encoder error would mean a bug in a name.
@@ -437,22 +438,20 @@ fn register_service_counts(reg: &mut Registry, services: &[(String, ServiceId)],
     );
 }
 
-/// The UDP services' series, summed over the counts each worker published on its tick.
-fn register_udp(reg: &mut Registry, shared: &Shared) {
+/// The UDP services' series, summed over the counts each worker published on its tick
+/// (by service id): every UDP service has its series from the start, zeros until traffic,
+/// and no other service has any.
+fn register_udp(reg: &mut Registry, udp_services: &[(String, ServiceId)], shared: &Shared) {
     use crate::worker::stats::{UdpCounts, UdpDrop};
-    let mut per_service: Vec<UdpCounts> = Vec::new();
+    let mut per_service: Vec<(&str, UdpCounts)> = udp_services
+        .iter()
+        .map(|(name, _)| (name.as_str(), UdpCounts::default()))
+        .collect();
     for worker in shared.udp.iter() {
         let Ok(counts) = worker.lock() else { continue };
-        for c in counts.iter().filter(|c| !c.service.is_empty()) {
-            let total = match per_service.iter_mut().find(|t| t.service == c.service) {
-                Some(t) => t,
-                None => {
-                    per_service.push(UdpCounts {
-                        service: c.service.clone(),
-                        ..UdpCounts::default()
-                    });
-                    per_service.last_mut().expect("pushed")
-                }
+        for ((_, id), (_, total)) in udp_services.iter().zip(per_service.iter_mut()) {
+            let Some(c) = counts.get(id.0 as usize) else {
+                continue;
             };
             total.flows_active += c.flows_active;
             total.flows_total += c.flows_total;
@@ -472,8 +471,8 @@ fn register_udp(reg: &mut Registry, shared: &Shared) {
     let bytes = Family::<Labels, Counter>::default();
     let evictions = Family::<Labels, Counter>::default();
     let drops = Family::<Labels, Counter>::default();
-    for t in &per_service {
-        let service = label("service", &t.service);
+    for (name, t) in &per_service {
+        let service = label("service", name);
         active
             .get_or_create(&service)
             .set(i64::try_from(t.flows_active).unwrap_or(i64::MAX));
@@ -680,7 +679,7 @@ mod tests {
             c.queue_wait_ns = 1_500_000_000;
         });
         let ids = [("web".to_string(), ServiceId(0))];
-        let text = encode(&counts, &backends, &ids, &sh, 3);
+        let text = encode(&counts, &backends, &ids, &[], &sh, 3);
         for line in [
             "uringlb_splice_bytes_total{worker=\"0\"} 0",
             "uringlb_splice_bytes_total{worker=\"1\"} 5",

@@ -292,8 +292,6 @@ pub struct Shared {
 /// copied here on its tick: a datagram costs no shared write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UdpCounts {
-    /// The service's name (metrics label).
-    pub service: std::sync::Arc<str>,
     pub flows_active: u64,
     pub flows_total: u64,
     /// Datagrams and bytes forwarded, by direction (client to backend first).

@@ -562,20 +562,13 @@ impl Worker {
             return;
         }
         for class in 0..self.udp.counts.len() {
-            let id = ServiceId(class as u32);
-            let name = self.services.get(id).map(|s| s.name.clone());
-            let active = self.udp.flows.len(class) as u64;
-            let c = &mut self.udp.counts[class];
-            c.flows_active = active;
-            if let Some(name) = name {
-                c.service = name;
-            }
+            self.udp.counts[class].flows_active = self.udp.flows.len(class) as u64;
         }
         self.store_udp_counts();
     }
 
-    /// Publishes the counts by service id (a service this worker never saw has no name
-    /// yet; the metrics skip it), so a worker taking this one's place can go on from them.
+    /// Publishes the counts by service id (for the metrics, and for a worker taking this
+    /// one's place to go on from them).
     fn store_udp_counts(&self) {
         if let Ok(mut shared) = self.shared.udp[self.index].lock() {
             shared.clone_from(&self.udp.counts);

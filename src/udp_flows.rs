@@ -183,6 +183,11 @@ impl<T> Flows<T> {
         Some((key, value))
     }
 
+    /// Every open flow's value, in no particular order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().filter_map(|e| e.value.as_mut())
+    }
+
     /// The ids of every open flow of `class`, oldest first.
     pub fn ids(&self, class: usize) -> Vec<u32> {
         let mut out = Vec::new();

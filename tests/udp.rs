@@ -100,6 +100,23 @@ fn every_query_is_answered_and_spread_and_one_response_ends_each_flow() {
         wait_metric(&admin, "uringlb_udp_datagrams_total", &labels, |v| {
             v == 60.0
         });
+        // Each backend's bytes: what its flows forwarded, together the service's bytes.
+        let m = admin.metrics();
+        let service_bytes = m.value("uringlb_udp_bytes_total", &labels);
+        let per_backend = m.all("uringlb_backend_bytes_total");
+        let ours: Vec<f64> = per_backend
+            .iter()
+            .filter(|(l, _)| l["direction"] == dir)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(ours.len(), 3, "{per_backend:?}");
+        assert!(ours.iter().all(|v| *v > 0.0), "{dir}: {per_backend:?}");
+        assert!(service_bytes > 0.0);
+        assert_eq!(
+            ours.iter().sum::<f64>(),
+            service_bytes,
+            "{dir}: {per_backend:?}"
+        );
     }
     let services = admin.get("/services").json();
     assert_eq!(services[0]["protocol"], "udp", "{services}");
@@ -123,6 +140,26 @@ fn without_a_response_limit_a_client_sticks_to_its_backend() {
         &[("service", "default")],
         |v| v == 1.0,
     );
+    // The open flow's bytes reach its backend's counts without it ending (once a second).
+    for dir in ["client_to_backend", "backend_to_client"] {
+        let labels = [("service", "default"), ("direction", dir)];
+        poll(Duration::from_secs(10), || {
+            let m = admin.metrics();
+            let backends: f64 = m
+                .all("uringlb_backend_bytes_total")
+                .iter()
+                .filter(|(l, _)| l["direction"] == dir)
+                .map(|(_, v)| *v)
+                .sum();
+            let service = m.value("uringlb_udp_bytes_total", &labels);
+            (service > 0.0 && backends == service).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{dir}: the backends' bytes never reached the flow's"));
+    }
+    let flows = admin
+        .metrics()
+        .value("uringlb_udp_flows_active", &[("service", "default")]);
+    assert_eq!(flows, 1.0, "the flow ended before its bytes were counted");
 }
 
 /// Asks `n` fresh flows (one query each, with `--udp-responses 1`) from one client

@@ -323,6 +323,7 @@ impl Worker {
             if self.now_ns >= self.next_reclaim_ns {
                 // After the whole batch: no completion of these buffers is left unhandled.
                 self.reclaim_idle_buffers();
+                self.flush_udp_bytes();
                 self.next_reclaim_ns = self.now_ns + RECLAIM_EVERY.as_nanos() as u64;
             }
             if self.finished() {

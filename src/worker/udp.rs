@@ -68,6 +68,23 @@ pub(super) struct Flow {
     opened_ns: u64,
     /// Payload bytes forwarded, client -> backend and backend -> client.
     bytes: PerDir<u64>,
+    /// Of those, the bytes already added to the backend's counts.
+    flushed: PerDir<u64>,
+}
+
+impl Flow {
+    /// Adds the bytes forwarded since the last time to the backend's counts
+    /// (`uringlb_backend_bytes_total`): once a second, as for open connections, and at
+    /// the end, so a datagram costs no shared atomic.
+    fn flush_bytes(&mut self, counters: &crate::backend::BackendCounters) {
+        for dir in Dir::BOTH {
+            let n = self.bytes[dir] - self.flushed[dir];
+            if n > 0 {
+                counters.bytes(dir).fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.flushed = self.bytes;
+    }
 }
 
 /// Why a flow ended.
@@ -374,6 +391,7 @@ impl Worker {
             replies: 0,
             opened_ns: self.now_ns,
             bytes: PerDir::new(0, 0),
+            flushed: PerDir::new(0, 0),
         };
         let id = self.udp.flows.insert(key, class, flow, self.now_ns);
         self.udp.listeners[i].flows += 1;
@@ -490,9 +508,10 @@ impl Worker {
     /// Ends flow `id`: its receive is cancelled and its socket closed, its backend's count
     /// given back, and a flow that never got a reply counted against the backend.
     fn end_flow(&mut self, id: u32, why: End) {
-        let Some((key, flow)) = self.udp.flows.remove(id) else {
+        let Some((key, mut flow)) = self.udp.flows.remove(id) else {
             return;
         };
+        flow.flush_bytes(self.shared.counters.get(flow.backend));
         self.log_flow(&key, &flow, why);
         tracing::trace!(worker = self.index, flow = id, ?why, "UDP flow ends");
         let ignore = Token::new(0, 0, OpKind::Ignore).encode();
@@ -511,6 +530,14 @@ impl Worker {
             l.flows -= 1;
         }
         self.close_udp_listener_if_done(flow.listener);
+    }
+
+    /// Open flows' bytes reach their backends' counts (called once a second).
+    pub(super) fn flush_udp_bytes(&mut self) {
+        let counters = &self.shared.counters;
+        for flow in self.udp.flows.values_mut() {
+            flow.flush_bytes(counters.get(flow.backend));
+        }
     }
 
     /// Hands the access log one record for the flow that ended: its client and the address

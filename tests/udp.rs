@@ -117,6 +117,14 @@ fn every_query_is_answered_and_spread_and_one_response_ends_each_flow() {
             service_bytes,
             "{dir}: {per_backend:?}"
         );
+        // The process's totals count them too (the metric and the status page's).
+        assert_eq!(
+            m.value("uringlb_bytes_total", &[("direction", dir)]),
+            service_bytes
+        );
+        let totals = admin.get("/status").json()["totals"].clone();
+        let key = format!("bytes_{dir}");
+        assert_eq!(totals[&key].as_f64(), Some(service_bytes), "{totals}");
     }
     let services = admin.get("/services").json();
     assert_eq!(services[0]["protocol"], "udp", "{services}");

@@ -215,9 +215,13 @@ pub fn encode(
     for dir in Dir::BOTH {
         bytes
             .get_or_create(&label("direction", dir.label()))
-            .inc_by(shared.stats.iter().map(|s| s.bytes(dir)).sum());
+            .inc_by(shared.bytes_forwarded(dir));
     }
-    reg.register("uringlb_bytes", "Bytes forwarded", bytes);
+    reg.register(
+        "uringlb_bytes",
+        "Bytes forwarded by direction: TCP streams' bytes and UDP payload bytes",
+        bytes,
+    );
 
     let spliced = Family::<Labels, Counter>::default();
     let version = Family::<Labels, Gauge>::default();

@@ -370,6 +370,19 @@ impl Shared {
             .is_ok()
     }
 
+    /// Bytes the process forwarded in `dir`: TCP streams' bytes and UDP payload bytes
+    /// (as the workers last published them).
+    pub fn bytes_forwarded(&self, dir: Dir) -> u64 {
+        let tcp: u64 = self.stats.iter().map(|s| s.bytes(dir)).sum();
+        let udp: u64 = self
+            .udp
+            .iter()
+            .filter_map(|w| w.lock().ok())
+            .map(|counts| counts.iter().map(|c| c.bytes[dir.index()]).sum::<u64>())
+            .sum();
+        tcp + udp
+    }
+
     /// Places of the budget not taken.
     pub fn room(&self) -> usize {
         self.max_conns

@@ -59,7 +59,6 @@ pub struct Totals {
 
 impl Totals {
     pub fn read(shared: &Shared) -> Totals {
-        let bytes = |dir: Dir| shared.stats.iter().map(|s| s.bytes(dir)).sum();
         Totals {
             client_connections: shared.open_clients.load(Ordering::Relaxed) as u64,
             client_connections_limit: shared.max_conns as u64,
@@ -68,8 +67,8 @@ impl Totals {
                 .iter()
                 .map(|s| s.accepted.load(Ordering::Relaxed))
                 .sum(),
-            bytes_client_to_backend: bytes(Dir::Up),
-            bytes_backend_to_client: bytes(Dir::Down),
+            bytes_client_to_backend: shared.bytes_forwarded(Dir::Up),
+            bytes_backend_to_client: shared.bytes_forwarded(Dir::Down),
             workers: shared.stats.len() as u64,
             workers_alive: shared.workers_alive() as u64,
             worker_restarts_total: shared.worker_restarts.load(Ordering::Relaxed),

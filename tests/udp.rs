@@ -479,7 +479,7 @@ fn a_tcp_and_a_udp_service_share_a_listen_address() {
         all
     };
     let before = udp_series(&admin);
-    assert_eq!(before.len(), 1 + 1 + 2 + 2 + 1 + 5, "{before:?}");
+    assert_eq!(before.len(), 1 + 1 + 2 + 2 + 1 + 7, "{before:?}");
     assert!(
         before.iter().all(|(_, s, v)| s == "dns" && *v == 0.0),
         "{before:?}"
@@ -800,6 +800,95 @@ fn a_denied_client_gets_no_answer() {
 
 /// Sends `payload` to `to` and waits at most `timeout` for it to come back (echoes of
 /// earlier tries are skipped).
+/// `max_conns_per_source` counts a source's open flows, whatever their ports: the flow one
+/// over is dropped and counted, and pushes no other flow out; another source is not held
+/// back; flows that end give their places back.
+#[test]
+fn per_source_limits_count_a_sources_flows() {
+    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
+    let b = echo.addr.to_string();
+    let (lb, admin) = start_with_admin(&[
+        "--protocol",
+        "udp",
+        "--backend",
+        &b,
+        "--health",
+        "none",
+        "--max-conns-per-source",
+        "2",
+        "--udp-idle-timeout",
+        "3s",
+        "--workers",
+        "1",
+    ]);
+    let payload = b"limit me";
+    let one: Vec<UdpSocket> = (0..3)
+        .map(|_| client_on(Ipv4Addr::LOCALHOST.into()))
+        .collect();
+    assert!(echoed(&one[0], lb.addr, payload, ANSWER));
+    assert!(echoed(&one[1], lb.addr, payload, ANSWER));
+    assert!(!echoed(
+        &one[2],
+        lb.addr,
+        payload,
+        Duration::from_millis(300)
+    ));
+    let other = client_on(Ipv4Addr::new(127, 0, 0, 2).into());
+    assert!(echoed(&other, lb.addr, payload, ANSWER));
+    let svc = [("service", "default")];
+    let refused = [("service", "default"), ("reason", "max_conns_per_source")];
+    wait_metric(&admin, "uringlb_udp_drops_total", &refused, |v| v == 1.0);
+    wait_metric(&admin, "uringlb_udp_flows_active", &svc, |v| v == 3.0);
+    assert_eq!(udp_metric(&admin, "uringlb_udp_evictions_total", &svc), 0.0);
+    // The flows end idle: the source may open new ones.
+    wait_metric(&admin, "uringlb_udp_flows_active", &svc, |v| v == 0.0);
+    assert!(echoed(&one[2], lb.addr, payload, ANSWER));
+    assert_eq!(udp_metric(&admin, "uringlb_udp_drops_total", &refused), 1.0);
+}
+
+/// `max_conn_rate_per_source` counts a source's new flows per second: of new flows sent
+/// back to back, those over the rate are dropped and counted.
+#[test]
+fn the_per_source_rate_counts_new_flows() {
+    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
+    let b = echo.addr.to_string();
+    let (lb, admin) = start_with_admin(&[
+        "--protocol",
+        "udp",
+        "--backend",
+        &b,
+        "--health",
+        "none",
+        "--max-conn-rate-per-source",
+        "2",
+        "--workers",
+        "1",
+    ]);
+    let clients: Vec<UdpSocket> = (0..6)
+        .map(|_| client_on(Ipv4Addr::new(127, 0, 0, 3).into()))
+        .collect();
+    for c in &clients {
+        c.send_to(b"quick", lb.addr).unwrap();
+    }
+    let refused = [
+        ("service", "default"),
+        ("reason", "max_conn_rate_per_source"),
+    ];
+    // Every datagram either opened a flow or was dropped; a few were dropped (2 a second
+    // let through, 6 sent well within one).
+    let (flows, dropped) = poll(Duration::from_secs(10), || {
+        let m = admin.metrics();
+        let flows = m.value("uringlb_udp_flows_total", &[("service", "default")]);
+        let dropped = m.value("uringlb_udp_drops_total", &refused);
+        (flows + dropped == 6.0).then_some((flows, dropped))
+    })
+    .expect("every datagram counted as a flow or a drop");
+    assert!(
+        dropped >= 1.0 && flows >= 2.0,
+        "{flows} flows, {dropped} dropped"
+    );
+}
+
 fn echoed(client: &UdpSocket, to: SocketAddr, payload: &[u8], timeout: Duration) -> bool {
     client.set_read_timeout(Some(timeout)).unwrap();
     if client.send_to(payload, to).is_err() {

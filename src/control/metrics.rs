@@ -518,7 +518,8 @@ fn register_udp(reg: &mut Registry, udp_services: &[(String, ServiceId)], shared
     reg.register(
         "uringlb_udp_drops",
         "UDP datagrams dropped, by reason: larger than 64 KiB (truncated), no backend, a new \
-         client while stopping, denied by allow/deny, send failed",
+         client while stopping, denied by allow/deny, send failed, a source's new flow over \
+         its per-source limits",
         drops,
     );
 }

@@ -317,15 +317,21 @@ pub enum UdpDrop {
     /// The send failed (socket buffer full, backend unreachable) or no socket could be
     /// opened.
     SendFailed,
+    /// A new flow from a source at `max_conns_per_source` open flows.
+    MaxConnsPerSource,
+    /// A new flow from a source that opened `max_conn_rate_per_source` in this second.
+    MaxConnRatePerSource,
 }
 
 impl UdpDrop {
-    pub const ALL: [UdpDrop; 5] = [
+    pub const ALL: [UdpDrop; 7] = [
         UdpDrop::Truncated,
         UdpDrop::NoBackend,
         UdpDrop::Stopping,
         UdpDrop::Denied,
         UdpDrop::SendFailed,
+        UdpDrop::MaxConnsPerSource,
+        UdpDrop::MaxConnRatePerSource,
     ];
 
     /// The metric label.
@@ -336,6 +342,8 @@ impl UdpDrop {
             UdpDrop::Stopping => "stopping",
             UdpDrop::Denied => "denied",
             UdpDrop::SendFailed => "send_failed",
+            UdpDrop::MaxConnsPerSource => "max_conns_per_source",
+            UdpDrop::MaxConnRatePerSource => "max_conn_rate_per_source",
         }
     }
 }

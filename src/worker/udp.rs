@@ -64,6 +64,8 @@ pub(super) struct Flow {
     reply_from: Option<IpAddr>,
     sent: u64,
     replies: u32,
+    /// Counted in the per-source limits' table (released when it ends).
+    counted_source: bool,
     /// When it opened (for the access log).
     opened_ns: u64,
     /// Payload bytes forwarded, client -> backend and backend -> client.
@@ -339,9 +341,10 @@ impl Worker {
         }
     }
 
-    /// Opens the flow of `key` on listener `i`: room first (the oldest idle flow of the
-    /// service goes when it is at its share of `max_flows`), then a backend, then a
-    /// socket connected to it with its receive armed.
+    /// Opens the flow of `key` on listener `i`: the allow/deny lists and the per-source
+    /// limits first, then room (the oldest idle flow of the service goes when it is at its
+    /// share of `max_flows`), then a backend, then a socket connected to it with its
+    /// receive armed.
     fn open_flow(
         &mut self,
         i: usize,
@@ -353,10 +356,42 @@ impl Worker {
             return Err(UdpDrop::Stopping);
         }
         let snapshot = self.services.get(service).ok_or(UdpDrop::Stopping)?;
-        let udp = snapshot.udp.ok_or(UdpDrop::Stopping)?;
         if !snapshot.access.is_open() && !snapshot.access.permits(key.client.ip()) {
             return Err(UdpDrop::Denied);
         }
+        // Before any flow is evicted for it: a refused source takes no one's place.
+        let limits = snapshot.limits;
+        let counted_source = limits.any();
+        if counted_source {
+            if let Err(r) = self
+                .shared
+                .sources
+                .admit(key.client.ip(), self.now_ns, limits)
+            {
+                return Err(match r {
+                    crate::limits::Refusal::TooManyConns => UdpDrop::MaxConnsPerSource,
+                    crate::limits::Refusal::TooFast => UdpDrop::MaxConnRatePerSource,
+                });
+            }
+        }
+        let opened = self.open_flow_admitted(i, key, reply_from, counted_source);
+        if opened.is_err() && counted_source {
+            self.shared.sources.release(key.client.ip(), self.now_ns);
+        }
+        opened
+    }
+
+    /// The rest of [`Self::open_flow`], once the client is admitted.
+    fn open_flow_admitted(
+        &mut self,
+        i: usize,
+        key: FlowKey,
+        reply_from: Option<IpAddr>,
+        counted_source: bool,
+    ) -> Result<u32, UdpDrop> {
+        let service = self.udp.listeners[i].service;
+        let snapshot = self.services.get(service).ok_or(UdpDrop::Stopping)?;
+        let udp = snapshot.udp.ok_or(UdpDrop::Stopping)?;
         let class = service.0 as usize;
         let share = worker_share(udp.max_flows, self.shared.stats.len());
         while self.udp.flows.len(class) >= share {
@@ -389,6 +424,7 @@ impl Worker {
             reply_from,
             sent: 0,
             replies: 0,
+            counted_source,
             opened_ns: self.now_ns,
             bytes: PerDir::new(0, 0),
             flushed: PerDir::new(0, 0),
@@ -512,6 +548,9 @@ impl Worker {
             return;
         };
         flow.flush_bytes(self.shared.counters.get(flow.backend));
+        if flow.counted_source {
+            self.shared.sources.release(key.client.ip(), self.now_ns);
+        }
         self.log_flow(&key, &flow, why);
         tracing::trace!(worker = self.index, flow = id, ?why, "UDP flow ends");
         let ignore = Token::new(0, 0, OpKind::Ignore).encode();
@@ -607,9 +646,12 @@ impl Worker {
     pub(super) fn udp_abandon(&mut self) {
         for class in 0..self.udp.flows.classes() {
             for id in self.udp.flows.ids(class) {
-                if let Some((_, flow)) = self.udp.flows.remove(id) {
+                if let Some((key, flow)) = self.udp.flows.remove(id) {
                     let c = self.shared.counters.get(flow.backend);
                     c.active.fetch_sub(1, Ordering::Relaxed);
+                    if flow.counted_source {
+                        self.shared.sources.release(key.client.ip(), self.now_ns);
+                    }
                 }
             }
         }

@@ -623,6 +623,52 @@ fn reload_sends_new_flows_to_the_new_backends_while_open_flows_finish() {
     assert_eq!(ask(&new, lb.addr, 3, ANSWER), Some(b.answer));
 }
 
+/// A flow that keeps sending does not keep a removed backend: at the backend's drain
+/// deadline (`grace`) the flow is cut, and the client's next query opens a flow to the
+/// backend that stays; the removed one then leaves the table.
+#[test]
+fn a_removed_backends_flows_end_at_its_drain_deadline() {
+    let a = Dnsmasq::start(Ipv4Addr::new(10, 0, 3, 1), false);
+    let b = Dnsmasq::start(Ipv4Addr::new(10, 0, 3, 2), false);
+    let addr = free_addr();
+    let file = |backend: SocketAddr| {
+        format!(
+            "grace = \"1s\"\n[[service]]\nname = \"dns\"\nprotocol = \"udp\"\nlisten = \"{addr}\"\n\
+             health = \"none\"\n[[service.backend]]\nname = \"{}\"\naddr = \"{backend}\"\n",
+            backend.port()
+        )
+    };
+    let path = config_file("drain-deadline", &file(a.addr));
+    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&client, lb.addr, 1, ANSWER), Some(a.answer));
+    write_atomic(&path, &file(b.addr));
+    let r = admin.req("POST", "/reload", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    admin.wait_settled();
+    let mut id = 2;
+    assert_eq!(ask(&client, lb.addr, id, ANSWER), Some(a.answer));
+    // The client never stops sending; within the deadline (and a tick) it moves to b.
+    poll(Duration::from_secs(10), || {
+        id += 1;
+        (ask(&client, lb.addr, id, ANSWER) == Some(b.answer)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the flow stayed on the removed backend\n{}", lb.log_text()));
+    let gone = a.addr.port().to_string();
+    poll(Duration::from_secs(10), || {
+        let names: Vec<String> = admin
+            .get("/services/dns/backends")
+            .json()
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|b| b["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (!names.contains(&gone)).then_some(())
+    })
+    .expect("the removed backend left the table");
+}
+
 /// One access-log line per ended flow, each ending by a real cause: answered (`closed`),
 /// idle (`idle_timeout`), pushed out by a newer flow at `max_flows` (`evicted`), refused by
 /// the backend's ICMP error (`reset`), cut at the end of the grace period (`drained`);

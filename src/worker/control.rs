@@ -205,5 +205,6 @@ impl Worker {
                 self.abort(slot, true);
             }
         }
+        self.end_udp_flows_of(&expired);
     }
 }

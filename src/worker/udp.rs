@@ -11,8 +11,9 @@
 //!
 //! A flow ends when it has been idle for `udp_idle_timeout`, after `udp_responses`
 //! replies, when the backend refuses (ICMP port unreachable: `ECONNREFUSED`, a passive
-//! health failure), or when the service is at its share of `max_flows` and it is the one
-//! idle longest. A flow that sent and never got a reply counts as a failure of its
+//! health failure), when the service is at its share of `max_flows` and it is the one
+//! idle longest, or when its backend's drain deadline passes (a removed or drained
+//! backend: the client's next datagram opens a flow to another). A flow that sent and never got a reply counts as a failure of its
 //! backend when it ends, so a silent backend is ejected like a refusing one.
 //!
 //! Stopping or a reload that removes the address: the listener takes no new flows, keeps
@@ -96,12 +97,13 @@ enum End {
     Responses,
     Evicted,
     Refused,
-    Stopped,
+    /// Cut at the end of the grace period, or at its backend's drain deadline.
+    Drained,
 }
 
 impl End {
     /// The access log's `result` for it: a backend's ICMP refusal is a datagram's reset,
-    /// the grace period's end drains as for a connection.
+    /// a cut drains as a connection's does.
     fn result(self) -> crate::access_log::End {
         use crate::access_log::End as Log;
         match self {
@@ -109,7 +111,7 @@ impl End {
             End::Responses => Log::Closed,
             End::Evicted => Log::Evicted,
             End::Refused => Log::Reset,
-            End::Stopped => Log::Drained,
+            End::Drained => Log::Drained,
         }
     }
 }
@@ -237,11 +239,29 @@ impl Worker {
         }
     }
 
+    /// The flows of backends past their drain deadline end, as their connections are cut:
+    /// a client that keeps sending would otherwise keep a removed backend forever. Its
+    /// next datagram opens a flow to a backend that stays.
+    pub(super) fn end_udp_flows_of(&mut self, expired: &[BackendId]) {
+        let mut cut = Vec::new();
+        for class in 0..self.udp.flows.classes() {
+            for id in self.udp.flows.ids(class) {
+                let backend = self.udp.flows.get(id, None).map(|f| f.backend);
+                if backend.is_some_and(|b| expired.contains(&b)) {
+                    cut.push(id);
+                }
+            }
+        }
+        for id in cut {
+            self.end_flow(id, End::Drained);
+        }
+    }
+
     /// The grace period is over (or the worker gives up): every flow ends now.
     pub(super) fn udp_end_all(&mut self) {
         for class in 0..self.udp.flows.classes() {
             for id in self.udp.flows.ids(class) {
-                self.end_flow(id, End::Stopped);
+                self.end_flow(id, End::Drained);
             }
         }
     }

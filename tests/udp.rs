@@ -187,27 +187,32 @@ fn backend_up(admin: &Admin, name: &str) -> f64 {
     )
 }
 
+/// [`start_udp`] with `dns:` checks every 200 ms, down after 2 failures, and no passive
+/// ejection: a backend goes down by its checks alone, within a second.
+fn start_checked(servers: &[Dnsmasq], extra: &[&str]) -> (Lb, Admin) {
+    let health = format!("dns:{DNS_NAME}");
+    let mut args = vec![
+        "--health",
+        health.as_str(),
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "200ms",
+        "--fall",
+        "2",
+        "--eject-after",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    start_udp(servers, &args)
+}
+
 #[test]
 fn a_killed_server_gets_no_query_once_its_dns_check_fails() {
     let mut servers = three_servers();
-    let (lb, admin) = start_udp(
+    let (lb, admin) = start_checked(
         &servers,
-        &[
-            "--algorithm",
-            "round-robin",
-            "--udp-responses",
-            "1",
-            "--health",
-            &format!("dns:{DNS_NAME}"),
-            "--health-interval",
-            "200ms",
-            "--health-timeout",
-            "200ms",
-            "--fall",
-            "2",
-            "--eject-after",
-            "0",
-        ],
+        &["--algorithm", "round-robin", "--udp-responses", "1"],
     );
     assert!(ask_many(&lb, 9, ANSWER).iter().all(Option::is_some));
     servers[1].kill();
@@ -226,6 +231,29 @@ fn a_killed_server_gets_no_query_once_its_dns_check_fails() {
     assert!(!answers.contains(&Some(servers[1].answer)));
     assert_eq!(backend_up(&admin, "dns1"), 1.0);
     assert_eq!(backend_up(&admin, "dns3"), 1.0);
+}
+
+/// A flow leaves a backend that goes down: its client keeps asking a server that hangs
+/// (no answer, no ICMP error), the `dns:` check takes that backend down, the flow ends,
+/// and the client's next query goes to the backend that is up.
+#[test]
+fn a_flow_leaves_a_backend_that_goes_down() {
+    let servers = [
+        Dnsmasq::start(Ipv4Addr::new(10, 0, 4, 1), false),
+        Dnsmasq::start(Ipv4Addr::new(10, 0, 4, 2), false),
+    ];
+    let (lb, _admin) = start_checked(&servers, &[]);
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    let first = ask(&client, lb.addr, 1, ANSWER).expect("an answer");
+    let hung = usize::from(first != servers[0].answer);
+    servers[hung].pause();
+    let mut id = 1;
+    poll(Duration::from_secs(15), || {
+        id += 1;
+        let got = ask(&client, lb.addr, id, Duration::from_millis(300));
+        (got == Some(servers[1 - hung].answer)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the flow stayed on the hung server\n{}", lb.log_text()));
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! A flow ends when it has been idle for `udp_idle_timeout`, after `udp_responses`
 //! replies, when the backend refuses (ICMP port unreachable: `ECONNREFUSED`, a passive
 //! health failure), when the service is at its share of `max_flows` and it is the one
-//! idle longest, or when its backend's drain deadline passes (a removed or drained
+//! idle longest, when its backend goes down while another is up, or when its backend's
+//! drain deadline passes (a removed or drained
 //! backend: the client's next datagram opens a flow to another). A flow that sent and never got a reply counts as a failure of its
 //! backend when it ends, so a silent backend is ejected like a refusing one.
 //!
@@ -29,7 +30,7 @@ use super::stats::{UdpCounts, UdpDrop};
 use super::token::{OpKind, Token};
 use super::Worker;
 use crate::access_log::Record;
-use crate::backend::{BackendId, ServiceId};
+use crate::backend::{BackendId, BackendState, ServiceId};
 use crate::balance::{self, Request};
 use crate::direction::{Dir, PerDir};
 use crate::udp_flows::{worker_share, FlowKey, Flows};
@@ -99,6 +100,8 @@ enum End {
     Refused,
     /// Cut at the end of the grace period, or at its backend's drain deadline.
     Drained,
+    /// Its backend went down while others are up.
+    BackendDown,
 }
 
 impl End {
@@ -112,6 +115,7 @@ impl End {
             End::Evicted => Log::Evicted,
             End::Refused => Log::Reset,
             End::Drained => Log::Drained,
+            End::BackendDown => Log::Reset,
         }
     }
 }
@@ -215,7 +219,30 @@ impl Worker {
                 }
             }
         }
+        self.end_flows_on_down_backends();
         self.arm_udp();
+    }
+
+    /// Flows whose backend is down in the new routing end, so their clients' next
+    /// datagrams go to backends that are up (as IPVS's `expire_nodest_conn`): a TCP
+    /// connection breaks by itself when its backend dies, but a flow would go on sending
+    /// to a backend that stopped answering for as long as its client sends. Not while no
+    /// backend of the service is up: panic mode would pick a down one again.
+    fn end_flows_on_down_backends(&mut self) {
+        let mut down = Vec::new();
+        for class in 0..self.udp.flows.classes() {
+            let Some(snapshot) = self.services.get(ServiceId(class as u32)) else {
+                continue;
+            };
+            if snapshot.backends.iter().any(|b| b.state.accepts_new()) {
+                let ids = snapshot
+                    .backends
+                    .iter()
+                    .filter(|b| b.state == BackendState::Down);
+                down.extend(ids.map(|b| b.id));
+            }
+        }
+        self.end_flows_to(&down, End::BackendDown);
     }
 
     /// Stopping: no new flows anywhere; open flows go on until they end or the grace
@@ -243,17 +270,25 @@ impl Worker {
     /// a client that keeps sending would otherwise keep a removed backend forever. Its
     /// next datagram opens a flow to a backend that stays.
     pub(super) fn end_udp_flows_of(&mut self, expired: &[BackendId]) {
+        self.end_flows_to(expired, End::Drained);
+    }
+
+    /// Ends, for `why`, every flow whose backend is one of `backends`.
+    fn end_flows_to(&mut self, backends: &[BackendId], why: End) {
+        if backends.is_empty() {
+            return;
+        }
         let mut cut = Vec::new();
         for class in 0..self.udp.flows.classes() {
             for id in self.udp.flows.ids(class) {
                 let backend = self.udp.flows.get(id, None).map(|f| f.backend);
-                if backend.is_some_and(|b| expired.contains(&b)) {
+                if backend.is_some_and(|b| backends.contains(&b)) {
                     cut.push(id);
                 }
             }
         }
         for id in cut {
-            self.end_flow(id, End::Drained);
+            self.end_flow(id, why);
         }
     }
 

@@ -129,6 +129,15 @@ impl Dnsmasq {
         d
     }
 
+    /// Stops it (SIGSTOP): its port stays open, queries go unanswered and no ICMP error
+    /// comes back, as from a hung server. Killed when dropped.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        }
+    }
+
     /// Kills it: its port is closed from now on (queries get ICMP port unreachable).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -328,7 +328,11 @@ fn unknown_names_garbage_and_slow_hellos_are_closed_and_counted() {
         ),
     );
     let path = write_config(&dir, &text);
-    let (_lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    let log = TempLog::new("sni-refused");
+    let (_lb, admin) = start_services_with_admin(
+        addr,
+        &["-c", path.to_str().unwrap(), "--access-log", &log.arg()],
+    );
     assert_eq!(
         s_client(addr, Some("only.example"), &[]).as_deref(),
         Ok("only")
@@ -341,6 +345,23 @@ fn unknown_names_garbage_and_slow_hellos_are_closed_and_counted() {
     wait_rejected(&admin, "no_route", 2.0);
     assert!(s_client(addr, None, &[]).is_err());
     wait_rejected(&admin, "no_route", 3.0);
+    // The access log keeps the name each refused hello asked for.
+    let lines = wait_json_lines(&log.0, 4);
+    let mut refused: Vec<Option<String>> = lines
+        .iter()
+        .filter(|l| l.result == "rejected")
+        .map(|l| l.sni.clone())
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            None,
+            Some("nope.example".into()),
+            Some("other.example".into())
+        ],
+        "{lines:?}"
+    );
 
     // Plain HTTP: closed at once, bad_tls.
     let mut s = TcpStream::connect(addr).expect("connect");

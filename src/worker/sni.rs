@@ -76,6 +76,8 @@ impl Worker {
                 .refused(self.slots[slot].service, Refused::NoRoute);
             self.end_as(slot, End::Rejected);
             tracing::debug!(worker = self.index, slot, sni = ?name, "no service takes this server name");
+            // For the access log: the name no service takes.
+            self.slots[slot].conn.sni = name;
             return self.abort(slot, true);
         };
         self.slots[slot].service = service;

@@ -28,6 +28,7 @@ pub mod health;
 pub mod limits;
 pub mod loops;
 pub mod net;
+pub mod paths;
 pub mod proxy_protocol;
 pub mod server;
 pub mod sni;

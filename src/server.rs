@@ -738,7 +738,16 @@ fn republish_all(state: &mut PublishState, config: &Config) -> Result<Arc<Routin
 /// (`--check`); the access log's file is checked without being created.
 pub fn check(config: &Config) -> Result<(), StartError> {
     crate::access_log::writer::check(&config.access_log).map_err(StartError::AccessLog)?;
+    if let Some(path) = &config.upgrade_socket {
+        crate::paths::check_socket_path(path)
+            .map_err(|e| StartError::Upgrade(upgrade_socket_error(path, e)))?;
+    }
     Plan::new(config).map(|_| ())
+}
+
+/// An error about the upgrade socket at `path`, naming it.
+pub fn upgrade_socket_error(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("upgrade socket {}: {e}", path.display()))
 }
 
 /// Builds the next routing and records it as published (see [`Server::publish`]); ids of

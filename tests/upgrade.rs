@@ -373,6 +373,35 @@ fn a_stale_socket_is_removed_and_a_bad_config_leaves_the_old_serving() {
     echo_exchange(addr, 3, 10_000);
 }
 
+/// A mistyped `--upgrade-socket` never replaces a file: a regular file at the path is
+/// refused, by `--check` and by a start alike (exit 2, one line naming it), and left as it
+/// was; a path in a missing directory is refused by `--check` as the start refuses it.
+#[test]
+fn an_upgrade_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
+    let dir = SockDir::new();
+    let file = dir.0.join("precious.conf");
+    std::fs::write(&file, "kept\n").unwrap();
+    let missing = dir.0.join("no-such-dir").join("lb.sock");
+    let listen = free_addr().to_string();
+    for path in [&file, &missing] {
+        let p = path.to_str().unwrap();
+        for check in [true, false] {
+            let mut args = vec!["--listen", &listen, "--backend", "127.0.0.1:9"];
+            args.extend(["--health", "none", "--upgrade-socket", p]);
+            if check {
+                args.push("--check");
+            }
+            let (st, out, err) = run_bin(&args);
+            assert_eq!(st.code(), Some(2), "{args:?}: {out}{err}");
+            assert!(
+                err.contains(&format!("upgrade socket {p}")) && err.trim().lines().count() == 1,
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+}
+
 #[test]
 fn a_udp_service_is_answered_by_the_new_process_after_an_upgrade() {
     let backend = UdpEcho::start("127.0.0.1:0".parse().unwrap());

@@ -47,12 +47,7 @@ pub fn check(target: &Target) -> std::io::Result<()> {
     let opens = if path.exists() {
         OpenOptions::new().append(true).open(path).map(drop)
     } else {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let can = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
-        nix::unistd::access(dir, can).map_err(std::io::Error::from)
+        crate::paths::can_create(path)
     };
     opens.map_err(|e| cannot_open(path, e))
 }

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::event_loop::Command;
 use crate::config::Protocol;
-use crate::server::Inherited;
+use crate::server::{upgrade_socket_error, Inherited};
 
 /// Descriptors per message: the kernel passes at most 253 (`SCM_MAX_FD`) in one.
 const FDS_PER_MESSAGE: usize = 200;
@@ -273,12 +273,7 @@ pub fn take_over(path: &Path) -> io::Result<Option<Taken>> {
             remove_if_socket(path);
             return Ok(None);
         }
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("upgrade socket {}: {e}", path.display()),
-            ))
-        }
+        Err(e) => return Err(upgrade_socket_error(path, e)),
     };
     let mut channel = Channel::new(stream);
     match receive_offer(&mut channel) {
@@ -398,9 +393,7 @@ impl Listening {
         temp.push(format!(".{}.new", std::process::id()));
         let temp = PathBuf::from(temp);
         let _ = std::fs::remove_file(&temp);
-        let in_context = |e: io::Error| {
-            io::Error::new(e.kind(), format!("upgrade socket {}: {e}", path.display()))
-        };
+        let in_context = |e: io::Error| upgrade_socket_error(path, e);
         let listener = UnixListener::bind(&temp).map_err(in_context)?;
         let listening = Listening {
             listener,
@@ -423,10 +416,7 @@ impl Listening {
         let temp = self.temp.take().expect("published once");
         if let Err(e) = std::fs::rename(&temp, &self.path) {
             let _ = std::fs::remove_file(&temp);
-            return Err(io::Error::new(
-                e.kind(),
-                format!("upgrade socket {}: {e}", self.path.display()),
-            ));
+            return Err(upgrade_socket_error(&self.path, e));
         }
         let published = Published::of(&self.path)?;
         tracing::debug!("upgrade socket on {}", self.path.display());

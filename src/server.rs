@@ -735,7 +735,8 @@ fn republish_all(state: &mut PublishState, config: &Config) -> Result<Arc<Routin
 }
 
 /// Runs every check a start runs, short of binding the listeners and starting workers
-/// (`--check`); the access log's file is checked without being created.
+/// (`--check`); the files a start makes are checked without being made
+/// ([`crate::paths`]).
 pub fn check(config: &Config) -> Result<(), StartError> {
     crate::access_log::writer::check(&config.access_log).map_err(StartError::AccessLog)?;
     if let Some(path) = &config.upgrade_socket {

@@ -13,9 +13,10 @@
 //! replies, when the backend refuses (ICMP port unreachable: `ECONNREFUSED`, a passive
 //! health failure), when the service is at its share of `max_flows` and it is the one
 //! idle longest, when its backend goes down while another is up, or when its backend's
-//! drain deadline passes (a removed or drained
-//! backend: the client's next datagram opens a flow to another). A flow that sent and never got a reply counts as a failure of its
-//! backend when it ends, so a silent backend is ejected like a refusing one.
+//! drain deadline passes (a removed or drained backend); the client's next datagram then
+//! opens a flow to a backend that is up. A flow that sent and never got a reply counts
+//! as a failure of its backend when it ends, so a silent backend is ejected like a
+//! refusing one.
 //!
 //! Stopping or a reload that removes the address: the listener takes no new flows, keeps
 //! forwarding for the flows it has, and closes when the last one ends (at the latest when

@@ -872,29 +872,24 @@ fn a_denied_client_gets_no_answer() {
     wait_metric(&admin, "uringlb_udp_drops_total", &labels, |v| v == 1.0);
 }
 
-/// Sends `payload` to `to` and waits at most `timeout` for it to come back (echoes of
-/// earlier tries are skipped).
+/// A UDP service of one worker, without health checks, in front of one echo backend.
+fn behind_one_echo(extra: &[&str]) -> (UdpEcho, Lb, Admin) {
+    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
+    let b = echo.addr.to_string();
+    let mut args = vec!["--protocol", "udp", "--backend", &b, "--health", "none"];
+    args.extend(["--workers", "1"]);
+    args.extend_from_slice(extra);
+    let (lb, admin) = start_with_admin(&args);
+    (echo, lb, admin)
+}
+
 /// `max_conns_per_source` counts a source's open flows, whatever their ports: the flow one
 /// over is dropped and counted, and pushes no other flow out; another source is not held
 /// back; flows that end give their places back.
 #[test]
 fn per_source_limits_count_a_sources_flows() {
-    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
-    let b = echo.addr.to_string();
-    let (lb, admin) = start_with_admin(&[
-        "--protocol",
-        "udp",
-        "--backend",
-        &b,
-        "--health",
-        "none",
-        "--max-conns-per-source",
-        "2",
-        "--udp-idle-timeout",
-        "3s",
-        "--workers",
-        "1",
-    ]);
+    let (_echo, lb, admin) =
+        behind_one_echo(&["--max-conns-per-source", "2", "--udp-idle-timeout", "3s"]);
     let payload = b"limit me";
     let one: Vec<UdpSocket> = (0..3)
         .map(|_| client_on(Ipv4Addr::LOCALHOST.into()))
@@ -924,20 +919,7 @@ fn per_source_limits_count_a_sources_flows() {
 /// back to back, those over the rate are dropped and counted.
 #[test]
 fn the_per_source_rate_counts_new_flows() {
-    let echo = UdpEcho::start("127.0.0.1:0".parse().unwrap());
-    let b = echo.addr.to_string();
-    let (lb, admin) = start_with_admin(&[
-        "--protocol",
-        "udp",
-        "--backend",
-        &b,
-        "--health",
-        "none",
-        "--max-conn-rate-per-source",
-        "2",
-        "--workers",
-        "1",
-    ]);
+    let (_echo, lb, admin) = behind_one_echo(&["--max-conn-rate-per-source", "2"]);
     let clients: Vec<UdpSocket> = (0..6)
         .map(|_| client_on(Ipv4Addr::new(127, 0, 0, 3).into()))
         .collect();
@@ -963,6 +945,8 @@ fn the_per_source_rate_counts_new_flows() {
     );
 }
 
+/// Sends `payload` to `to` and waits at most `timeout` for it to come back (echoes of
+/// earlier tries are skipped).
 fn echoed(client: &UdpSocket, to: SocketAddr, payload: &[u8], timeout: Duration) -> bool {
     client.set_read_timeout(Some(timeout)).unwrap();
     if client.send_to(payload, to).is_err() {

@@ -626,6 +626,26 @@ fn settings_a_udp_service_cannot_honour_are_refused() {
     assert_eq!(st.code(), Some(0), "{out}{err}");
 }
 
+/// Starts a balancer on the file `file(a)` makes, opens a flow to `a` (answered), then
+/// rewrites the file as `file(b)` and reloads it, until every worker routes with it.
+fn open_then_reload(
+    addr: SocketAddr,
+    tag: &str,
+    file: &dyn Fn(SocketAddr) -> String,
+    a: &Dnsmasq,
+    b: &Dnsmasq,
+) -> (Lb, Admin, UdpSocket) {
+    let path = config_file(tag, &file(a.addr));
+    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
+    let client = client_on(Ipv4Addr::LOCALHOST.into());
+    assert_eq!(ask(&client, lb.addr, 1, ANSWER), Some(a.answer));
+    write_atomic(&path, &file(b.addr));
+    let r = admin.req("POST", "/reload", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    admin.wait_settled();
+    (lb, admin, client)
+}
+
 #[test]
 fn reload_sends_new_flows_to_the_new_backends_while_open_flows_finish() {
     let a = Dnsmasq::start(Ipv4Addr::new(10, 0, 1, 1), false);
@@ -637,14 +657,7 @@ fn reload_sends_new_flows_to_the_new_backends_while_open_flows_finish() {
              [[service.backend]]\naddr = \"{backend}\"\n"
         )
     };
-    let path = config_file("reload", &file(a.addr));
-    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
-    let open = client_on(Ipv4Addr::LOCALHOST.into());
-    assert_eq!(ask(&open, lb.addr, 1, ANSWER), Some(a.answer));
-    write_atomic(&path, &file(b.addr));
-    let r = admin.req("POST", "/reload", None);
-    assert_eq!(r.status, 200, "{r:?}");
-    admin.wait_settled();
+    let (lb, _admin, open) = open_then_reload(addr, "reload", &file, &a, &b);
     // The open flow keeps its backend; a new client gets the new one.
     assert_eq!(ask(&open, lb.addr, 2, ANSWER), Some(a.answer));
     let new = client_on(Ipv4Addr::LOCALHOST.into());
@@ -666,14 +679,7 @@ fn a_removed_backends_flows_end_at_its_drain_deadline() {
             backend.port()
         )
     };
-    let path = config_file("drain-deadline", &file(a.addr));
-    let (lb, admin) = start_services_with_admin(addr, &["-c", path.to_str().unwrap()]);
-    let client = client_on(Ipv4Addr::LOCALHOST.into());
-    assert_eq!(ask(&client, lb.addr, 1, ANSWER), Some(a.answer));
-    write_atomic(&path, &file(b.addr));
-    let r = admin.req("POST", "/reload", None);
-    assert_eq!(r.status, 200, "{r:?}");
-    admin.wait_settled();
+    let (lb, admin, client) = open_then_reload(addr, "drain-deadline", &file, &a, &b);
     let mut id = 2;
     assert_eq!(ask(&client, lb.addr, id, ANSWER), Some(a.answer));
     // The client never stops sending; within the deadline (and a tick) it moves to b.
